@@ -1,0 +1,116 @@
+"""The HTTP layer: a thin ``create_app()`` around the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from r3_service import __version__
+from r3_service.api.errors import install_error_handlers
+from r3_service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from r3_service.api.routes import health, info, reward
+from r3_service.api.state import ServiceState
+from r3_service.config import Settings
+from r3_service.encoder.base import Encoder
+from r3_service.engine import EngineConfig, RewardEngine
+from r3_service.models import resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+#: Builds the encoder; tests pass their own (fault injection, slow encoders).
+EncoderFactory = Callable[[Settings], Encoder]
+
+
+def load_default_encoder(settings: Settings) -> Encoder:
+    """Resolve the model folder (exporting the default on first start) and open it."""
+    from r3_service.encoder import load_encoder
+
+    folder = resolve_model_dir(settings.model, settings.cache_dir)
+    return load_encoder(
+        folder, provider=settings.provider, intra_op_threads=settings.intra_op_threads
+    )
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_texts=settings.max_queue_texts,
+        cache_bytes=settings.cache_bytes,
+        request_timeout_s=settings.request_timeout_s,
+    )
+
+
+def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
+    encoder = factory(state.settings)
+    encoder.warmup()
+    engine = RewardEngine(
+        encoder, engine_config(state.settings), on_batch=state.metrics.observe_batch
+    )
+    folder = getattr(encoder, "folder", None)
+    if isinstance(folder, Path):
+        _attach_classifier(state, engine, folder)
+    engine.start()
+    return engine
+
+
+def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) -> None:
+    """Hook for the query-type head; without one, untyped items are OPENENDED."""
+    logger.warning(
+        "no query-type classifier for %s: items without a qtype are scored as OPENENDED", folder
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, encoder_factory: EncoderFactory | None = None
+) -> FastAPI:
+    """The ASGI app. The model loads in the background; /readyz turns green when warmed."""
+    settings = settings or Settings()
+    state = ServiceState(settings=settings)
+    factory = encoder_factory or load_default_encoder
+
+    async def load() -> None:
+        try:
+            engine = await asyncio.to_thread(_build_engine, state, factory)
+        except Exception as exc:
+            logger.exception("model failed to load")
+            state.load_error = f"model failed to load: {type(exc).__name__}"
+            return
+        state.engine = engine
+        state.model_name = engine.profile.name
+        state.ready = True
+        logger.info("ready: serving %s", state.model_name)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            state.ready = False
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if state.engine is not None:
+                await asyncio.to_thread(state.engine.stop)
+
+    app = FastAPI(
+        title="R3 reward service",
+        version=__version__,
+        description="Regularized Relevance Reward (arXiv 2402.03469) for preference-free RLHF.",
+        lifespan=lifespan,
+    )
+    app.state.r3 = state
+    install_error_handlers(app)
+    app.include_router(reward.router)
+    app.include_router(info.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

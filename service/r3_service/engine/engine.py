@@ -1,0 +1,315 @@
+"""The async reward engine: embeddings through the batcher and cache, then R^3 math.
+
+No web framework here: the HTTP layer calls ``RewardEngine`` and maps its
+exceptions to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from r3_service.encoder.base import Encoder, relevance
+from r3_service.engine.batching import Batcher, BatchStats, Work
+from r3_service.engine.cache import EmbeddingCache
+from r3_service.reward.formula import (
+    Branch,
+    QueryType,
+    RewardOptions,
+    choose_branch,
+    r3_reward,
+)
+from r3_service.reward.text import DEFAULT_STOP_STRINGS, cut_at_stop_strings, wordpunct_tokenize
+
+logger = logging.getLogger(__name__)
+
+#: P(OPENENDED) for each query, from the query embeddings and texts.
+QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
+
+
+class RequestTimeoutError(Exception):
+    """The request's deadline passed before its embeddings were ready."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching, cache and deadline knobs (mirrors the service settings)."""
+
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    max_queue_texts: int = 4096
+    cache_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RewardItem:
+    """One (query, response, reference) triple; ``query`` is already plain text."""
+
+    query: str
+    response: str
+    reference: str | None = None
+    qtype: QueryType | None = None
+
+
+@dataclass
+class RewardBatch:
+    """Rewards and their factors, one entry per item."""
+
+    rewards: list[float] = field(default_factory=list)
+    qtype: list[QueryType] = field(default_factory=list)
+    relevance: list[float] = field(default_factory=list)
+    length_incentive: list[float] = field(default_factory=list)
+    repetition_penalty: list[float] = field(default_factory=list)
+    branch: list[Branch] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    response: str
+    tokens: list[str]
+
+
+def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Prepared]:
+    prepared = []
+    for text in responses:
+        cut = cut_at_stop_strings(text, stop_strings)
+        prepared.append(_Prepared(cut, wordpunct_tokenize(cut)))
+    return prepared
+
+
+class RewardEngine:
+    """Scores R^3 rewards for batches of items, sharing one batcher across requests."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        config: EngineConfig | None = None,
+        *,
+        classifier: QtypeClassifier | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.config = config or EngineConfig()
+        self.classifier = classifier
+        self.cache = EmbeddingCache(self.config.cache_bytes)
+        self.batcher = Batcher(
+            encoder.embed_tokens,
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_batch_size=self.config.max_batch_size,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue_texts=self.config.max_queue_texts,
+            on_batch=on_batch,
+        )
+        self._inflight: dict[str, Work] = {}
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
+        self.dedup_hits = 0
+
+    @property
+    def profile(self):  # type: ignore[no-untyped-def]
+        return self.encoder.profile
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.batcher.stop(timeout)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    async def embed(
+        self, texts: Sequence[str], cacheable: Sequence[bool] | None = None
+    ) -> np.ndarray:
+        """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher."""
+        flags = list(cacheable) if cacheable is not None else [True] * len(texts)
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        cache_of: dict[str, bool] = {}
+        rows_of: dict[str, list[int]] = {}
+        for row, (text, flag) in enumerate(zip(texts, flags)):
+            rows_of.setdefault(text, []).append(row)
+            cache_of[text] = cache_of.get(text, False) or flag
+
+        waiting: dict[str, Work] = {}
+        missing: list[str] = []
+        for text, rows in rows_of.items():
+            hit = self.cache.get(text) if cache_of[text] else None
+            if hit is not None:
+                out[rows] = hit
+            elif text in self._inflight:
+                waiting[text] = self._attach(text)
+            else:
+                missing.append(text)
+
+        if missing:
+            ids = await self._off_loop(self.encoder.tokenize, missing)
+            assert isinstance(ids, list)
+            loop = asyncio.get_running_loop()
+            new: list[Work] = []
+            for text, token_ids in zip(missing, ids):
+                # Another request may have queued the same text while we tokenised.
+                if text in self._inflight:
+                    waiting[text] = self._attach(text)
+                    continue
+                work = Work(ids=token_ids, future=loop.create_future())
+                new.append(work)
+                waiting[text] = work
+            try:
+                self.batcher.submit(new)
+            except Exception:
+                self._release(waiting, [w for w in waiting.values() if w not in new])
+                raise
+            for text, work in waiting.items():
+                if work in new:
+                    self._inflight[text] = work
+                    work.future.add_done_callback(self._forget(text, work, cache_of[text]))
+
+        if waiting:
+            names = list(waiting)
+            gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
+            try:
+                vectors = await asyncio.wait_for(gathered, self.config.request_timeout_s)
+            except asyncio.TimeoutError as exc:
+                self._release(waiting, list(waiting.values()))
+                raise RequestTimeoutError(
+                    f"no answer within {self.config.request_timeout_s:g} s"
+                ) from exc
+            except BaseException:
+                self._release(waiting, list(waiting.values()))
+                raise
+            for text, vector in zip(names, vectors):
+                out[rows_of[text]] = vector
+        return out
+
+    def _attach(self, text: str) -> Work:
+        work = self._inflight[text]
+        work.waiters += 1
+        self.dedup_hits += 1
+        return work
+
+    def _release(self, waiting: dict[str, Work], works: Sequence[Work]) -> None:
+        """This request stops waiting for ``works``; unwanted work is dropped by the worker."""
+        for work in works:
+            if not work.future.done():
+                work.waiters -= 1
+        for text, work in waiting.items():
+            if work.waiters <= 0 and self._inflight.get(text) is work:
+                del self._inflight[text]
+
+    def _forget(self, text: str, work: Work, cacheable: bool) -> Callable[[object], None]:
+        def done(_: object) -> None:
+            if self._inflight.get(text) is work:
+                del self._inflight[text]
+            if cacheable and not work.future.cancelled() and work.future.exception() is None:
+                self.cache.put(text, work.future.result())
+
+        return done
+
+    async def relevance(self, anchors: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Relevance of each text to its anchor, per the encoder profile's similarity."""
+        n = len(anchors)
+        vectors = await self.embed([*anchors, *texts], [True] * n + [False] * n)
+        return relevance(vectors[:n], vectors[n:], self.profile.similarity)
+
+    async def classify(self, queries: Sequence[str]) -> np.ndarray:
+        """P(OPENENDED) per query; 1.0 everywhere when no classifier is loaded."""
+        if self.classifier is None or not queries:
+            return np.ones(len(queries))
+        vectors = await self.embed(queries)
+        return np.asarray(self.classifier(vectors, queries), dtype=np.float64)
+
+    async def score(
+        self,
+        items: Sequence[RewardItem],
+        options: RewardOptions | None = None,
+        stop_strings: Sequence[str] | None = None,
+    ) -> RewardBatch:
+        """R^3 rewards for ``items``; untyped items are classified, or OPENENDED without a head."""
+        options = options or RewardOptions()
+        stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
+        prepared = await self._off_loop(_prepare, [i.response for i in items], stops)
+        assert isinstance(prepared, list)
+
+        # Plan which texts each item needs, embed them all in one round.
+        texts: list[str] = []
+        cacheable: list[bool] = []
+        slots: list[dict[str, int]] = []
+
+        def need(kind: str, text: str, cache: bool, slot: dict[str, int]) -> None:
+            slot[kind] = len(texts)
+            texts.append(text)
+            cacheable.append(cache)
+
+        use_head = self.classifier is not None and options.reward_branching
+        classify_rows = [i for i, item in enumerate(items) if item.qtype is None and use_head]
+        branches: list[Branch | None] = []
+        for index, item in enumerate(items):
+            slot: dict[str, int] = {}
+            if item.qtype is None and use_head:
+                # The type decides the anchor: embed both candidates in this one round.
+                branches.append(None)
+                need("query", item.query, True, slot)
+                if item.reference and options.relevance:
+                    need("reference", item.reference, True, slot)
+            else:
+                branch = choose_branch(
+                    item.qtype or QueryType.OPENENDED, bool(item.reference), options
+                )
+                branches.append(branch)
+                if options.relevance:
+                    if branch.uses_reference:
+                        need("reference", item.reference or "", True, slot)
+                    else:
+                        need("query", item.query, True, slot)
+            if options.relevance:
+                need("response", prepared[index].response, False, slot)
+            slots.append(slot)
+        vectors = await self.embed(texts, cacheable) if texts else np.empty((0, 0))
+
+        qtypes = [item.qtype or QueryType.OPENENDED for item in items]
+        if classify_rows:
+            assert self.classifier is not None
+            rows = [slots[i]["query"] for i in classify_rows]
+            probs = self.classifier(vectors[rows], [items[i].query for i in classify_rows])
+            for i, p in zip(classify_rows, probs):
+                qtypes[i] = QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED
+                branches[i] = choose_branch(qtypes[i], bool(items[i].reference), options)
+
+        result = RewardBatch()
+        similarity = self.profile.similarity
+        for index in range(len(items)):
+            qtype = qtypes[index]
+            branch = branches[index]
+            assert branch is not None
+            slot = slots[index]
+            rel = 1.0
+            if options.relevance:
+                anchor = slot["reference"] if branch.uses_reference else slot["query"]
+                rel = float(
+                    relevance(
+                        vectors[anchor : anchor + 1],
+                        vectors[slot["response"] : slot["response"] + 1],
+                        similarity,
+                    )[0]
+                )
+            parts = r3_reward(
+                branch=branch,
+                relevance=rel,
+                response_tokens=prepared[index].tokens,
+                options=options,
+                relevance_range=self.profile.relevance_range,
+            )
+            result.rewards.append(parts.reward)
+            result.qtype.append(qtype)
+            result.relevance.append(parts.relevance)
+            result.length_incentive.append(parts.length_incentive)
+            result.repetition_penalty.append(parts.repetition_penalty)
+            result.branch.append(parts.branch)
+        return result

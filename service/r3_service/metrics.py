@@ -1,0 +1,83 @@
+"""Prometheus metrics, one registry per app (TEI-style names with the ``r3_`` prefix)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from r3_service.engine.batching import BatchStats
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """The service's metrics, registered on their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "r3_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "r3_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.items = Counter("r3_items", "Items scored, by route.", ["route"], registry=r)
+        self.batch_size = Histogram(
+            "r3_batch_size", "Texts per inference batch.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "r3_batch_tokens",
+            "Padded tokens per inference batch.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "r3_inference_duration_seconds",
+            "Model time per batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "r3_queue_duration_seconds",
+            "Time the oldest text of a batch waited.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_size = Gauge("r3_queue_size", "Texts queued or in inference.", registry=r)
+        self.cache_hits = Counter("r3_cache_hits", "Embedding cache hits.", registry=r)
+        self.cache_misses = Counter("r3_cache_misses", "Embedding cache misses.", registry=r)
+        self.cache_bytes = Gauge("r3_cache_bytes", "Bytes held by the embedding cache.", registry=r)
+        self.dedup_hits = Counter(
+            "r3_dedup_hits", "Texts answered by identical work already in flight.", registry=r
+        )
+        self.rejected = Counter(
+            "r3_rejected_requests", "Requests refused by backpressure.", ["reason"], registry=r
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        """Called from the worker thread after each batch."""
+        self.batch_size.observe(stats.size)
+        self.batch_tokens.observe(stats.padded_tokens)
+        self.inference_duration.observe(stats.seconds)
+        self.queue_duration.observe(stats.queue_seconds)
+
+    def sync(
+        self, queued: int, cache_hits: int, cache_misses: int, cache_bytes: int, dedup: int
+    ) -> None:
+        """Bring engine-side tallies into the registry (called at scrape time)."""
+        self.queue_size.set(queued)
+        self.cache_bytes.set(cache_bytes)
+        for counter, total in (
+            (self.cache_hits, cache_hits),
+            (self.cache_misses, cache_misses),
+            (self.dedup_hits, dedup),
+        ):
+            delta = total - counter._value.get()  # noqa: SLF001 - prometheus_client has no getter
+            if delta > 0:
+                counter.inc(delta)

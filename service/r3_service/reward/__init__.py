@@ -1,0 +1,35 @@
+"""Pure R^3 reward math: no I/O, no model. See R3_SPEC.md."""
+
+from r3_service.reward.formula import (
+    Branch,
+    QueryType,
+    RewardOptions,
+    choose_branch,
+    interpolate_relevance,
+    length_incentive,
+    r3_reward,
+    repetition_penalty,
+)
+from r3_service.reward.text import (
+    DEFAULT_STOP_STRINGS,
+    cut_at_stop_strings,
+    query_text,
+    trigrams,
+    wordpunct_tokenize,
+)
+
+__all__ = [
+    "DEFAULT_STOP_STRINGS",
+    "Branch",
+    "QueryType",
+    "RewardOptions",
+    "choose_branch",
+    "cut_at_stop_strings",
+    "interpolate_relevance",
+    "length_incentive",
+    "query_text",
+    "r3_reward",
+    "repetition_penalty",
+    "trigrams",
+    "wordpunct_tokenize",
+]

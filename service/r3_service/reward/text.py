@@ -1,0 +1,74 @@
+"""Text handling for R^3: tokens, trigrams, stop strings, query extraction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+# NLTK's WordPunctTokenizer pattern: runs of word characters, or runs of
+# characters that are neither word characters nor whitespace.
+_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
+_WHITESPACE = re.compile(r"\s+")
+
+#: Stop strings applied to a rollout before scoring: role markers of common chat
+#: templates, and the paragraph-break markers of the reference implementation.
+DEFAULT_STOP_STRINGS: tuple[str, ...] = (
+    "\n\n\n\n",
+    "\n\n--",
+    "\n\n____",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "</s>",
+    "### Human:",
+    "### Assistant:",
+    "### Instruction:",
+)
+
+# Characters stripped around a cut rollout: newlines and spaces, as the reference does.
+_STRIP_CHARS = "\n "
+
+
+def wordpunct_tokenize(text: str) -> list[str]:
+    """Split ``text`` like NLTK's ``wordpunct_tokenize`` (``\\w+|[^\\w\\s]+``)."""
+    return _WORDPUNCT.findall(text)
+
+
+def trigrams(tokens: Sequence[str]) -> list[str]:
+    """Consecutive token triples joined by a single space."""
+    return [" ".join(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+
+
+def cut_at_stop_strings(text: str, stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS) -> str:
+    """Cut ``text`` at the earliest stop string, then strip surrounding newlines and spaces."""
+    cut = len(text)
+    for stop in stop_strings:
+        if not stop:
+            continue
+        pos = text.find(stop)
+        if 0 <= pos < cut:
+            cut = pos
+    return text[:cut].strip(_STRIP_CHARS)
+
+
+def collapse_whitespace(text: str) -> str:
+    """Replace every run of whitespace by one space and strip the ends."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def query_text(query: str | Sequence[Mapping[str, str]]) -> str:
+    """The query as R^3 sees it.
+
+    A plain string is returned unchanged. A chat conversation (a list of
+    ``{"role", "content"}`` messages) becomes its user turns joined with single
+    spaces, whitespace collapsed; system and assistant turns are dropped.
+    """
+    if isinstance(query, str):
+        return query
+    user_turns = [m["content"] for m in query if m.get("role") == "user"]
+    return collapse_whitespace(" ".join(user_turns))
