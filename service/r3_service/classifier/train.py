@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     HEAD_FILE,
@@ -119,9 +118,7 @@ def augment_text(text: str, rng: random.Random) -> str:
     return instruction
 
 
-def augment(
-    texts: Sequence[str], copies: int, seed: int = 0
-) -> tuple[list[str], list[int]]:
+def augment(texts: Sequence[str], copies: int, seed: int = 0) -> tuple[list[str], list[int]]:
     """``copies`` variants of each text; returns the variants and the index of their source."""
     rng = random.Random(seed)
     out: list[str] = []
@@ -258,7 +255,10 @@ def build_dataset(
     emb = np.asarray(embed(all_texts), dtype=np.float32)
     logger.info("embedded %d texts in %.1f s", len(all_texts), time.perf_counter() - started)
     x_all = np.hstack(
-        [prepare_embeddings(emb, config.embedding_norm), text_features(all_texts).astype(np.float64)]
+        [
+            prepare_embeddings(emb, config.embedding_norm),
+            text_features(all_texts).astype(np.float64),
+        ]
     )
     n = len(texts)
     src = np.asarray(source, dtype=np.int64)
@@ -304,7 +304,9 @@ def cross_val_logits(data: Dataset, fold: np.ndarray, config: TrainConfig) -> np
     return out
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def classification_metrics(
+    y: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+) -> dict[str, Any]:
     """Accuracy, confusion matrix (rows = true, columns = predicted; labels order) and log-loss."""
     pred = (proba >= threshold).astype(np.int64)
     confusion = [[int(np.sum((y == t) & (pred == p))) for p in (0, 1)] for t in (0, 1)]
@@ -447,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"is written there as {HEAD_FILE}. Without it, the bundled all-MiniLM-L6-v2 is run "
         "with torch/transformers and --out is required.",
     )
-    parser.add_argument("--out", type=Path, default=None, help=f"head file (default MODEL/{HEAD_FILE})")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"head file (default MODEL/{HEAD_FILE})"
+    )
     parser.add_argument("--folds", type=int, default=TrainConfig.folds)
     parser.add_argument("--l2-embedding", type=float, default=TrainConfig.l2_embedding)
     parser.add_argument("--l2-features", type=float, default=TrainConfig.l2_features)
@@ -487,7 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     head = train_head(
-        texts, labels, embed, encoder=encoder_name, config=config, data_sha256=file_sha256(args.data)
+        texts,
+        labels,
+        embed,
+        encoder=encoder_name,
+        config=config,
+        data_sha256=file_sha256(args.data),
     )
     path = head.save(out)
     summary = {

@@ -105,6 +105,13 @@ def _optimize(src: Path, dst: Path, config: object, *, dtype: Dtype, optimize: b
 
 def _quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the weights (for CPU)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        # Fused contrib ops defeat shape inference; their tensors are fp32.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )

@@ -1,10 +1,11 @@
 """Dynamic batching: a bounded pending list and one inference worker thread.
 
-Requests submit tokenised texts; the worker takes everything pending (after
-waiting up to ``max_wait_ms`` for a batch to fill), sorts it by length to
-minimise padding, cuts batches by a token budget (``batch size x padded
-length <= max_batch_tokens``) and ``max_batch_size``, runs them, and resolves
-each text's future on its event loop. A failing batch fails only its own
+Requests submit texts; the worker takes everything pending (after waiting up
+to ``max_wait_ms`` for a batch to fill), tokenises it in one call, sorts it by
+token length to minimise padding, cuts batches by a token budget (``batch size
+x padded length <= max_batch_tokens``) and ``max_batch_size``, runs them, and
+resolves each text's future on its own event loop. Tokenisation and inference
+both run in the worker, off the event loop. A failing batch fails only its own
 futures; the worker goes on with the next one.
 """
 
@@ -22,7 +23,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+TokenizeFn = Callable[[Sequence[str]], list[np.ndarray]]
 EmbedFn = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+#: Rough characters per token, only to judge whether pending work fills a batch.
+_CHARS_PER_TOKEN = 4
 
 
 class QueueFullError(Exception):
@@ -37,15 +42,20 @@ class WorkerDeadError(RuntimeError):
 class Work:
     """One text waiting for its embedding."""
 
-    ids: np.ndarray
+    text: str
     future: asyncio.Future[np.ndarray]
     #: Requests still waiting for this text; 0 means its work can be dropped.
     waiters: int = 1
     enqueued: float = field(default_factory=time.monotonic)
+    ids: np.ndarray | None = None
 
     @property
-    def tokens(self) -> int:
-        return len(self.ids)
+    def estimated_tokens(self) -> int:
+        return len(self.text) // _CHARS_PER_TOKEN + 2
+
+    @property
+    def wanted(self) -> bool:
+        return self.waiters > 0 and not self.future.done()
 
 
 @dataclass(frozen=True)
@@ -87,33 +97,28 @@ def cut_batches(
 def _resolve(future: asyncio.Future[np.ndarray], value: np.ndarray | BaseException | None) -> None:
     if future.done():
         return
-    if isinstance(value, BaseException):
+    if value is None:
+        future.cancel()
+    elif isinstance(value, BaseException):
         future.set_exception(value)
-    elif value is not None:
+    else:
         future.set_result(value)
 
 
-def _cancel(future: asyncio.Future[np.ndarray], _: object) -> None:
-    future.cancel()
-
-
-def _call_in_loop(
-    future: asyncio.Future[np.ndarray],
-    fn: Callable[[asyncio.Future[np.ndarray], Any], None],
-    value: object,
-) -> None:
-    """Run ``fn(future, value)`` on the future's event loop, from the worker thread."""
+def _call_in_loop(future: asyncio.Future[np.ndarray], value: Any) -> None:
+    """Resolve ``future`` on its own event loop, from the worker thread (None cancels)."""
     try:
-        future.get_loop().call_soon_threadsafe(fn, future, value)
+        future.get_loop().call_soon_threadsafe(_resolve, future, value)
     except RuntimeError:  # the loop is closed: nobody is waiting
         pass
 
 
 class Batcher:
-    """Owns the pending queue and the worker thread that runs ``embed``."""
+    """Owns the pending queue and the worker thread that tokenises and embeds."""
 
     def __init__(
         self,
+        tokenize: TokenizeFn,
         embed: EmbedFn,
         *,
         max_batch_tokens: int = 16384,
@@ -122,6 +127,7 @@ class Batcher:
         max_queue_texts: int = 4096,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
+        self._tokenize = tokenize
         self._embed = embed
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -166,14 +172,14 @@ class Batcher:
         if not works:
             return
         with self._cond:
-            if not self.alive or not self._running:
+            if not self._running or not self.alive:
                 raise WorkerDeadError("the inference worker is not running")
             if self._in_flight + len(works) > self.max_queue_texts:
                 raise QueueFullError(
                     f"queue full ({self._in_flight} texts queued, limit {self.max_queue_texts})"
                 )
             self._pending.extend(works)
-            self._pending_tokens += sum(w.tokens for w in works)
+            self._pending_tokens += sum(w.estimated_tokens for w in works)
             self._in_flight += len(works)
             self._cond.notify()
 
@@ -208,42 +214,72 @@ class Batcher:
             taken = self._take()
             if taken is None:
                 return
+            # Work nobody waits for any more (deadline passed, client gone) is dropped.
+            live = [w for w in taken if w.wanted]
+            self._drop([w for w in taken if not w.wanted])
+            live = self._tokenized(live)
             batches = cut_batches(
-                [w.tokens for w in taken], self.max_batch_tokens, self.max_batch_size
+                [len(w.ids) for w in live],  # type: ignore[arg-type]
+                self.max_batch_tokens,
+                self.max_batch_size,
             )
             for indices in batches:
-                self._run_batch([taken[i] for i in indices])
+                self._run_batch([live[i] for i in indices])
+
+    def _drop(self, works: Sequence[Work]) -> None:
+        self._finish(len(works))
+        for work in works:
+            _call_in_loop(work.future, None)
+
+    def _fail(self, works: Sequence[Work], error: BaseException) -> None:
+        self._finish(len(works))
+        for work in works:
+            _call_in_loop(work.future, error)
+
+    def _tokenized(self, works: list[Work]) -> list[Work]:
+        """Tokenise ``works`` in one call; a text the tokenizer rejects fails alone."""
+        try:
+            for work, ids in zip(works, self._tokenize([w.text for w in works]), strict=True):
+                work.ids = ids
+            return works
+        except Exception:
+            logger.warning("batch tokenisation failed; retrying text by text", exc_info=True)
+        ok = []
+        for work in works:
+            try:
+                work.ids = self._tokenize([work.text])[0]
+                ok.append(work)
+            except Exception as exc:
+                self._fail([work], exc)
+        return ok
 
     def _run_batch(self, taken: list[Work]) -> None:
-        # Work nobody waits for any more (deadline passed, client gone) is dropped.
-        batch = []
-        for work in taken:
-            if work.waiters > 0 and not work.future.done():
-                batch.append(work)
-            else:
-                _call_in_loop(work.future, _cancel, None)
+        batch = [w for w in taken if w.wanted]
+        self._drop([w for w in taken if not w.wanted])
         if not batch:
-            self._finish(len(taken))
             return
         started = time.monotonic()
         try:
-            vectors = self._embed([w.ids for w in batch])
-            results: list[np.ndarray | BaseException] = list(vectors)
+            vectors = self._embed([w.ids for w in batch])  # type: ignore[misc]
         except Exception as exc:  # one bad batch must not stop the worker
             logger.exception("inference failed for a batch of %d texts", len(batch))
-            results = [exc] * len(batch)
+            self._fail(batch, exc)
+            return
         elapsed = time.monotonic() - started
-        for work, value in zip(batch, results):
-            _call_in_loop(work.future, _resolve, value)
-        self._finish(len(taken))
-        self.last_beat = time.monotonic()
-        if self._on_batch is not None:
-            self._on_batch(
-                BatchStats(
-                    size=len(batch),
-                    tokens=sum(w.tokens for w in batch),
-                    padded_tokens=max(w.tokens for w in batch) * len(batch),
-                    seconds=elapsed,
-                    queue_seconds=started - min(w.enqueued for w in batch),
-                )
+        if self._on_batch is not None:  # before resolving: stats are in when callers wake
+            lengths = [len(w.ids) for w in batch]  # type: ignore[arg-type]
+            stats = BatchStats(
+                size=len(batch),
+                tokens=sum(lengths),
+                padded_tokens=max(lengths) * len(batch),
+                seconds=elapsed,
+                queue_seconds=started - min(w.enqueued for w in batch),
             )
+            try:
+                self._on_batch(stats)
+            except Exception:
+                logger.exception("batch observer failed")
+        self._finish(len(batch))
+        for work, vector in zip(batch, vectors):
+            _call_in_loop(work.future, vector)
+        self.last_beat = time.monotonic()

@@ -28,6 +28,10 @@ from r3_service.reward.text import DEFAULT_STOP_STRINGS, cut_at_stop_strings, wo
 
 logger = logging.getLogger(__name__)
 
+#: Above this many response characters, stop-string cutting and token counting
+#: leave the event loop (small batches are cheaper inline than a thread hop).
+_INLINE_PREPARE_CHARS = 20_000
+
 #: P(OPENENDED) for each query, from the query embeddings and texts.
 QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
@@ -100,6 +104,7 @@ class RewardEngine:
         self.classifier = classifier
         self.cache = EmbeddingCache(self.config.cache_bytes)
         self.batcher = Batcher(
+            encoder.tokenize,
             encoder.embed_tokens,
             max_batch_tokens=self.config.max_batch_tokens,
             max_batch_size=self.config.max_batch_size,
@@ -108,7 +113,7 @@ class RewardEngine:
             on_batch=on_batch,
         )
         self._inflight: dict[str, Work] = {}
-        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
         self.dedup_hits = 0
 
     @property
@@ -122,9 +127,6 @@ class RewardEngine:
         self.batcher.stop(timeout)
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
-    async def _off_loop(self, fn: Callable[..., object], *args: object) -> object:
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
-
     async def embed(
         self, texts: Sequence[str], cacheable: Sequence[bool] | None = None
     ) -> np.ndarray:
@@ -137,8 +139,10 @@ class RewardEngine:
             rows_of.setdefault(text, []).append(row)
             cache_of[text] = cache_of.get(text, False) or flag
 
+        # Synchronous from here to submit(): no other request interleaves.
+        loop = asyncio.get_running_loop()
         waiting: dict[str, Work] = {}
-        missing: list[str] = []
+        new: list[tuple[str, Work]] = []
         for text, rows in rows_of.items():
             hit = self.cache.get(text) if cache_of[text] else None
             if hit is not None:
@@ -146,30 +150,17 @@ class RewardEngine:
             elif text in self._inflight:
                 waiting[text] = self._attach(text)
             else:
-                missing.append(text)
-
-        if missing:
-            ids = await self._off_loop(self.encoder.tokenize, missing)
-            assert isinstance(ids, list)
-            loop = asyncio.get_running_loop()
-            new: list[Work] = []
-            for text, token_ids in zip(missing, ids):
-                # Another request may have queued the same text while we tokenised.
-                if text in self._inflight:
-                    waiting[text] = self._attach(text)
-                    continue
-                work = Work(ids=token_ids, future=loop.create_future())
-                new.append(work)
+                work = Work(text=text, future=loop.create_future())
                 waiting[text] = work
-            try:
-                self.batcher.submit(new)
-            except Exception:
-                self._release(waiting, [w for w in waiting.values() if w not in new])
-                raise
-            for text, work in waiting.items():
-                if work in new:
-                    self._inflight[text] = work
-                    work.future.add_done_callback(self._forget(text, work, cache_of[text]))
+                new.append((text, work))
+        try:
+            self.batcher.submit([work for _, work in new])
+        except Exception:
+            self._release(waiting, [w for t, w in waiting.items() if (t, w) not in new])
+            raise
+        for text, work in new:
+            self._inflight[text] = work
+            work.future.add_done_callback(self._forget(text, work, cache_of[text]))
 
         if waiting:
             names = list(waiting)
@@ -234,8 +225,13 @@ class RewardEngine:
         """R^3 rewards for ``items``; untyped items are classified, or OPENENDED without a head."""
         options = options or RewardOptions()
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
-        prepared = await self._off_loop(_prepare, [i.response for i in items], stops)
-        assert isinstance(prepared, list)
+        responses = [i.response for i in items]
+        if sum(len(r) for r in responses) > _INLINE_PREPARE_CHARS:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._cpu, _prepare, responses, stops
+            )
+        else:
+            prepared = _prepare(responses, stops)
 
         # Plan which texts each item needs, embed them all in one round.
         texts: list[str] = []

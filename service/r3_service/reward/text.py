@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+import regex
+
 # NLTK's WordPunctTokenizer pattern: runs of word characters, or runs of
-# characters that are neither word characters nor whitespace.
-_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
+# characters that are neither word characters nor whitespace. Compiled with the
+# ``regex`` engine and NLTK's flags, as NLTK (>= 3.10) does: its ``\w`` is
+# Unicode's word class, which differs from ``re``'s on a few characters (``²``).
+_WORDPUNCT = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
 
 #: Stop strings applied to a rollout before scoring: role markers of common chat

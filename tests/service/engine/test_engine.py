@@ -1,0 +1,159 @@
+"""The engine with the real exported encoder: batching, dedup, cache, scoring."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from r3_service.encoder import load_encoder, relevance
+from r3_service.engine import EmbeddingCache, EngineConfig, RewardEngine, RewardItem
+from r3_service.reward import (
+    Branch,
+    QueryType,
+    RewardOptions,
+    cut_at_stop_strings,
+    interpolate_relevance,
+    length_incentive,
+    repetition_penalty,
+    wordpunct_tokenize,
+)
+
+TEXTS = [f"Sentence number {i} about topic {i % 7}. " * (1 + i % 9) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def encoder(minilm_dir: Path):  # type: ignore[no-untyped-def]
+    return load_encoder(minilm_dir)
+
+
+@pytest.fixture
+async def engine(encoder):  # type: ignore[no-untyped-def]
+    engine = RewardEngine(encoder, EngineConfig(max_batch_tokens=2048, max_batch_size=16))
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+async def test_concurrent_batched_embeddings_equal_one_by_one(engine, encoder) -> None:  # type: ignore[no-untyped-def]
+    single = np.stack([encoder.encode([t])[0] for t in TEXTS])
+    chunks = [TEXTS[i : i + 3] for i in range(0, len(TEXTS), 3)]
+    results = await asyncio.gather(*(engine.embed(c, [False] * len(c)) for c in chunks))
+    batched = np.concatenate(results)
+    assert np.abs(batched - single).max() <= 1e-5
+
+
+async def test_identical_texts_in_flight_are_encoded_once(engine) -> None:  # type: ignore[no-untyped-def]
+    sizes: list[int] = []
+    original = engine.batcher._on_batch
+    engine.batcher._on_batch = lambda stats: sizes.append(stats.size)
+    text = "the same prompt scored for many samples"
+    vectors = await asyncio.gather(*(engine.embed([text], [False]) for _ in range(8)))
+    engine.batcher._on_batch = original
+    assert sum(sizes) == 1
+    assert all(np.array_equal(v, vectors[0]) for v in vectors)
+
+
+async def test_cache_serves_repeated_queries(engine) -> None:  # type: ignore[no-untyped-def]
+    first = await engine.embed(["cached query"], [True])
+    hits = engine.cache.hits
+    second = await engine.embed(["cached query"], [True])
+    assert engine.cache.hits == hits + 1
+    assert np.array_equal(first, second)
+    await engine.embed(["uncached response"], [False])
+    assert engine.cache.get("uncached response") is None
+
+
+def test_cache_is_bounded_in_bytes() -> None:
+    vector = np.zeros(384, dtype=np.float32)
+    entry = EmbeddingCache.entry_bytes("key-0000", vector)
+    cache = EmbeddingCache(max_bytes=entry * 10)
+    for i in range(100):
+        cache.put(f"key-{i:04d}", vector.copy())
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) == 10
+    assert cache.get("key-0000") is None and cache.get("key-0099") is not None
+
+
+async def test_score_matches_formula_computed_by_hand(engine, encoder) -> None:  # type: ignore[no-untyped-def]
+    query = "Write a poem about the sea."
+    response = "The sea is wide, the sea is deep, the sea is wide and blue.\n\n--\nsignature"
+    reference = "The answer is 4."
+    answer = "It is 4."
+    items = [
+        RewardItem(query=query, response=response, qtype=QueryType.OPENENDED),
+        RewardItem(
+            query="What is 2+2?", response=answer, reference=reference, qtype=QueryType.CONSTRAINED
+        ),
+        RewardItem(query="What is 2+2?", response=answer, qtype=QueryType.CONSTRAINED),
+        RewardItem(query=query, response=response),  # untyped, no head: OPENENDED
+    ]
+    result = await engine.score(items)
+
+    cut = cut_at_stop_strings(response)
+    assert cut == "The sea is wide, the sea is deep, the sea is wide and blue."
+    tokens = wordpunct_tokenize(cut)
+    q, r = encoder.encode([query, cut])
+    r_x = float(relevance(q[None], r[None], "cosine")[0])
+    expected_oe = r_x * length_incentive(tokens) * repetition_penalty(tokens)
+    assert result.rewards[0] == pytest.approx(expected_oe, abs=1e-6)
+    assert result.rewards[3] == pytest.approx(expected_oe, abs=1e-6)
+    assert result.branch[0] is Branch.OPENENDED
+
+    y, a = encoder.encode([reference, answer])
+    r_y = float(relevance(y[None], a[None], "cosine")[0])
+    expected_c = interpolate_relevance(r_y, (0.0, 1.0), 512) * repetition_penalty(
+        wordpunct_tokenize(answer)
+    )
+    assert result.rewards[1] == pytest.approx(expected_c, abs=1e-6)
+    assert result.branch[1] is Branch.CONSTRAINED
+    assert result.relevance[1] == pytest.approx(r_y, abs=1e-6)
+
+    assert result.branch[2] is Branch.CONSTRAINED_NO_REFERENCE
+    x, a2 = encoder.encode(["What is 2+2?", answer])
+    r_x2 = float(relevance(x[None], a2[None], "cosine")[0])
+    assert result.rewards[2] == pytest.approx(r_x2 * 0.04 * 1.0, abs=1e-6)
+    assert result.qtype == [
+        QueryType.OPENENDED,
+        QueryType.CONSTRAINED,
+        QueryType.CONSTRAINED,
+        QueryType.OPENENDED,
+    ]
+
+
+async def test_score_with_ablations(engine) -> None:  # type: ignore[no-untyped-def]
+    items = [
+        RewardItem(query="q", response="one two three one two three", qtype=QueryType.OPENENDED),
+        RewardItem(query="q", response="x", reference="y", qtype=QueryType.CONSTRAINED),
+    ]
+    li_only = RewardOptions(relevance=False, repetition_penalty=False, reward_branching=False)
+    result = await engine.score(items, li_only)
+    assert result.rewards == pytest.approx([0.06, 0.01])
+    assert result.branch == [Branch.UNBRANCHED, Branch.UNBRANCHED]
+    custom = await engine.score(items[:1], RewardOptions(relevance=False), stop_strings=["three"])
+    assert custom.rewards[0] == pytest.approx(0.02)  # "one two": LI 0.02, RP 1
+
+
+async def test_classifier_hook_decides_untyped_items(encoder) -> None:  # type: ignore[no-untyped-def]
+    def head(vectors: np.ndarray, texts: list[str]) -> np.ndarray:
+        assert vectors.shape == (len(texts), encoder.dim)
+        return np.array([0.0 if "Classify" in t else 1.0 for t in texts])
+
+    engine = RewardEngine(encoder, classifier=head)
+    engine.start()
+    try:
+        items = [
+            RewardItem(query="Classify: good", response="positive", reference="positive"),
+            RewardItem(query="Write a story", response="Once upon a time"),
+            RewardItem(query="Classify: bad", response="neg", qtype=QueryType.OPENENDED),
+        ]
+        result = await engine.score(items)
+        assert result.qtype == [QueryType.CONSTRAINED, QueryType.OPENENDED, QueryType.OPENENDED]
+        assert result.branch[0] is Branch.CONSTRAINED
+        # identical reference and response: cosine 1 -> F(1) = 5.12
+        assert result.rewards[0] == pytest.approx(5.12, abs=1e-4)
+        probs = await engine.classify(["Classify: x", "Write"])
+        assert list(probs) == [0.0, 1.0]
+    finally:
+        engine.stop()

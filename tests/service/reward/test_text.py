@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from r3_service.reward.text import (
+    DEFAULT_STOP_STRINGS,
+    cut_at_stop_strings,
+    query_text,
+    trigrams,
+    wordpunct_tokenize,
+)
+
+nltk_tokenize = pytest.importorskip("nltk.tokenize").wordpunct_tokenize
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Hello, world!",
+        "Don't stop-believing... 3.14 $5",
+        "naïve café — 東京 😀!!",
+        "tabs\tand\nnewlines  ",
+        "a_b __init__ x=1;y=2",
+    ],
+)
+def test_wordpunct_matches_nltk_examples(text: str) -> None:
+    assert wordpunct_tokenize(text) == nltk_tokenize(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_wordpunct_matches_nltk_on_any_text(text: str) -> None:
+    assert wordpunct_tokenize(text) == nltk_tokenize(text)
+
+
+def test_wordpunct_hand_example() -> None:
+    assert wordpunct_tokenize("It's 3.5, ok?!") == ["It", "'", "s", "3", ".", "5", ",", "ok", "?!"]
+
+
+def test_trigrams() -> None:
+    assert trigrams(["a", "b", "c", "d"]) == ["a b c", "b c d"]
+    assert trigrams(["a", "b"]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer.\n\n\n\nmore", "Answer."),
+        ("  Answer.\n\n-- sig", "Answer."),
+        ("Answer.\n\n____\nfoot", "Answer."),
+        ("\n Answer <|user|> next turn", "Answer"),
+        ("Answer.\n\nSecond paragraph.", "Answer.\n\nSecond paragraph."),
+        ("first \n\n-- then\n\n\n\nlater", "first"),
+        ("no stop here", "no stop here"),
+    ],
+)
+def test_cut_at_default_stop_strings(text: str, expected: str) -> None:
+    assert cut_at_stop_strings(text) == expected
+
+
+def test_cut_uses_earliest_stop_and_custom_list() -> None:
+    assert cut_at_stop_strings("a STOP b END c", ["END", "STOP"]) == "a"
+    assert cut_at_stop_strings("keep\n\n\n\nall", []) == "keep\n\n\n\nall"
+    assert "\n\n\n\n" in DEFAULT_STOP_STRINGS
+
+
+def test_cut_strips_only_newlines_and_spaces() -> None:
+    assert cut_at_stop_strings("\t x \n") == "\t x"
+
+
+def test_query_text_plain_string_unchanged() -> None:
+    assert query_text("  What is  R3?\n") == "  What is  R3?\n"
+
+
+def test_query_text_joins_user_turns_and_collapses_whitespace() -> None:
+    chat = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Tell me\n about  cats."},
+        {"role": "assistant", "content": "Cats are great."},
+        {"role": "user", "content": " And dogs? "},
+    ]
+    assert query_text(chat) == "Tell me about cats. And dogs?"
