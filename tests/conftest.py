@@ -35,8 +35,9 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bert_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny BERT in a folder named like the paper's encoder."""
     torch = pytest.importorskip("torch")
-    from r3_service.models import bundled_model_dir
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from r3_service.models import bundled_model_dir
 
     folder = tmp_path_factory.mktemp("hub") / "contriever"
     torch.manual_seed(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,14 +68,14 @@ class MetricsMiddleware:
         started = time.perf_counter()
         status = 500
 
-        async def observed(message: dict[str, Any]) -> None:
+        async def observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            await send(message)  # type: ignore[arg-type]
+            await send(message)
 
         try:
-            await self.app(scope, receive, observed)  # type: ignore[arg-type]
+            await self.app(scope, receive, observed)
         finally:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)

@@ -24,18 +24,29 @@ _EMPTY_INPUT = re.compile(r"^\W*(?:no\s*input|none|n/?a|empty|nothing)\W*$", re.
 _INLINE_COLON = re.compile(r"^[^:\n]{8,160}(:)[ \t]+(?=\S)")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
-_WH_FACT = ("what", "which", "who", "whom", "whose", "when", "where")
-_WH_OPEN = ("how", "why")
-_AUX = (
+_WH_FACT = frozenset(("what", "which", "who", "whom", "whose", "when", "where"))
+_WH_OPEN = frozenset(("how", "why"))
+_AUX = frozenset((
     "is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would",
     "should", "has", "have", "had", "may", "might", "shall",
-)  # fmt: skip
-# Words a chat user puts before the actual task ("hey, can you please write ...").
-_PREAMBLE = {
-    "hey", "hi", "hello", "ok", "okay", "so", "now", "please", "kindly", "can", "could",
-    "would", "will", "you", "u", "i", "i'd", "want", "need", "like", "to", "me", "help",
-    "just", "quickly", "also", "then", "and", "let's", "lets", "go", "ahead", "pls", "plz",
-}  # fmt: skip
+))  # fmt: skip
+# A chat preamble before the actual task ("Hi! Quick question: could you please ...").
+_PREAMBLE_RE = re.compile(
+    r"^(?:(?:hi|hello|hey|yo|ok|okay|so|well|now|alright|dear \w+|greetings)\b[\s!,.:;-]*|"
+    r"(?:a )?quick question\b[\s!,.:;-]*|(?:i have|i've got) a (?:quick )?question\b[\s!,.:;-]*|"
+    r"i (?:was|am|'m) wondering(?: if| whether)?\b[\s,]*|"
+    r"(?:would|do) you mind(?: helping me(?: with this| out)?)?\b[\s!,.:;-]*|"
+    r"(?:can|could|would|will) (?:you|u)(?: please| kindly| possibly)?(?: help me(?: to)?)?\b[\s,]*|"
+    r"(?:please|pls|plz|kindly)\b[\s,]*|"
+    r"i (?:would like|'d like|want|need)(?: you)? to\b\s*|"
+    r"i (?:need|want) (?:some )?help(?: with)?\b[\s!,.:;-]*|"
+    r"help me(?: to)?\b\s*|let's\b\s*|"
+    r"thanks?(?: you)?(?: in advance)?\b[\s!,.:;-]*)",
+    re.IGNORECASE,
+)
+_FILLER = frozenset(("first", "then", "also", "now", "just", "simply", "briefly", "quickly", "and"))
+_TRAILER = re.compile(r"(?:[\s.!)]|\b(?:thanks|thank you|thx|ty|pls|please)\b)*$", re.IGNORECASE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 # Closed tasks: the answer is determined by the query (and the reference answer).
 _CLOSED_VERBS = re.compile(
@@ -176,25 +187,57 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+def strip_preamble(text: str) -> str:
+    """``text`` without a leading chat preamble ("Hi! Could you please ...", "Quick question:")."""
+    original = text
+    previous = None
+    text = text.lstrip()
+    while previous != text:
+        previous = text
+        text = _PREAMBLE_RE.sub("", text, count=1).lstrip()
+    return text if text else original
+
+
+def _looks_like_task(paragraph: str) -> bool:
+    """Whether a paragraph asks for something: a question, or a task verb at a clause start."""
+    if "?" in paragraph:
+        return True
+    starts = _clause_starts(paragraph)
+    return any(
+        _CLOSED_VERBS.match(w) or _OPEN_VERBS.match(w) or w in _WH_FACT or w in _WH_OPEN
+        for w in starts
+    )
+
+
 def split_query(text: str) -> tuple[str, str]:
     """Split ``text`` into (instruction, input): the input is what follows an input block.
 
-    Recognised: an ``Input:`` / ``### Input:`` marker, else the text after the first
-    blank line, else the text after a line that ends with a colon. Placeholder
-    inputs such as ``noinput`` count as empty.
+    Recognised, in order: an ``Input:`` / ``### Input:`` marker; paragraphs (a long
+    first paragraph followed by a short last one is input + instruction); a line
+    ending with a colon; an inline ``instruction: input``; a line break. A chat
+    preamble is dropped first. Placeholder inputs such as ``noinput`` count as empty.
     """
-    text = text.strip()
+    text = strip_preamble(text.strip())
+    instruction, rest = text, ""
     match = _INPUT_MARKER.search(text)
     if match:
         instruction, rest = text[: match.start()], text[match.end() :]
     elif "\n\n" in text:
-        instruction, rest = text.split("\n\n", 1)
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        first, last = paragraphs[0], paragraphs[-1]
+        if len(paragraphs) > 1 and len(first.split()) > 60 and len(last.split()) <= 40:
+            pick = len(paragraphs) - 1
+        else:
+            # A short leading paragraph without a task ("Context: ...") is not the instruction.
+            pick = next((i for i, p in enumerate(paragraphs[:3]) if _looks_like_task(p)), 0)
+        instruction = paragraphs[pick]
+        rest = "\n\n".join(paragraphs[:pick] + paragraphs[pick + 1 :])
     else:
         colon = re.search(r"(:)[ \t]*\n", text) or _INLINE_COLON.search(text)
         if colon:
             instruction, rest = text[: colon.start(1) + 1], text[colon.end() :]
-        else:
-            instruction, rest = text, ""
+        elif "\n" in text:
+            instruction, rest = text.split("\n", 1)
     instruction, rest = instruction.strip(), rest.strip()
     if _EMPTY_INPUT.match(rest):
         rest = ""
@@ -207,12 +250,22 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _task_words(words: list[str]) -> list[str]:
-    """The words after a chat preamble ("hey, could you please ...") and a "given ..." clause."""
-    start = 0
-    while start < len(words) - 1 and words[start] in _PREAMBLE:
-        start += 1
-    return words[start : start + 6]
+def _clause_starts(instruction: str) -> list[str]:
+    """The task word of each place a task can start: the instruction, its next two
+    sentences, and the clause after a leading "Given ...," or "...:" (preambles dropped)."""
+    sentences = [s for s in _SENTENCE.split(instruction) if s.strip()]
+    candidates = [instruction, *sentences[1:3]]
+    clause = re.split(r"[,:;]", sentences[0] if sentences else instruction, maxsplit=1)
+    if len(clause) > 1:
+        candidates.append(clause[1])
+    starts = []
+    for candidate in candidates:
+        words = _words(strip_preamble(candidate))[:2]
+        if len(words) == 2 and words[0] in _FILLER:
+            words = words[1:]
+        if words:
+            starts.append(words[0])
+    return starts
 
 
 def _flag(pattern: re.Pattern[str], text: str) -> float:
@@ -229,13 +282,9 @@ def query_features(text: str) -> list[float]:
     low = instruction.lower()
     words = _words(instruction)
     input_words = _words(given)
-    first = words[0] if words else ""
-    lead = _task_words(words)
-    # "Given a sentence, classify ..." -> look at the verb after the clause as well.
-    clause = re.split(r"[,:;]", low, maxsplit=1)
-    after_clause = _task_words(_words(clause[1]))[:3] if len(clause) > 1 else []
-    lead_window = lead[:3] + after_clause
-    sentences = [s for s in re.split(r"[.!?]+(?:\s|$)|\n+", instruction) if s.strip()]
+    lead_window = _clause_starts(instruction)
+    firsts = set(lead_window)
+    sentences = [s for s in _SENTENCE.split(instruction) if s.strip()]
     code_or_numbers = bool(given) and (
         bool(_CODE.search(given)) or len(_NUMBER.findall(given)) >= max(2, len(input_words) // 3)
     )
@@ -244,12 +293,12 @@ def query_features(text: str) -> list[float]:
         math.log1p(len(input_words)) / 5.0,
         math.log1p(len(words)) / 4.0,
         math.log1p(len(sentences)) / 2.0,
-        1.0 if instruction.rstrip().endswith("?") else 0.0,
+        1.0 if _TRAILER.sub("", instruction).endswith("?") else 0.0,
         1.0 if "?" in instruction else 0.0,
-        1.0 if first in _WH_FACT else 0.0,
-        1.0 if first in _WH_OPEN else 0.0,
-        1.0 if first in _AUX else 0.0,
-        _flag(_POLITE, low),
+        1.0 if firsts & _WH_FACT else 0.0,
+        1.0 if firsts & _WH_OPEN else 0.0,
+        1.0 if firsts & _AUX else 0.0,
+        _flag(_POLITE, text.lower()),
         _flag(_FIRST_PERSON, low),
         _any_word(_CLOSED_VERBS, lead_window),
         _any_word(_OPEN_VERBS, lead_window),

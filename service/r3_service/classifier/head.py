@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from r3_service.classifier.features import FEATURE_NAMES, text_features
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,28 @@ class QTypeHead:
         """Calibrated P(OPENENDED) for each query, float64 of shape (n,)."""
         return _sigmoid(self.decision_function(embeddings, texts) / self.temperature)
 
+    def __call__(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Same as :meth:`predict_proba` (the engine's classifier signature)."""
+        return self.predict_proba(embeddings, texts)
+
     def predict(self, embeddings: np.ndarray, texts: Sequence[str]) -> list[str]:
         """``"OPENENDED"`` or ``"CONSTRAINED"`` for each query."""
         proba = self.predict_proba(embeddings, texts)
         return [OPENENDED if p >= self.threshold else CONSTRAINED for p in proba]
+
+    def info(self) -> dict[str, Any]:
+        """A short summary for logs and the service's info endpoint."""
+        shifted = self.metrics.get("shifted_split", {})
+        random_split = self.metrics.get("random_split", {})
+        return {
+            "encoder": self.encoder,
+            "format_version": self.format_version,
+            "data_sha256": self.data_sha256,
+            "threshold": self.threshold,
+            "temperature": round(self.temperature, 4),
+            "shifted_split_accuracy": shifted.get("accuracy"),
+            "random_split_accuracy": random_split.get("accuracy"),
+        }
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -146,12 +165,25 @@ class QTypeHead:
         return target
 
 
-def load_head(path: Path | str) -> QTypeHead:
-    """Load a head from a JSON file, or from ``qtype_head.json`` inside a model folder."""
+def load_head(
+    path: Path | str, *, encoder: str | None = None, embedding_dim: int | None = None
+) -> QTypeHead:
+    """Load a head from a JSON file, or from ``qtype_head.json`` inside a model folder.
+
+    With ``encoder`` / ``embedding_dim`` given, a head trained for another encoder is
+    refused (ValueError).
+    """
     source = Path(path)
     if source.is_dir():
         source = source / HEAD_FILE
-    return QTypeHead.from_json(json.loads(source.read_text()))
+    head = QTypeHead.from_json(json.loads(source.read_text()))
+    if encoder is not None and head.encoder != encoder:
+        raise ValueError(f"{source}: head trained for encoder {head.encoder!r}, not {encoder!r}")
+    if embedding_dim is not None and head.embedding_dim != embedding_dim:
+        raise ValueError(
+            f"{source}: head expects {head.embedding_dim}-d embeddings, encoder gives {embedding_dim}"
+        )
+    return head
 
 
 def shipped_head_path(encoder: str = "all-MiniLM-L6-v2") -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     HEAD_FILE,
@@ -44,7 +45,7 @@ class TrainConfig:
     #: L2 penalty (per sample) on the standardised embedding weights.
     l2_embedding: float = 0.3
     #: L2 penalty (per sample) on the standardised text-feature weights.
-    l2_features: float = 0.01
+    l2_features: float = 0.1
     embedding_norm: str = "l2"
     #: Augmented copies per training row, and their total weight relative to the row.
     augment_copies: int = 1
@@ -91,6 +92,12 @@ _CHAT_PREFIXES = (
 )  # fmt: skip
 
 
+_CONTEXTS = (
+    "I have a question.", "This is for work.", "I'm preparing for a meeting.",
+    "Here's what I need.", "Hello!", "I need some help.", "Thanks in advance.",
+)  # fmt: skip
+
+
 def _lcfirst(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
 
@@ -110,6 +117,8 @@ def augment_text(text: str, rng: random.Random) -> str:
         instruction = body
     if rng.random() < 0.25:
         instruction = instruction.lower()
+    if rng.random() < 0.15:
+        instruction = rng.choice(_CONTEXTS) + rng.choice((" ", "\n\n")) + instruction
     if given:
         sep = rng.choice(_INPUT_FORMATS)
         if sep.startswith(":"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from r3_service.encoder.base import Encoder, relevance
+from r3_service.encoder.profile import EncoderProfile
 from r3_service.engine.batching import Batcher, BatchStats, Work
 from r3_service.engine.cache import EmbeddingCache
 from r3_service.reward.formula import (
@@ -117,7 +118,7 @@ class RewardEngine:
         self.dedup_hits = 0
 
     @property
-    def profile(self):  # type: ignore[no-untyped-def]
+    def profile(self) -> EncoderProfile:
         return self.encoder.profile
 
     def start(self) -> None:
@@ -282,8 +283,9 @@ class RewardEngine:
         similarity = self.profile.similarity
         for index in range(len(items)):
             qtype = qtypes[index]
-            branch = branches[index]
-            assert branch is not None
+            chosen = branches[index]
+            assert chosen is not None
+            branch = chosen
             slot = slots[index]
             rel = 1.0
             if options.relevance:

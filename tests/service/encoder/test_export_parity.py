@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from r3_service.encoder import EncoderProfile, load_encoder
 from r3_service.encoder.profile import preset_for
 
@@ -104,6 +105,7 @@ def test_int8_export_is_close(tiny_bert_source: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_fp16_export_writes_a_half_precision_graph(tiny_bert_source: Path, tmp_path: Path) -> None:
     import onnx
+
     from r3_service.encoder.export import export_encoder
 
     export_encoder(str(tiny_bert_source), tmp_path, dtype="fp16", local_files_only=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from r3_service.engine.batching import Batcher, BatchStats, QueueFullError, Work, cut_batches
 
 

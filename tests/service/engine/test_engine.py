@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from r3_service.encoder import load_encoder, relevance
 from r3_service.engine import EmbeddingCache, EngineConfig, RewardEngine, RewardItem
 from r3_service.reward import (

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from r3_service.reward.formula import (
     Branch,
     QueryType,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
     cut_at_stop_strings,

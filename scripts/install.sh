@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the project into ./.venv. Usage: scripts/install.sh EXTRAS  (e.g. "export" or "all")
+# On hosts without an NVIDIA GPU: torch==2.13.0 (a CPU build) first, and the CPU onnxruntime.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-export}"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  runtime=gpu
+else
+  runtime=cpu
+  python -m pip install --quiet torch==2.13.0
+fi
+python -m pip install --quiet -e ".[${runtime},${extras}]" -e ./clients/python
