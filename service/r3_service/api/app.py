@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from r3_service import __version__
 from r3_service.api.errors import install_error_handlers
 from r3_service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from r3_service.api.routes import health, info, reward
+from r3_service.api.routes import health, info, openrlhf, reward
 from r3_service.api.state import ServiceState
 from r3_service.config import Settings
 from r3_service.encoder.base import Encoder
@@ -109,6 +109,7 @@ def create_app(
     app.state.r3 = state
     install_error_handlers(app)
     app.include_router(reward.router)
+    app.include_router(openrlhf.router)
     app.include_router(info.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -12,7 +12,16 @@ from r3_service.metrics import Metrics
 
 #: Routes with their own metric labels; anything else is "other" (bounded cardinality).
 KNOWN_ROUTES = frozenset(
-    {"/reward", "/relevance", "/classify", "/healthz", "/readyz", "/metrics", "/v1/info"}
+    {
+        "/reward",
+        "/relevance",
+        "/classify",
+        "/openrlhf/reward",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/info",
+    }
 )
 
 

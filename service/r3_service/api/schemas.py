@@ -128,3 +128,30 @@ class ErrorResponse(BaseModel):
     """The one error shape of every non-2xx answer."""
 
     error: ErrorBody
+
+
+class OpenRLHFLabel(_Strict):
+    """A structured OpenRLHF label: the reference answer and, optionally, the query type."""
+
+    reference: str | None = None
+    qtype: QueryType | None = None
+
+
+class OpenRLHFRequest(BaseModel):
+    """The body OpenRLHF's ``--remote_rm_url`` client POSTs (openrlhf 0.11.2,
+    ``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``):
+    ``query`` is prompt + response as decoded, ``prompts`` the rendered prompts,
+    ``labels`` the dataset's label column (a reference answer, or a JSON object
+    with ``reference`` and ``qtype``)."""
+
+    query: list[str]
+    prompts: list[str]
+    labels: list[str | OpenRLHFLabel | None] | None = None
+
+
+class OpenRLHFResponse(BaseModel):
+    """The shape OpenRLHF reads: ``rewards``, ``scores`` and ``extra_logs``."""
+
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]

@@ -37,6 +37,7 @@ _PREAMBLE_RE = re.compile(
     r"i (?:was|am|'m) wondering(?: if| whether)?\b[\s,]*|"
     r"(?:would|do) you mind(?: helping me(?: with this| out)?)?\b[\s!,.:;-]*|"
     r"(?:can|could|would|will) (?:you|u)(?: please| kindly| possibly)?(?: help me(?: to)?)?\b[\s,]*|"
+    r"(?:you|u) (?:could|can|would|might)(?: please| kindly| possibly)?\b[\s,]*|"
     r"(?:please|pls|plz|kindly)\b[\s,]*|"
     r"i (?:would like|'d like|want|need)(?: you)? to\b\s*|"
     r"i (?:need|want) (?:some )?help(?: with)?\b[\s!,.:;-]*|"
@@ -140,7 +141,7 @@ _OPINION = re.compile(
 )
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|i'd|my|me|mine|we|our|us)\b")
 _POLITE = re.compile(
-    r"\b(?:can you|could you|would you|will you|please|pls|help me|i want you to|"
+    r"\b(?:can you|could you|would you|will you|can u|could u|please|pls|plz|help me|i want you to|"
     r"i need you to|i'd like you to|i would like you to|i need|i want)\b"
 )
 _EXPLAIN = re.compile(r"\b(?:explain|why|describe|discuss|elaborate|tell me about|talk about)\b")

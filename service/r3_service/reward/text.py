@@ -76,3 +76,65 @@ def query_text(query: str | Sequence[Mapping[str, str]]) -> str:
         return query
     user_turns = [m["content"] for m in query if m.get("role") == "user"]
     return collapse_whitespace(" ".join(user_turns))
+
+
+# Chat templates whose rendered prompts we can take apart: (pattern of one turn,
+# group holding the role, group holding the content).
+_TEMPLATES: tuple[tuple[re.Pattern[str], int, int], ...] = (
+    # ChatML (Qwen, SmolLM): <|im_start|>user\n...<|im_end|>
+    (re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S), 1, 2),
+    # Llama 3: <|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>
+    (
+        re.compile(
+            r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n*(.*?)(?:<\|eot_id\|>|$)", re.S
+        ),
+        1,
+        2,
+    ),
+    # Tulu / Zephyr: <|user|>\n...
+    (
+        re.compile(
+            r"<\|(user|assistant|system)\|>\n?(.*?)(?=<\|(?:user|assistant|system)\|>|$)", re.S
+        ),
+        1,
+        2,
+    ),
+)
+_LLAMA2 = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)
+_SYS_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.S)
+_SPECIAL = re.compile(r"<s>|</s>|<\|begin_of_text\|>|<\|endoftext\|>")
+
+
+def user_text_from_prompt(prompt: str) -> str:
+    """The user turns of a prompt rendered with a chat template, joined by spaces.
+
+    Knows ChatML, Llama 3, Tulu/Zephyr and Llama 2 ``[INST]``; a prompt in none
+    of them is returned with whitespace collapsed.
+    """
+    for pattern, role_group, content_group in _TEMPLATES:
+        turns = [(m.group(role_group), m.group(content_group)) for m in pattern.finditer(prompt)]
+        if turns:
+            return query_text([{"role": r, "content": c} for r, c in turns])
+    inst = _LLAMA2.findall(prompt)
+    if inst:
+        return collapse_whitespace(" ".join(_SYS_BLOCK.sub(" ", t) for t in inst))
+    return collapse_whitespace(_SPECIAL.sub(" ", prompt))
+
+
+def split_prompt_response(sequence: str, prompt: str) -> str:
+    """The response part of ``sequence`` = prompt + response, as decoded by a trainer.
+
+    The prompt is found as a prefix, after leading special tokens, or as the last
+    occurrence of it; failing all that, everything after the common prefix is the response.
+    """
+    if sequence.startswith(prompt):
+        return sequence[len(prompt) :]
+    position = sequence.rfind(prompt) if prompt else -1
+    if position >= 0:
+        return sequence[position + len(prompt) :]
+    common = 0
+    for a, b in zip(sequence, prompt):
+        if a != b:
+            break
+        common += 1
+    return sequence[common:]

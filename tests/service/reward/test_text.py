@@ -83,3 +83,37 @@ def test_query_text_joins_user_turns_and_collapses_whitespace() -> None:
         {"role": "user", "content": " And dogs? "},
     ]
     assert query_text(chat) == "Tell me about cats. And dogs?"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        (
+            "<|im_start|>system\nBe nice<|im_end|>\n<|im_start|>user\nHello  there<|im_end|>\n"
+            "<|im_start|>assistant\nHi!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            "Hello there Bye",
+        ),
+        (
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nsys<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            "What is 2+2?",
+        ),
+        ("<|user|>\nTell me a joke\n<|assistant|>\n", "Tell me a joke"),
+        ("<s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nHi there [/INST]", "Hi there"),
+        ("Plain\n prompt", "Plain prompt"),
+    ],
+)
+def test_user_text_from_rendered_prompt(prompt: str, expected: str) -> None:
+    from r3_service.reward.text import user_text_from_prompt
+
+    assert user_text_from_prompt(prompt) == expected
+
+
+def test_split_prompt_response() -> None:
+    from r3_service.reward.text import split_prompt_response
+
+    assert split_prompt_response("PROMPT answer", "PROMPT") == " answer"
+    assert split_prompt_response("<s>PROMPT answer</s>", "PROMPT") == " answer</s>"
+    assert split_prompt_response("PROMPX answer", "PROMPT") == "X answer"
