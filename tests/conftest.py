@@ -73,14 +73,17 @@ def free_port() -> int:
 class LiveServer:
     """A real ``r3-serve`` process on a free loopback port."""
 
-    def __init__(self, model: Path, env: dict[str, str] | None = None, log: Path | None = None):
+    def __init__(
+        self, model: Path | None, env: dict[str, str] | None = None, log: Path | None = None
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "R3_LOG_LEVEL": "warning", **(env or {})}
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        model_args = ["--model", str(model)] if model is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "r3_service", "--model", str(model), "--port", str(self.port)],
+            [sys.executable, "-m", "r3_service", *model_args, "--port", str(self.port)],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -129,7 +132,7 @@ def server_factory(tmp_path: Path) -> Iterator[type[LiveServer]]:
     started: list[LiveServer] = []
 
     class Factory(LiveServer):
-        def __init__(self, model: Path, env: dict[str, str] | None = None) -> None:
+        def __init__(self, model: Path | None, env: dict[str, str] | None = None) -> None:
             super().__init__(model, env, log=tmp_path / f"server{len(started)}.log")
             started.append(self)
 

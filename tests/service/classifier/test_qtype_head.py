@@ -49,7 +49,9 @@ def test_round_trip(tmp_path: Path) -> None:
     again = load_head(tmp_path)
     emb = np.random.default_rng(2).normal(size=(2, DIM))
     texts = ["Write a story.", "Name a color."]
-    np.testing.assert_allclose(again.predict_proba(emb, texts), head.predict_proba(emb, texts), rtol=1e-5)
+    np.testing.assert_allclose(
+        again.predict_proba(emb, texts), head.predict_proba(emb, texts), rtol=1e-5
+    )
     data = json.loads(path.read_text())
     assert data["format_version"] == 1
     assert data["labels"] == ["CONSTRAINED", "OPENENDED"]

@@ -63,7 +63,9 @@ def synthetic_rows(n: int, seed: int) -> list[dict[str, str]]:
             text = rng.choice(OPEN_TEMPLATES).format(rng.choice(FORMS), rng.choice(TOPICS))
             rows.append({"input": text, "qtype": "OPENENDED"})
         else:
-            text = rng.choice(CLOSED_TEMPLATES).format(rng.choice(TOPICS), rng.choice(["good", "x"]))
+            text = rng.choice(CLOSED_TEMPLATES).format(
+                rng.choice(TOPICS), rng.choice(["good", "x"])
+            )
             rows.append({"input": text, "qtype": "CONSTRAINED"})
     return rows
 
@@ -116,9 +118,7 @@ def test_training_learns_a_synthetic_set() -> None:
     rows = synthetic_rows(120, seed=0)
     texts = [r["input"] for r in rows]
     labels = np.array([r["qtype"] == "OPENENDED" for r in rows], dtype=np.int64)
-    head = train_head(
-        texts, labels, hashed_bow, encoder="hashed-bow", config=TrainConfig(folds=3)
-    )
+    head = train_head(texts, labels, hashed_bow, encoder="hashed-bow", config=TrainConfig(folds=3))
     test = synthetic_rows(60, seed=1)
     test_texts = [r["input"] for r in test]
     predicted = head.predict(hashed_bow(test_texts), test_texts)
