@@ -1,0 +1,62 @@
+"""Python client for the R^3 reward service (arXiv 2402.03469)."""
+
+from ._client import AsyncClient, Client
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    R3Error,
+    RateLimitError,
+    RequestTooLargeError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from ._types import (
+    ClassifyResult,
+    Info,
+    Limits,
+    Message,
+    Profile,
+    Query,
+    RelevanceResult,
+    RewardComponents,
+    RewardOptions,
+    RewardResult,
+)
+from ._version import __version__
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClassifyResult",
+    "Client",
+    "Info",
+    "InternalServerError",
+    "Limits",
+    "Message",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Profile",
+    "Query",
+    "R3Error",
+    "RateLimitError",
+    "RelevanceResult",
+    "RequestTooLargeError",
+    "RewardComponents",
+    "RewardOptions",
+    "RewardResult",
+    "ServiceUnavailableError",
+    "UnprocessableEntityError",
+    "__version__",
+]

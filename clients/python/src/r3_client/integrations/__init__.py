@@ -1,0 +1,1 @@
+"""Adapters for RL training frameworks (TRL, veRL); they import nothing from those."""
