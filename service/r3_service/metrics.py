@@ -56,6 +56,19 @@ class Metrics:
         self.dedup_hits = Counter(
             "r3_dedup_hits", "Texts answered by identical work already in flight.", registry=r
         )
+        self.reward = Histogram(
+            "r3_reward",
+            "Rewards returned, by query type and branch.",
+            ["qtype", "branch"],
+            buckets=(-1.0, 0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.12, 7.5, 10.0),
+            registry=r,
+        )
+        self.query_copy = Counter(
+            "r3_query_copy",
+            "Scored responses that mostly repeat their query (the relevance-only hack).",
+            ["qtype"],
+            registry=r,
+        )
         self.rejected = Counter(
             "r3_rejected_requests", "Requests refused by backpressure.", ["reason"], registry=r
         )

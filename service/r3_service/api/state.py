@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from r3_service.api.errors import APIError
 from r3_service.config import Settings
 from r3_service.engine import RewardEngine
+from r3_service.engine.engine import RewardBatch
 from r3_service.metrics import Metrics
 
 
@@ -24,6 +25,22 @@ class ServiceState:
     classifier_info: dict[str, object] | None = None
     load_error: str | None = None
     ready: bool = False
+
+
+def observe_rewards(
+    state: ServiceState, route: str, result: RewardBatch, response: Response
+) -> None:
+    """Reward metrics, and where the request's time went as response headers."""
+    metrics = state.metrics
+    metrics.items.labels(route).inc(len(result.rewards))
+    for reward, qtype, branch, copied in zip(
+        result.rewards, result.qtype, result.branch, result.copies_query
+    ):
+        metrics.reward.labels(qtype.value, branch.value).observe(reward)
+        if copied:
+            metrics.query_copy.labels(qtype.value).inc()
+    response.headers["X-R3-Queue-Time-Ms"] = f"{result.timing.queue_seconds * 1000:.2f}"
+    response.headers["X-R3-Inference-Time-Ms"] = f"{result.timing.inference_seconds * 1000:.2f}"
 
 
 def get_state(request: Request) -> ServiceState:

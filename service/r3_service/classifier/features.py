@@ -36,7 +36,8 @@ _PREAMBLE_RE = re.compile(
     r"(?:a )?quick question\b[\s!,.:;-]*|(?:i have|i've got) a (?:quick )?question\b[\s!,.:;-]*|"
     r"i (?:was|am|'m) wondering(?: if| whether)?\b[\s,]*|"
     r"(?:would|do) you mind(?: helping me(?: with this| out)?)?\b[\s!,.:;-]*|"
-    r"(?:can|could|would|will) (?:you|u)(?: please| kindly| possibly)?(?: help me(?: to)?)?\b[\s,]*|"
+    r"(?:can|could|would|will) (?:you|u)(?: please| kindly| possibly)?"
+    r"(?: help me(?: to)?)?\b[\s,]*|"
     r"(?:you|u) (?:could|can|would|might)(?: please| kindly| possibly)?\b[\s,]*|"
     r"(?:please|pls|plz|kindly)\b[\s,]*|"
     r"i (?:would like|'d like|want|need)(?: you)? to\b\s*|"
@@ -151,6 +152,9 @@ _OPTIONS = re.compile(
     r"\bor\b[^.?!\n]{0,40}\?|\bselect\b|\bchoose\b)"
 )
 _NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
+
+#: Bump when a feature's meaning changes; heads record the version they were trained with.
+FEATURES_VERSION = 1
 
 FEATURE_NAMES: tuple[str, ...] = (
     "has_input",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.features import FEATURE_NAMES, text_features
+from r3_service.classifier.features import FEATURE_NAMES, FEATURES_VERSION, text_features
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class QTypeHead:
     threshold: float = 0.5
     embedding_norm: str = "l2"
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    features_version: int = FEATURES_VERSION
     labels: tuple[str, str] = LABELS
     data_sha256: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +77,7 @@ class QTypeHead:
             if value.shape != (width,):
                 raise ValueError(f"{name} has shape {value.shape}, expected ({width},)")
             setattr(self, name, value)
-        if tuple(self.feature_names) != FEATURE_NAMES:
+        if tuple(self.feature_names) != FEATURE_NAMES or self.features_version != FEATURES_VERSION:
             raise ValueError("head was trained with other text features than this version has")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
@@ -181,7 +182,8 @@ def load_head(
         raise ValueError(f"{source}: head trained for encoder {head.encoder!r}, not {encoder!r}")
     if embedding_dim is not None and head.embedding_dim != embedding_dim:
         raise ValueError(
-            f"{source}: head expects {head.embedding_dim}-d embeddings, encoder gives {embedding_dim}"
+            f"{source}: head expects {head.embedding_dim}-d embeddings, "
+            f"the encoder gives {embedding_dim}"
         )
     return head
 

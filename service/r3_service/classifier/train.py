@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import re
+import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -220,7 +221,7 @@ def fit_logistic(
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature T > 0 minimising the log-loss of sigmoid(logits / T) (golden-section on log T)."""
+    """Temperature T > 0 minimising the log-loss of sigmoid(logits / T), by golden section."""
     z = np.asarray(logits, dtype=np.float64)
     s = 2.0 * y.astype(np.float64) - 1.0
 
@@ -520,8 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "temperature": round(head.temperature, 3),
         "train_seconds": head.metrics["train_seconds"],
     }
-    import sys
-
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -48,6 +48,9 @@ class Work:
     waiters: int = 1
     enqueued: float = field(default_factory=time.monotonic)
     ids: np.ndarray | None = None
+    #: Set by the worker: seconds queued before its batch ran, and the batch's model time.
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
 
     @property
     def estimated_tokens(self) -> int:
@@ -281,5 +284,7 @@ class Batcher:
                 logger.exception("batch observer failed")
         self._finish(len(batch))
         for work, vector in zip(batch, vectors):
+            work.queue_seconds = started - work.enqueued
+            work.inference_seconds = elapsed
             _call_in_loop(work.future, vector)
         self.last_beat = time.monotonic()

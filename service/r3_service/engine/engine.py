@@ -25,7 +25,12 @@ from r3_service.reward.formula import (
     choose_branch,
     r3_reward,
 )
-from r3_service.reward.text import DEFAULT_STOP_STRINGS, cut_at_stop_strings, wordpunct_tokenize
+from r3_service.reward.text import (
+    DEFAULT_STOP_STRINGS,
+    copies_query,
+    cut_at_stop_strings,
+    wordpunct_tokenize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,18 @@ class RewardItem:
 
 
 @dataclass
+class Timing:
+    """Where one request's time went: the longest queue wait and model time of its texts."""
+
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+    def add(self, work: Work) -> None:
+        self.queue_seconds = max(self.queue_seconds, work.queue_seconds)
+        self.inference_seconds = max(self.inference_seconds, work.inference_seconds)
+
+
+@dataclass
 class RewardBatch:
     """Rewards and their factors, one entry per item."""
 
@@ -73,6 +90,9 @@ class RewardBatch:
     length_incentive: list[float] = field(default_factory=list)
     repetition_penalty: list[float] = field(default_factory=list)
     branch: list[Branch] = field(default_factory=list)
+    #: Whether each response mostly repeats its query (see ``copies_query``).
+    copies_query: list[bool] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass(frozen=True)
@@ -129,7 +149,10 @@ class RewardEngine:
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
     async def embed(
-        self, texts: Sequence[str], cacheable: Sequence[bool] | None = None
+        self,
+        texts: Sequence[str],
+        cacheable: Sequence[bool] | None = None,
+        timing: Timing | None = None,
     ) -> np.ndarray:
         """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher."""
         flags = list(cacheable) if cacheable is not None else [True] * len(texts)
@@ -178,6 +201,9 @@ class RewardEngine:
                 raise
             for text, vector in zip(names, vectors):
                 out[rows_of[text]] = vector
+            if timing is not None:
+                for work in waiting.values():
+                    timing.add(work)
         return out
 
     def _attach(self, text: str) -> Work:
@@ -268,7 +294,8 @@ class RewardEngine:
             if options.relevance:
                 need("response", prepared[index].response, False, slot)
             slots.append(slot)
-        vectors = await self.embed(texts, cacheable) if texts else np.empty((0, 0))
+        timing = Timing()
+        vectors = await self.embed(texts, cacheable, timing) if texts else np.empty((0, 0))
 
         qtypes = [item.qtype or QueryType.OPENENDED for item in items]
         if classify_rows:
@@ -279,7 +306,7 @@ class RewardEngine:
                 qtypes[i] = QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED
                 branches[i] = choose_branch(qtypes[i], bool(items[i].reference), options)
 
-        result = RewardBatch()
+        result = RewardBatch(timing=timing)
         similarity = self.profile.similarity
         for index in range(len(items)):
             qtype = qtypes[index]
@@ -310,4 +337,5 @@ class RewardEngine:
             result.length_incentive.append(parts.length_incentive)
             result.repetition_penalty.append(parts.repetition_penalty)
             result.branch.append(parts.branch)
+            result.copies_query.append(copies_query(items[index].query, prepared[index].response))
         return result

@@ -138,3 +138,21 @@ def split_prompt_response(sequence: str, prompt: str) -> str:
             break
         common += 1
     return sequence[common:]
+
+
+def copies_query(query: str, response: str, threshold: float = 0.8) -> bool:
+    """True when ``response`` mostly repeats ``query`` (the reward hack of relevance alone).
+
+    At least ``threshold`` of the response's lowercase token trigrams (tokens, when it
+    has fewer than three) occur in the query. An empty response copies nothing.
+    """
+    response_tokens = [t.lower() for t in wordpunct_tokenize(response)]
+    if not response_tokens:
+        return False
+    query_tokens = [t.lower() for t in wordpunct_tokenize(query)]
+    if len(response_tokens) < 3:
+        return all(t in query_tokens for t in response_tokens)
+    query_grams = set(trigrams(query_tokens))
+    response_grams = trigrams(response_tokens)
+    shared = sum(1 for gram in response_grams if gram in query_grams)
+    return shared / len(response_grams) >= threshold

@@ -243,7 +243,11 @@ def test_unknown_route_and_method_use_error_shape(live_server: str) -> None:
 
 def test_metrics_exposes_service_metrics(live_server: str) -> None:
     post(live_server, "/reward", {"query": ["q"], "response": ["r"]})
-    post(live_server, "/reward", {"query": ["q"], "response": ["r2"]})  # query cached
+    answer = post(live_server, "/reward", {"query": ["q"], "response": ["r2"]})  # query cached
+    assert float(answer.headers["x-r3-queue-time-ms"]) >= 0
+    assert float(answer.headers["x-r3-inference-time-ms"]) >= 0
+    copy = "Repeat this exact question back to me please"
+    post(live_server, "/reward", {"query": [copy], "response": [copy], "qtype": ["OPENENDED"]})
     text = httpx.get(live_server + "/metrics").text
     for name in (
         "r3_requests_total",
@@ -253,6 +257,8 @@ def test_metrics_exposes_service_metrics(live_server: str) -> None:
         "r3_inference_duration_seconds_bucket",
         "r3_queue_size",
         "r3_cache_hits_total",
+        'r3_reward_bucket{branch="OPENENDED"',
+        'r3_query_copy_total{qtype="OPENENDED"} ',
     ):
         assert name in text, name
     hits = [line for line in text.splitlines() if line.startswith("r3_cache_hits_total")]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from r3_service.classifier.features import FEATURE_NAMES
 from r3_service.classifier.head import (
     HEAD_FILE,

@@ -117,3 +117,24 @@ def test_split_prompt_response() -> None:
     assert split_prompt_response("PROMPT answer", "PROMPT") == " answer"
     assert split_prompt_response("<s>PROMPT answer</s>", "PROMPT") == " answer</s>"
     assert split_prompt_response("PROMPX answer", "PROMPT") == "X answer"
+
+
+@pytest.mark.parametrize(
+    ("query", "response", "expected"),
+    [
+        ("What is the capital of France?", "What is the capital of France?", True),
+        ("What is the capital of France?", "what is the capital of france", True),
+        (
+            "What is the capital of France?",
+            "The capital of France is Paris, a city on the Seine.",
+            False,
+        ),
+        ("Name a color.", "color", True),
+        ("Name a color.", "Blue", False),
+        ("Anything", "", False),
+    ],
+)
+def test_copies_query(query: str, response: str, expected: bool) -> None:
+    from r3_service.reward.text import copies_query
+
+    assert copies_query(query, response) is expected

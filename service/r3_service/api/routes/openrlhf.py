@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from r3_service.api.schemas import ErrorResponse, OpenRLHFLabel, OpenRLHFRequest, OpenRLHFResponse
-from r3_service.api.state import EngineDep, StateDep
+from r3_service.api.state import EngineDep, StateDep, observe_rewards
 from r3_service.api.validation import check_items, check_same_length, check_texts
 from r3_service.engine import RewardItem
 from r3_service.reward.formula import QueryType
@@ -38,7 +38,7 @@ def parse_label(label: str | OpenRLHFLabel | None) -> tuple[str | None, QueryTyp
     responses={code: {"model": ErrorResponse} for code in (422, 503)},
 )
 async def openrlhf_reward(
-    body: OpenRLHFRequest, engine: EngineDep, state: StateDep
+    body: OpenRLHFRequest, engine: EngineDep, state: StateDep, response: Response
 ) -> OpenRLHFResponse:
     """R^3 for OpenRLHF: splits each sequence into prompt and response, labels are references."""
     settings = state.settings
@@ -61,7 +61,7 @@ async def openrlhf_reward(
             )
         )
     result = await engine.score(items)
-    state.metrics.items.labels("/openrlhf/reward").inc(n)
+    observe_rewards(state, "/openrlhf/reward", result, response)
     return OpenRLHFResponse(
         rewards=result.rewards,
         scores=result.rewards,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from r3_service.api.schemas import (
     ClassifyRequest,
@@ -14,7 +14,7 @@ from r3_service.api.schemas import (
     RewardRequest,
     RewardResponse,
 )
-from r3_service.api.state import EngineDep, StateDep
+from r3_service.api.state import EngineDep, StateDep, observe_rewards
 from r3_service.api.validation import (
     check_items,
     check_same_length,
@@ -32,7 +32,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 @router.post("/reward", response_model=RewardResponse, responses=_ERRORS)
-async def reward(body: RewardRequest, engine: EngineDep, state: StateDep) -> RewardResponse:
+async def reward(
+    body: RewardRequest, engine: EngineDep, state: StateDep, response: Response
+) -> RewardResponse:
     """R^3 reward of each (query, response, reference) item."""
     settings = state.settings
     n = len(body.query)
@@ -59,7 +61,7 @@ async def reward(body: RewardRequest, engine: EngineDep, state: StateDep) -> Rew
         for q, r, ref, t in zip(queries, body.response, references, qtypes)
     ]
     result = await engine.score(items, options, opts.stop_strings if opts else None)
-    state.metrics.items.labels("/reward").inc(n)
+    observe_rewards(state, "/reward", result, response)
     return RewardResponse(
         rewards=result.rewards,
         qtype=result.qtype,
