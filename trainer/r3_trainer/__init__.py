@@ -1,0 +1,1 @@
+"""PPO trainer that learns from R^3 rewards over HTTP."""
