@@ -58,4 +58,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Request body size (larger: 413)."
     )
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; when set, requests need 'Bearer KEY' auth.",
+    )
+    metrics_auth: bool = Field(
+        default=False, description="Require an API key for /metrics too (when keys are set)."
+    )
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed by CORS; empty turns CORS off."
+    )
     log_level: str = Field(default="info", description="Logging level.")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -9,10 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from r3_service import __version__
 from r3_service.api.errors import install_error_handlers
-from r3_service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from r3_service.api.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    DisconnectMiddleware,
+    MetricsMiddleware,
+)
 from r3_service.api.routes import health, info, openrlhf, reward
 from r3_service.api.state import ServiceState
 from r3_service.config import Settings
@@ -112,6 +118,20 @@ def create_app(
     app.include_router(openrlhf.router)
     app.include_router(info.router)
     app.include_router(health.router)
+    # Added last = outermost: metrics see every answer, auth runs before the body is read.
+    app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key_list:
+        open_paths = {"/healthz", "/readyz"} | (set() if settings.metrics_auth else {"/metrics"})
+        app.add_middleware(
+            AuthMiddleware, keys=settings.api_key_list, open_paths=frozenset(open_paths)
+        )
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -109,6 +109,12 @@ def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Pre
     return prepared
 
 
+def _consume(future: asyncio.Future[object]) -> None:
+    """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class RewardEngine:
     """Scores R^3 rewards for batches of items, sharing one batcher across requests."""
 
@@ -189,6 +195,7 @@ class RewardEngine:
         if waiting:
             names = list(waiting)
             gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
+            gathered.add_done_callback(_consume)
             try:
                 vectors = await asyncio.wait_for(gathered, self.config.request_timeout_s)
             except asyncio.TimeoutError as exc:
