@@ -65,11 +65,11 @@ def ensure_default_model(cache_dir: Path) -> Path:
 
 def install_default_head(folder: Path) -> None:
     """Copy the query-type head trained for the default encoder, when the package ships one."""
-    from r3_service.classifier_heads import default_head_path
+    from r3_service.classifier.head import HEAD_FILE, shipped_head_path
 
-    head = default_head_path()
-    if head is not None:
-        shutil.copyfile(head, Path(folder) / "qtype_head.json")
+    head = shipped_head_path(DEFAULT_MODEL_NAME)
+    if head.is_file():
+        shutil.copyfile(head, Path(folder) / HEAD_FILE)
 
 
 def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:

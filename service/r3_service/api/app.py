@@ -67,10 +67,27 @@ def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
 
 
 def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) -> None:
-    """Hook for the query-type head; without one, untyped items are OPENENDED."""
-    logger.warning(
-        "no query-type classifier for %s: items without a qtype are scored as OPENENDED", folder
-    )
+    """Load the folder's query-type head; without a usable one, untyped items are OPENENDED."""
+    from r3_service.classifier.head import HEAD_FILE, load_head
+
+    path = folder / HEAD_FILE
+    if not path.is_file():
+        logger.warning(
+            "no query-type classifier in %s (train one with r3-train-classifier): "
+            "items without a qtype are scored as OPENENDED",
+            folder,
+        )
+        return
+    try:
+        head = load_head(path, encoder=engine.profile.name, embedding_dim=engine.encoder.dim)
+    except (ValueError, KeyError, OSError) as exc:
+        logger.error(
+            "query-type classifier %s unusable (%s): untyped items are OPENENDED", path, exc
+        )
+        return
+    engine.classifier = head
+    state.classifier_info = head.info()
+    logger.info("query-type classifier loaded: %s", state.classifier_info)
 
 
 def create_app(

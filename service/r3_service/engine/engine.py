@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Pre
     return prepared
 
 
-def _consume(future: asyncio.Future[object]) -> None:
+def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
     if not future.cancelled():
         future.exception()
