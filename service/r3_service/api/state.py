@@ -43,7 +43,7 @@ def observe_rewards(
     response.headers["X-R3-Inference-Time-Ms"] = f"{result.timing.inference_seconds * 1000:.2f}"
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.r3
     return state
 
@@ -51,7 +51,7 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> RewardEngine:
+async def get_engine(state: StateDep) -> RewardEngine:
     """The engine, or 503 while the model loads (or after it failed to)."""
     if not state.ready or state.engine is None:
         reason = state.load_error or "model is loading"
@@ -62,7 +62,7 @@ def get_engine(state: StateDep) -> RewardEngine:
 EngineDep = Annotated[RewardEngine, Depends(get_engine)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 

@@ -51,8 +51,8 @@ class RequestTimeoutError(Exception):
 class EngineConfig:
     """Batching, cache and deadline knobs (mirrors the service settings)."""
 
-    max_batch_tokens: int = 16384
-    max_batch_size: int = 64
+    max_batch_tokens: int = 2048
+    max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_queue_texts: int = 4096
     cache_bytes: int = 64 * 1024 * 1024
@@ -284,11 +284,10 @@ class RewardEngine:
         for index, item in enumerate(items):
             slot: dict[str, int] = {}
             if item.qtype is None and use_head:
-                # The type decides the anchor: embed both candidates in this one round.
+                # The query is needed to classify, and is the OPENENDED anchor; a
+                # reference is embedded in a second round, only if the type needs it.
                 branches.append(None)
                 need("query", item.query, True, slot)
-                if item.reference and options.relevance:
-                    need("reference", item.reference, True, slot)
             else:
                 branch = choose_branch(
                     item.qtype or QueryType.OPENENDED, bool(item.reference), options
@@ -310,9 +309,16 @@ class RewardEngine:
             assert self.classifier is not None
             rows = [slots[i]["query"] for i in classify_rows]
             probs = self.classifier(vectors[rows], [items[i].query for i in classify_rows])
+            late: list[str] = []
             for i, p in zip(classify_rows, probs):
                 qtypes[i] = QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED
                 branches[i] = choose_branch(qtypes[i], bool(items[i].reference), options)
+                if options.relevance and branches[i] is Branch.CONSTRAINED:
+                    slots[i]["reference"] = len(vectors) + len(late)
+                    late.append(items[i].reference or "")
+            if late:
+                extra = await self.embed(late, [True] * len(late), timing)
+                vectors = np.concatenate([vectors, extra])
 
         result = RewardBatch(timing=timing)
         similarity = self.profile.similarity

@@ -1,0 +1,260 @@
+"""Static checks of docker-compose.yml, its CPU override and .env.example."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from deploy_support import (
+    ROOT,
+    compose_variables,
+    environment,
+    interpolate,
+    load_yaml,
+    merge_compose,
+)
+
+REQUIRED_SERVICES = {"reward", "trainer", "prometheus", "grafana"}
+
+
+def _seconds(duration: str) -> float:
+    """Compose durations: ``1m30s``, ``75s``, ``500ms``."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration))
+    assert parts, f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _container_ports(service: dict[str, Any]) -> list[int]:
+    out = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            out.append(int(port["target"]))
+        else:
+            out.append(int(str(port).split("/")[0].rsplit(":", 1)[-1]))
+    return out
+
+
+def _reward_port(compose: dict[str, Any], validate_settings: Callable[..., Any]) -> int:
+    env = environment(compose["services"]["reward"])
+    fixed = {k: v for k, v in env.items() if v is not None}
+    return int(validate_settings(fixed).port)
+
+
+def test_compose_services(compose: dict[str, Any]) -> None:
+    assert REQUIRED_SERVICES <= set(compose["services"])
+
+
+def test_reward_environment_names_are_settings(
+    compose: dict[str, Any],
+    setting_names: set[str],
+    validate_settings: Callable[..., Any],
+) -> None:
+    env = environment(compose["services"]["reward"])
+    r3 = {k for k in env if k.startswith("R3_")}
+    assert r3 <= setting_names, f"not service settings: {sorted(r3 - setting_names)}"
+    # Every setting reaches the container when .env sets it (unset ones stay unset).
+    missing = setting_names - set(env)
+    assert not missing, f"pass these through in docker-compose.yml: {sorted(missing)}"
+    fixed = {k: v for k, v in env.items() if v is not None}
+    settings = validate_settings(fixed)
+    assert settings.host == "0.0.0.0"
+
+
+def test_other_services_use_only_real_r3_names(
+    compose_raw: dict[str, Any], setting_names: set[str], client_env_names: set[str]
+) -> None:
+    for name, service in compose_raw["services"].items():
+        if name == "reward":
+            continue
+        for key in environment(service):
+            if key.startswith("R3_"):
+                assert key in setting_names | client_env_names, f"{name}: unknown {key}"
+
+
+def test_reward_ports_and_healthcheck_agree_with_r3_port(
+    compose: dict[str, Any], validate_settings: Callable[..., Any]
+) -> None:
+    reward = compose["services"]["reward"]
+    port = _reward_port(compose, validate_settings)
+    assert _container_ports(reward) == [port]
+    test = reward["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL")
+    urls = [urlparse(t) for t in test if str(t).startswith("http")]
+    assert len(urls) == 1, f"the health check names its URL: {test}"
+    assert urls[0].path == "/readyz"
+    assert urls[0].hostname in ("127.0.0.1", "localhost")
+    assert urls[0].port == port
+    for key in ("interval", "timeout", "start_period"):
+        _seconds(reward["healthcheck"][key])
+    assert int(reward["healthcheck"]["retries"]) >= 1
+
+
+def test_reward_stops_gracefully(compose: dict[str, Any], settings_fields: dict[str, Any]) -> None:
+    reward = compose["services"]["reward"]
+    assert reward.get("stop_signal", "SIGTERM") == "SIGTERM"
+    timeout = settings_fields["R3_REQUEST_TIMEOUT_S"].default
+    assert _seconds(reward["stop_grace_period"]) > timeout, (
+        "stop_grace_period must outlast uvicorn's drain (R3_REQUEST_TIMEOUT_S)"
+    )
+
+
+def test_trainer_waits_for_a_healthy_reward(
+    compose: dict[str, Any], validate_settings: Callable[..., Any]
+) -> None:
+    trainer = compose["services"]["trainer"]
+    assert trainer["depends_on"]["reward"]["condition"] == "service_healthy"
+    port = _reward_port(compose, validate_settings)
+    urls = [a for a in trainer.get("command") or [] if str(a).startswith("http")]
+    urls += [v for k, v in environment(trainer).items() if k == "R3_BASE_URL" and v]
+    assert urls, "the trainer is told where the reward service is"
+    for url in urls:
+        parsed = urlparse(str(url))
+        assert (parsed.hostname, parsed.port) == ("reward", port), url
+    command = trainer.get("command") or []
+    assert "--output-dir" in command
+    outputs = command[command.index("--output-dir") + 1]
+    mounts = {str(v).split(":")[1] for v in trainer.get("volumes") or []}
+    assert outputs in mounts, "the trainer's output dir is a volume"
+
+
+def test_volumes(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    used: set[str] = set()
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes") or []:
+            source = str(volume["source"] if isinstance(volume, dict) else volume.split(":")[0])
+            if source.startswith((".", "/", "~")):
+                if source.startswith("./deploy/"):
+                    assert (ROOT / source).exists(), f"{name}: {source} is not in the repository"
+                continue
+            assert source in declared, f"{name}: volume {source} is not declared"
+            used.add(source)
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+    trainer_mounts = [str(v) for v in compose["services"]["trainer"]["volumes"]]
+    assert any(m.endswith(":/data:ro") for m in trainer_mounts), "the data, read-only"
+    assert any(m.startswith("trainer-outputs:") for m in trainer_mounts)
+
+
+def _gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    deploy = service.get("deploy") or {}
+    return ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []
+
+
+def test_gpu_reservation_with_a_cpu_override(
+    compose: dict[str, Any], compose_cpu: dict[str, Any]
+) -> None:
+    devices = _gpu_devices(compose["services"]["reward"])
+    assert any("gpu" in (d.get("capabilities") or []) for d in devices), "reward reserves a GPU"
+    assert compose["services"]["reward"]["build"]["args"]["ORT"] == "gpu"
+    override = load_yaml(ROOT / "docker-compose.cpu.yml")
+    assert set(override["services"]) <= set(compose["services"]), "override known services only"
+    for name, service in compose_cpu["services"].items():
+        assert not _gpu_devices(service), f"{name} still reserves a GPU on the CPU override"
+    reward = compose_cpu["services"]["reward"]
+    assert reward["build"]["args"]["ORT"] == "cpu"
+    assert environment(reward).get("R3_PROVIDER") == "cpu"
+    assert reward["image"] != compose["services"]["reward"]["image"], "a distinct image tag"
+    assert "cpu" in compose_cpu["services"]["trainer"]["build"]["args"]["TRAINER_TORCH_INDEX_URL"]
+
+
+def test_monitoring_services_mount_their_configs(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert any(
+        str(v).startswith("./deploy/prometheus/prometheus.yml:") for v in prometheus["volumes"]
+    )
+    config_flag = [a for a in prometheus["command"] if str(a).startswith("--config.file=")]
+    mounted = {str(v).split(":")[1] for v in prometheus["volumes"]}
+    assert config_flag and config_flag[0].split("=", 1)[1] in mounted
+
+    grafana = compose["services"]["grafana"]
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in grafana["volumes"]}
+    assert mounts.get("./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+    provider = load_yaml(ROOT / "deploy/grafana/provisioning/dashboards/r3.yml")
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert mounts.get("./deploy/grafana/dashboards") == dashboards_path
+    home = environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert home.startswith(dashboards_path + "/")
+        assert (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()
+
+
+def test_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service.get("image", "")
+        if "build" in service:
+            continue
+        tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+        assert tag and tag != "latest", f"{name}: pin the image tag ({image!r})"
+
+
+def test_interpolation_follows_env(compose_raw: dict[str, Any]) -> None:
+    """Values from .env reach the right places (and defaults apply without one)."""
+    env = {"REWARD_PORT": "18000", "TRAIN_DATASET": "/data/x.json", "TRAIN_CONFIG": "./t.yaml"}
+    resolved = interpolate(compose_raw, env)
+    assert resolved["services"]["reward"]["ports"] == ["18000:8000"]
+    assert "/data/x.json" in resolved["services"]["trainer"]["command"]
+    assert "./t.yaml:/config/train.yaml:ro" in resolved["services"]["trainer"]["volumes"]
+
+
+def test_trainer_command_is_a_valid_r3_train_config(compose: dict[str, Any]) -> None:
+    """The trainer's flags and settings file parse as an r3-train config (no torch needed)."""
+    try:
+        from r3_trainer.config import config_from_args
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        pytest.skip(f"r3_trainer.config is not importable: {exc}")
+    trainer = compose["services"]["trainer"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in trainer["volumes"]}
+    argv = [str(a) for a in trainer["command"]]
+    config = argv[argv.index("--config") + 1]
+    assert config in mounts, "the settings file is mounted"
+    argv[argv.index("--config") + 1] = str(ROOT / mounts[config])
+    cfg, _ = config_from_args(argv)
+    assert cfg.reward_url == "http://reward:8000"
+    assert cfg.output_dir == "/outputs"
+    assert str(cfg.dataset).startswith("/data/")
+    assert "R3_API_KEY" in environment(trainer), "the key reaches the trainer when set"
+
+
+# ---------------------------------------------------------------------------------------------
+# .env.example
+
+
+def test_env_example_documents_every_setting(
+    env_example: dict[str, str], setting_names: set[str], client_env_names: set[str]
+) -> None:
+    missing = setting_names - set(env_example)
+    assert not missing, f"document these settings in .env.example: {sorted(missing)}"
+    r3 = {k for k in env_example if k.startswith("R3_")}
+    unknown = r3 - setting_names - client_env_names
+    assert not unknown, f".env.example documents unknown R3_* names: {sorted(unknown)}"
+
+
+def test_env_example_values_are_valid(
+    env_example: dict[str, str], setting_names: set[str], validate_settings: Callable[..., Any]
+) -> None:
+    values = {k: v for k, v in env_example.items() if k in setting_names and v}
+    validate_settings(values)
+
+
+def test_env_example_documents_every_compose_variable(env_example: dict[str, str]) -> None:
+    text = "".join(
+        (ROOT / f).read_text(encoding="utf-8")
+        for f in ("docker-compose.yml", "docker-compose.cpu.yml")
+    )
+    used = compose_variables(text)
+    missing = used - set(env_example)
+    assert not missing, f"document these compose variables in .env.example: {sorted(missing)}"
+    stale = {k for k in env_example if not k.startswith("R3_")} - used
+    assert not stale, f".env.example documents variables compose does not use: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.cpu.yml"])
+def test_compose_files_parse_and_merge(name: str) -> None:
+    data = load_yaml(ROOT / name)
+    assert isinstance(data.get("services"), dict)
+    merge_compose(load_yaml(ROOT / "docker-compose.yml"), data)

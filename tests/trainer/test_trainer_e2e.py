@@ -1,0 +1,287 @@
+"""End to end: a tiny random causal LM learns from the real service; resume; outage; CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import free_port
+
+from r3_client import APIConnectionError
+from r3_trainer.checkpoint import find_latest, list_checkpoints
+from r3_trainer.cli import EXIT_REWARD_UNAVAILABLE, main
+from r3_trainer.config import TrainConfig
+from r3_trainer.logging_utils import read_metrics
+from r3_trainer.rewards import RewardUnavailableError
+from r3_trainer.trainer import PPOTrainer
+
+LI_ONLY = {"relevance": False, "repetition_penalty": False, "reward_branching": False}
+
+REQUIRED_METRICS = {
+    "step",
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "kl_coef",
+    "approx_kl",
+    "clipfrac",
+    "entropy",
+    "value_loss",
+    "response_length_mean",
+    "explained_variance",
+    "query_copy_rate",
+}
+
+
+def word_reward(
+    queries: Sequence[str],
+    responses: Sequence[str],
+    references: Sequence[str | None],
+    qtypes: Sequence[str | None],
+) -> list[float]:
+    """A deterministic local reward: words / 10."""
+    return [len(r.split()) / 10 for r in responses]
+
+
+class DownAt:
+    """``word_reward`` that raises a connection error from call ``n`` on."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> list[float]:
+        self.calls += 1
+        if self.calls >= self.n:
+            raise APIConnectionError("service down")
+        return word_reward(*args)
+
+
+def tiny_config(tiny_lm_dir: Path, prompts: Path, out: Path, **changes: Any) -> TrainConfig:
+    base = TrainConfig(
+        model=str(tiny_lm_dir),
+        dataset=str(prompts),
+        output_dir=str(out),
+        batch_size=4,
+        mini_batch_size=2,
+        gradient_accumulation_steps=1,
+        ppo_epochs=2,
+        max_new_tokens=8,
+        learning_rate=1e-3,
+        lora_dropout=0.1,
+        steps=3,
+        eval_every=0,
+        save_every=0,
+        tensorboard=False,
+        plot=False,
+        progress_bar=False,
+        seed=7,
+    )
+    return base.replace(**changes)
+
+
+def numbers(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("time_") and k != "rollouts_per_s"}
+
+
+def trainable(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
+    return trainer.policy.trainable_state_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_mean_reward_rises_with_the_real_service(
+    tiny_lm_dir: Path, tiny_prompts: Path, live_server: str, tmp_path: Path
+) -> None:
+    """LI only (longer is better): the policy learns to stop ending its turn early."""
+    cfg = TrainConfig(
+        model=str(tiny_lm_dir),
+        dataset=str(tiny_prompts),
+        reward_url=live_server,
+        reward_options=LI_ONLY,
+        use_lora=False,
+        learning_rate=1e-3,
+        max_new_tokens=24,
+        batch_size=16,
+        steps=30,
+        eval_every=0,
+        save_every=0,
+        output_dir=str(tmp_path),
+        progress_bar=False,
+        tensorboard=False,
+        seed=0,
+    )
+    trainer = PPOTrainer(cfg)
+    try:
+        rows = trainer.train()
+    finally:
+        trainer.close()
+    rewards = [r["reward_mean"] for r in rows]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.06, rewards
+    assert last > 1.5 * first, rewards
+    lengths = [r["response_length_mean"] for r in rows]
+    assert sum(lengths[-5:]) > sum(lengths[:5]) + 5 * 4
+    assert all(REQUIRED_METRICS <= set(r) for r in rows)
+    assert all(r["kl_coef"] < 0.2 for r in rows[1:])  # KL below target: beta decays
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_next_step(
+    tiny_lm_dir: Path, tiny_prompts: Path, tmp_path: Path
+) -> None:
+    straight = PPOTrainer(tiny_config(tiny_lm_dir, tiny_prompts, tmp_path / "a"), word_reward)
+    rows_a = straight.train()
+    final_a = trainable(straight)
+    straight.close()
+
+    cfg = tiny_config(tiny_lm_dir, tiny_prompts, tmp_path / "b", save_every=2)
+    first = PPOTrainer(cfg, word_reward)
+    first.train(until=2)  # as if stopped after step 2
+    first.close()
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2]
+
+    resumed = PPOTrainer(cfg.replace(resume="latest"), word_reward)
+    assert resumed.step == 2
+    rows_b = resumed.train()
+    resumed.close()
+    assert [r["step"] for r in rows_b] == [3]
+    assert numbers(rows_b[0]) == numbers(rows_a[2])
+    for name, tensor in trainable(resumed).items():
+        assert torch.equal(tensor, final_a[name]), name
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_outage_past_patience_keeps_every_finished_step(
+    tiny_lm_dir: Path, tiny_prompts: Path, tmp_path: Path
+) -> None:
+    straight = PPOTrainer(tiny_config(tiny_lm_dir, tiny_prompts, tmp_path / "a"), word_reward)
+    rows_a = straight.train()
+    straight.close()
+
+    cfg = tiny_config(tiny_lm_dir, tiny_prompts, tmp_path / "b", reward_patience=0.0)
+    down = DownAt(3)  # the service goes away during step 3 and stays away
+    broken = PPOTrainer(cfg, down)
+    with pytest.raises(RewardUnavailableError):
+        broken.train()
+    broken.close()
+    latest = find_latest(tmp_path / "b")
+    assert latest is not None and latest.name == "step-000002"
+
+    resumed = PPOTrainer(cfg.replace(resume="latest"), word_reward)
+    rows_b = resumed.train()
+    resumed.close()
+    assert numbers(rows_b[0]) == numbers(rows_a[2])
+
+
+def test_outage_within_patience_pauses_without_losing_a_step(
+    tiny_lm_dir: Path, tiny_prompts: Path, tmp_path: Path
+) -> None:
+    calls = {"n": 0}
+    waits: list[float] = []
+
+    def flaky(*args: Any) -> list[float]:
+        calls["n"] += 1
+        if calls["n"] in (2, 3, 4):  # step 2 sees three failures
+            raise APIConnectionError("connection refused")
+        return word_reward(*args)
+
+    cfg = tiny_config(tiny_lm_dir, tiny_prompts, tmp_path, steps=2, ppo_epochs=1)
+    trainer = PPOTrainer(cfg, flaky, sleep=waits.append)
+    rows = trainer.train()
+    trainer.close()
+    assert [r["step"] for r in rows] == [1, 2]
+    assert waits == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_writes_metrics_plot_tensorboard_checkpoints_and_resumes(
+    tiny_lm_dir: Path, tiny_prompts: Path, live_server: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = tmp_path / "ppo.yaml"
+    config.write_text(
+        "batch_size: 4\nmini_batch_size: 2\ngradient_accumulation_steps: 1\nppo_epochs: 1\n"
+        "eval_size: 4\neval_batch_size: 4\nlearning_rate: 0.001\n"
+        "reward_options: {relevance: false, repetition_penalty: false}\n"
+    )
+    args = [
+        "--config", str(config),
+        "--model", str(tiny_lm_dir),
+        "--dataset", str(tiny_prompts),
+        "--reward-url", live_server,
+        "--max-new-tokens", "6",
+        "--output-dir", str(out),
+        "--eval-every", "2",
+        "--save-every", "2",
+        "--no-progress-bar",
+    ]  # fmt: skip
+    assert main([*args, "--steps", "2"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(REQUIRED_METRICS <= set(r) for r in rows)
+    assert "eval_reward_mean" in rows[1] and "eval_reward_mean" not in rows[0]
+    assert (out / "training.png").stat().st_size > 1000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = out / "checkpoints" / "step-000002"
+    for name in ("policy.pt", "value_head.pt", "optimizer.pt", "scheduler.pt", "rng_state_0.pt"):
+        assert (ckpt / name).is_file(), name
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+    assert (ckpt / "training.png").is_file()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["data"]["position"] == 8
+    assert "eval at step 2" in (out / "train.log").read_text()
+
+    assert main([*args, "--steps", "3", "--resume"]) == 0
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert find_latest(out) == out / "checkpoints" / "step-000003"
+
+    # the service is gone and patience is short: exit status 3, nothing lost
+    code = main([*args, "--steps", "4", "--resume", "--reward-url", "http://127.0.0.1:9",
+                 "--reward-patience", "0", "--reward-max-retries", "0"])  # fmt: skip
+    assert code == EXIT_REWARD_UNAVAILABLE
+    assert find_latest(out) == out / "checkpoints" / "step-000003"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_data_parallel_two_processes(
+    tiny_lm_dir: Path, tiny_prompts: Path, live_server: str, tmp_path: Path
+) -> None:
+    """Data-parallel without code changes, on 2 CPU processes.
+
+    ``accelerate launch --multi_gpu`` starts GPU processes through torch's elastic launcher
+    (torchrun); on CPUs accelerate would need MPI, so the test calls that launcher directly.
+    """
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", "2", "--master_port", str(free_port()),
+        "-m", "r3_trainer.cli",
+        "--model", str(tiny_lm_dir), "--dataset", str(tiny_prompts),
+        "--reward-url", live_server, "--reward-options", json.dumps({"relevance": False}),
+        "--steps", "2", "--batch-size", "2", "--mini-batch-size", "1",
+        "--gradient-accumulation-steps", "2", "--ppo-epochs", "1", "--max-new-tokens", "6",
+        "--eval-every", "0", "--output-dir", str(out), "--no-progress-bar",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    state = json.loads((out / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["data"]["position"] == 8  # 2 steps x 2 x 2
+    assert (out / "checkpoints" / "step-000002" / "rng_state_1.pt").is_file()
+    assert all(math.isfinite(r["reward_mean"]) for r in rows)
