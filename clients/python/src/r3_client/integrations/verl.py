@@ -6,13 +6,20 @@ A module-level :class:`~r3_client.Client` is built lazily from ``R3_BASE_URL`` /
 ``R3_API_KEY`` (rebuilt after a fork). The query is read from ``extra_info``
 (``"question"``, else ``"prompt"``), the reference is ``ground_truth`` and
 ``extra_info["qtype"]`` may force the question type.
+
+veRL (>= 0.7) calls ``compute_score`` once per sample from a thread pool; those
+concurrent calls are gathered into one ``/reward`` request: the first call
+waits up to ``R3_VERL_BATCH_WINDOW_MS`` (default 20) for others to join, at
+most ``R3_VERL_MAX_BATCH`` (default 256) items a request.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from r3_client._client import Client
@@ -55,6 +62,67 @@ def _query(extra_info: Mapping[str, Any] | None) -> str | list[dict[str, str]]:
     )
 
 
+_Item = tuple[Any, str, Any, "Mapping[str, Any] | None"]
+
+
+class _MicroBatcher:
+    """Gathers concurrent single-sample calls into batched requests."""
+
+    def __init__(self, window_s: float, max_batch: int) -> None:
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._pending: list[tuple[_Item, Future[float]]] = []
+        self._leader = False
+
+    def score(self, item: _Item) -> float:
+        _query(item[3])  # a sample without a query fails alone, before batching
+        future: Future[float] = Future()
+        with self._cond:
+            self._pending.append((item, future))
+            self._cond.notify_all()
+            lead = not self._leader
+            if lead:
+                self._leader = True
+        if lead:
+            self._lead()
+        return future.result()
+
+    def _lead(self) -> None:
+        """The first caller waits for the window to fill, then sends what is pending."""
+        deadline = time.monotonic() + self.window_s
+        with self._cond:
+            while len(self._pending) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._leader = False
+            if self._pending:  # the overflow gets a leader of its own
+                self._leader = True
+                threading.Thread(target=self._lead, daemon=True).start()
+        try:
+            rewards = compute_score_batch(
+                data_sources=[i[0] for i, _ in taken],
+                solution_strs=[i[1] for i, _ in taken],
+                ground_truths=[i[2] for i, _ in taken],
+                extra_infos=[i[3] for i, _ in taken],
+            )
+        except BaseException as exc:
+            for _, future in taken:
+                future.set_exception(exc)
+        else:
+            for (_, future), reward in zip(taken, rewards):
+                future.set_result(reward)
+
+
+_batcher = _MicroBatcher(
+    window_s=float(os.environ.get("R3_VERL_BATCH_WINDOW_MS", "20")) / 1000.0,
+    max_batch=int(os.environ.get("R3_VERL_MAX_BATCH", "256")),
+)
+
+
 def compute_score(
     data_source: Any,
     solution_str: str,
@@ -62,13 +130,11 @@ def compute_score(
     extra_info: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> float:
-    """R^3 reward of one decoded response (veRL ``NaiveRewardManager`` signature)."""
-    return compute_score_batch(
-        data_sources=[data_source],
-        solution_strs=[solution_str],
-        ground_truths=[ground_truth],
-        extra_infos=[extra_info],
-    )[0]
+    """R^3 reward of one decoded response (veRL ``NaiveRewardManager`` signature).
+
+    Concurrent calls (veRL's thread pool) share one batched request.
+    """
+    return _batcher.score((data_source, solution_str, ground_truth, extra_info))
 
 
 def compute_score_batch(
