@@ -74,9 +74,13 @@ class LiveServer:
     """A real ``r3-serve`` process on a free loopback port."""
 
     def __init__(
-        self, model: Path | None, env: dict[str, str] | None = None, log: Path | None = None
+        self,
+        model: Path | None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "R3_LOG_LEVEL": "warning", **(env or {})}
         self.log_path = log
@@ -132,8 +136,10 @@ def server_factory(tmp_path: Path) -> Iterator[type[LiveServer]]:
     started: list[LiveServer] = []
 
     class Factory(LiveServer):
-        def __init__(self, model: Path | None, env: dict[str, str] | None = None) -> None:
-            super().__init__(model, env, log=tmp_path / f"server{len(started)}.log")
+        def __init__(
+            self, model: Path | None, env: dict[str, str] | None = None, port: int | None = None
+        ) -> None:
+            super().__init__(model, env, log=tmp_path / f"server{len(started)}.log", port=port)
             started.append(self)
 
     yield Factory

@@ -13,10 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("yaml", reason="the deployment checks parse YAML with pyyaml")
-
-from deploy_support import (  # noqa: E402
+from deploy_support import (
     ROOT,
     MetricFamily,
     Stage,
@@ -122,6 +119,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def compose_raw() -> dict[str, Any]:
+    pytest.importorskip("yaml", reason="pyyaml parses the compose files (pip install pyyaml)")
     return load_yaml(ROOT / "docker-compose.yml")
 
 

@@ -3,6 +3,7 @@ and merge, a small Dockerfile parser, and PromQL metric-name extraction."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -10,42 +11,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML with compose's merge tags
+# YAML with compose's merge tags (pyyaml is imported lazily: test modules skip without it)
 
 
 class Reset:
     """A ``!reset`` value of a compose override: removes the key it is set on."""
 
 
-class ComposeLoader(yaml.SafeLoader):
-    """SafeLoader that also accepts compose's ``!reset`` and ``!override`` tags."""
+@functools.cache
+def compose_loader() -> type:
+    """A SafeLoader that also accepts compose's ``!reset`` and ``!override`` tags."""
+    import yaml
 
+    class ComposeLoader(yaml.SafeLoader):
+        pass
 
-def _reset(loader: yaml.SafeLoader, node: yaml.Node) -> Reset:
-    return Reset()
+    def reset(loader: yaml.SafeLoader, node: yaml.Node) -> Reset:
+        return Reset()
 
+    def override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_scalar(node)
 
-def _override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-
-ComposeLoader.add_constructor("!reset", _reset)
-ComposeLoader.add_constructor("!override", _override)
+    ComposeLoader.add_constructor("!reset", reset)
+    ComposeLoader.add_constructor("!override", override)
+    return ComposeLoader
 
 
 def load_yaml_docs(path: Path) -> list[Any]:
+    import yaml
+
     with open(path, encoding="utf-8") as handle:
-        return [doc for doc in yaml.load_all(handle, Loader=ComposeLoader) if doc is not None]
+        return [doc for doc in yaml.load_all(handle, Loader=compose_loader()) if doc is not None]
 
 
 def load_yaml(path: Path) -> Any:

@@ -18,6 +18,8 @@ from deploy_support import (
     merge_compose,
 )
 
+pytest.importorskip("yaml", reason="pyyaml parses the deployment files (pip install pyyaml)")
+
 REQUIRED_SERVICES = {"reward", "trainer", "prometheus", "grafana"}
 
 
@@ -258,3 +260,14 @@ def test_compose_files_parse_and_merge(name: str) -> None:
     data = load_yaml(ROOT / name)
     assert isinstance(data.get("services"), dict)
     merge_compose(load_yaml(ROOT / "docker-compose.yml"), data)
+
+
+def test_compose_spec_schema(compose: dict[str, Any], compose_cpu: dict[str, Any]) -> None:
+    """Strict Compose Specification check (unknown keys, enum values) when the optional
+    ``compose-spec`` package (bindings of the Rust compose_spec crate) is installed."""
+    compose_spec = pytest.importorskip("compose_spec", reason="pip install compose-spec")
+    import yaml
+
+    for resolved in (compose, compose_cpu):
+        parsed = compose_spec.PyCompose.from_yaml(yaml.safe_dump(resolved))
+        assert set(parsed.service_names()) == set(resolved["services"])

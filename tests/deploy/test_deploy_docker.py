@@ -299,16 +299,17 @@ def test_export_models_script_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError):
         module.folder_name("x/default")
     calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(
-        module, "export_default", lambda out: calls.append(("default",)) or out / "default"
-    )
-    monkeypatch.setattr(
-        module,
-        "export_extra",
-        lambda out, model, name, dtype, profile: (
-            calls.append((model, name, dtype, profile)) or out / name
-        ),
-    )
+
+    def export_default(out: Path) -> Path:
+        calls.append(("default",))
+        return out / "default"
+
+    def export_extra(out: Path, model: str, name: str, dtype: str, profile: str) -> Path:
+        calls.append((model, name, dtype, profile))
+        return out / name
+
+    monkeypatch.setattr(module, "export_default", export_default)
+    monkeypatch.setattr(module, "export_extra", export_extra)
     module.main(["--out", str(tmp_path), "--extra-model", "", "--extra-name", ""])
     assert calls == [("default",)]
     calls.clear()

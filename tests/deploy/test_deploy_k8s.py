@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from deploy_support import ROOT, load_yaml_docs
 
+pytest.importorskip("yaml", reason="pyyaml parses the deployment files (pip install pyyaml)")
+
 K8S = ROOT / "deploy" / "k8s"
 FILES = sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))
 #: Kinds from CRDs or tools, not in the Kubernetes API schema.

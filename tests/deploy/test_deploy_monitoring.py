@@ -27,6 +27,8 @@ from deploy_support import (
     promql_selectors,
 )
 
+pytest.importorskip("yaml", reason="pyyaml parses the deployment files (pip install pyyaml)")
+
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 #: Series Prometheus makes itself for every target.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}

@@ -75,7 +75,9 @@ def test_gae_matches_reference_loop_with_padding(gamma: float, lam: float) -> No
         mask[i, :n] = 1
     adv, ret = gae(rewards, values, mask, gamma, lam)  # padding holds garbage: must be ignored
     for i, n in enumerate(lengths):
-        ref_adv, ref_ret = gae_reference(rewards[i, :n].tolist(), values[i, :n].tolist(), gamma, lam)
+        ref_adv, ref_ret = gae_reference(
+            rewards[i, :n].tolist(), values[i, :n].tolist(), gamma, lam
+        )
         torch.testing.assert_close(adv[i, :n], torch.tensor(ref_adv))
         torch.testing.assert_close(ret[i, :n], torch.tensor(ref_ret))
         assert adv[i, n:].abs().sum() == 0 and ret[i, n:].abs().sum() == 0
@@ -112,7 +114,9 @@ def _ratio_logprobs(ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         (1.1, 1.0, -1.1, False),  # inside the trust region
     ],
 )
-def test_policy_loss_hand_values(ratio: float, advantage: float, loss: float, clipped: bool) -> None:
+def test_policy_loss_hand_values(
+    ratio: float, advantage: float, loss: float, clipped: bool
+) -> None:
     logprobs, old = _ratio_logprobs([ratio])
     logprobs.requires_grad_(True)
     out = policy_loss(logprobs, old, torch.tensor([[advantage]]), torch.ones(1, 1), cliprange=0.2)

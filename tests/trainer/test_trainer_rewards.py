@@ -60,9 +60,7 @@ def test_patient_reward_waits_out_an_outage(caplog: pytest.LogCaptureFixture) ->
 
 def test_patient_reward_gives_up_after_patience() -> None:
     clock = FakeClock()
-    fn = PatientReward(
-        Flaky(100), patience=10, backoff_initial=1, sleep=clock.sleep, clock=clock
-    )
+    fn = PatientReward(Flaky(100), patience=10, backoff_initial=1, sleep=clock.sleep, clock=clock)
     with pytest.raises(RewardUnavailableError, match="unavailable"):
         fn(["q"], ["a"], [None], [None])
     assert sum(clock.sleeps) >= 10

@@ -1,0 +1,107 @@
+"""The config: paper defaults, one-line docs, files and flags, and the docs table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from r3_trainer.config import TrainConfig, config_from_args, config_table, field_docs
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
+
+
+def test_paper_defaults() -> None:
+    cfg = TrainConfig()
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 16, 0.05)
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.use_lora
+    assert (cfg.learning_rate, cfg.batch_size, cfg.mini_batch_size) == (1e-5, 16, 2)
+    assert (cfg.gradient_accumulation_steps, cfg.ppo_epochs) == (4, 4)
+    assert (cfg.gamma, cfg.lam, cfg.cliprange, cfg.cliprange_value) == (1.0, 0.95, 0.2, 0.2)
+    assert cfg.vf_coef == 1.0
+    assert (cfg.adap_kl_ctrl, cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) == (
+        True,
+        0.2,
+        6.0,
+        10000,
+    )
+    assert cfg.use_score_scaling and cfg.use_score_norm and cfg.score_clip == 10.0
+    assert (cfg.top_p, cfg.top_k, cfg.max_new_tokens) == (1.0, 0, 512)
+    assert cfg.model is None  # the bundled SmolLM2-135M-Instruct
+
+
+def test_every_field_has_a_one_line_doc() -> None:
+    docs = field_docs()
+    assert list(docs) == [f.name for f in dataclasses.fields(TrainConfig)]
+    for name, doc in docs.items():
+        assert doc and "\n" not in doc and len(doc) <= 100, name
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump({"steps": 7, "batch-size": 4, "mini_batch_size": 1, "use_lora": False})
+    )
+    cfg, _ = config_from_args(["--config", str(tmp_path / "c.yaml"), "--steps", "9"])
+    assert (cfg.steps, cfg.batch_size, cfg.mini_batch_size, cfg.use_lora) == (9, 4, 1, False)
+    (tmp_path / "c.json").write_text(json.dumps({"reward_options": {"relevance": False}}))
+    cfg, _ = config_from_args(["--config", str(tmp_path / "c.json")])
+    assert cfg.reward_options == {"relevance": False}
+
+
+def test_flags() -> None:
+    cfg, _ = config_from_args(
+        [
+            "--reward-url", "http://rm:8000",
+            "--model", "org/model",
+            "--dataset", "d.jsonl",
+            "--steps", "3",
+            "--batch-size", "8",
+            "--max-new-tokens", "64",
+            "--output-dir", "out",
+            "--resume",
+            "--no-use-lora",
+            "--reward-options", '{"length_incentive": false}',
+            "--lora-target-modules", "q_proj", "k_proj",
+            "--score-clip", "none",
+            "--stop-strings",
+        ]
+    )  # fmt: skip
+    assert cfg.reward_url == "http://rm:8000" and cfg.model == "org/model"
+    assert (cfg.dataset, cfg.steps, cfg.batch_size, cfg.max_new_tokens) == ("d.jsonl", 3, 8, 64)
+    assert cfg.output_dir == "out" and cfg.resume == "latest" and not cfg.use_lora
+    assert cfg.reward_options == {"length_incentive": False}
+    assert cfg.lora_target_modules == ["q_proj", "k_proj"]
+    assert cfg.score_clip is None and cfg.stop_strings == []
+    cfg, _ = config_from_args(["--resume", "out/checkpoints/step-000010"])
+    assert cfg.resume == "out/checkpoints/step-000010"
+
+
+def test_bad_settings_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        config_from_args(["--batch-size", "3", "--mini-batch-size", "2"])
+    (tmp_path / "c.yaml").write_text("no_such_setting: 1\n")
+    with pytest.raises(SystemExit):
+        config_from_args(["--config", str(tmp_path / "c.yaml")])
+    with pytest.raises(ValueError):
+        TrainConfig(kl_penalty="full")
+
+
+def test_print_config_runs_as_console_script() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "r3_trainer.cli", "--print-config", "--steps", "5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = yaml.safe_load(out)
+    assert data["steps"] == 5 and data["lora_r"] == 8
+
+
+def test_docs_hold_the_config_table() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    assert config_table() in text, "regenerate with: python -m r3_trainer.config > table"
