@@ -163,12 +163,15 @@ def body(items: list[dict[str, Any]]) -> dict[str, object]:
     }
 
 
-async def bench_http(
-    url: str, items: list[dict[str, str]], clients: int, per_request: int
-) -> tuple[float, np.ndarray]:
-    """(c) items/s over HTTP: ``clients`` concurrent clients, ``per_request`` items each."""
-    chunks = [items[i : i + per_request] for i in range(0, len(items), per_request)]
+async def drive(
+    url: str, chunks: list[list[dict[str, Any]]], clients: int
+) -> tuple[float, list[list[float]], list[float]]:
+    """POST each chunk to /reward from ``clients`` concurrent clients.
+
+    Returns the wall seconds, each chunk's rewards (in order) and each request's latency.
+    """
     rewards: list[list[float]] = [[] for _ in chunks]
+    latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(chunks)):
         queue.put_nowait(i)
@@ -178,34 +181,30 @@ async def bench_http(
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
+                sent = time.perf_counter()
                 answer = await client.post("/reward", json=body(chunks[i]))
                 answer.raise_for_status()
+                latencies.append(time.perf_counter() - sent)
                 rewards[i] = answer.json()["rewards"]
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - started
+    return seconds, rewards, latencies
+
+
+async def bench_http(
+    url: str, items: list[dict[str, Any]], clients: int, per_request: int
+) -> tuple[float, np.ndarray]:
+    """(c) items/s over HTTP: ``clients`` concurrent clients, ``per_request`` items each."""
+    chunks = [items[i : i + per_request] for i in range(0, len(items), per_request)]
+    seconds, rewards, _ = await drive(url, chunks, clients)
     return len(items) / seconds, np.array([r for chunk in rewards for r in chunk])
 
 
-async def bench_latency(url: str, items: list[dict[str, str]], clients: int) -> tuple[float, float]:
+async def bench_latency(url: str, items: list[dict[str, Any]], clients: int) -> tuple[float, float]:
     """p50/p99 seconds of 1-item requests under ``clients`` concurrent clients."""
-    latencies: list[float] = []
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    for it in items:
-        queue.put_nowait(it)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                it = queue.get_nowait()
-                started = time.perf_counter()
-                answer = await client.post("/reward", json=body([it]))
-                answer.raise_for_status()
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
+    _, _, latencies = await drive(url, [[it] for it in items], clients)
     q = statistics.quantiles(latencies, n=100)
     return q[49], q[98]
 
