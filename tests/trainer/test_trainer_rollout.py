@@ -182,3 +182,32 @@ def test_resolve_model(tmp_path: Path) -> None:
     assert resolve_model("org/model") == ("org/model", None)
     folder, name = resolve_model(None)
     assert name == DEFAULT_GGUF_FILE and (Path(folder) / name).is_file()
+
+
+def test_training_log_probs_match_the_sampler(tiny_lm_dir: Path) -> None:
+    """The forward pass used for PPO scores the sampled tokens as generate() saw them."""
+    from transformers import GenerationConfig
+
+    cfg = TrainConfig(model=str(tiny_lm_dir), use_lora=False)
+    tok = load_tokenizer(cfg)
+    policy = load_policy(cfg).eval()
+    prompts = [format_prompt(tok, p) for p in ["the cat", "a dog runs and sleeps very"]]
+    prompt_ids, prompt_mask = encode_prompts(tok, prompts, 64)  # different lengths: left pad
+    torch.manual_seed(0)
+    out = policy.hf_model().generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        generation_config=GenerationConfig(
+            max_new_tokens=6, do_sample=True, top_k=0, top_p=1.0, eos_token_id=[], pad_token_id=0
+        ),
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    width = prompt_ids.shape[1]
+    response = out.sequences[:, width:]
+    sampled = torch.stack(out.logits, dim=1).log_softmax(-1)
+    expected = sampled.gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    mask = torch.cat([prompt_mask, torch.ones_like(response)], dim=1)
+    with torch.no_grad():
+        logprobs, _, _ = policy(out.sequences, mask, width)
+    torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)

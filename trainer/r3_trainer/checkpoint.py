@@ -1,0 +1,119 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+``OUTPUT_DIR/checkpoints/step-NNNNNN/`` holds
+
+- ``policy.pt``: the trainable weights (LoRA adapters, or the whole LM) and the value head;
+- ``adapter/`` (LoRA, with the tokenizer) or, in the final checkpoint of a full fine-tune,
+  ``model/``: the policy in transformers/peft format, for use outside the trainer;
+- ``value_head.pt``, ``optimizer.pt``, ``scheduler.pt``;
+- ``trainer_state.json``: step, data position, KL controller, score statistics, config;
+- ``rng_state_<rank>.pt``: Python, NumPy and torch (CPU and CUDA) random states per process.
+
+A checkpoint is written to a temporary folder and renamed, so a crash never leaves a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "checkpoint_dir",
+    "find_latest",
+    "get_rng_state",
+    "list_checkpoints",
+    "load_rng_state",
+    "prune_checkpoints",
+    "read_trainer_state",
+]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """``OUTPUT_DIR/checkpoints/step-NNNNNN``."""
+    return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``output_dir``, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _NAME.match(child.name)
+        if m and (child / STATE_FILE).is_file():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def find_latest(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (None keeps all)."""
+    if keep is None or keep <= 0:
+        return
+    for _, path in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch random states of this process."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def load_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint folder."""
+    data = json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: bad {STATE_FILE}")
+    return data
+
+
+def begin(output_dir: str | Path, step: int) -> tuple[Path, Path]:
+    """``(temporary folder, final folder)`` for the checkpoint of ``step``."""
+    final = checkpoint_dir(output_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp, final
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Move a finished temporary checkpoint into place (replacing an older one of that step)."""
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    log.info("checkpoint saved: %s", final)

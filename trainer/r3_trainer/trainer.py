@@ -1,0 +1,604 @@
+"""The PPO loop: sample, score over HTTP, penalise KL, GAE, clipped updates, log, checkpoint.
+
+One step (TRL-style PPO, as the paper ran it):
+
+1. take ``batch_size`` prompts, sample one response each, cut at end-of-turn / stop strings;
+2. score the responses (the reward function; over HTTP by default, retried patiently);
+3. log-probs and values of the policy, log-probs of the frozen reference (no grad);
+4. scale / normalise / clip the scores, per-token reward = -beta KL_t, plus the score on the
+   last token; GAE advantages (whitened) and returns;
+5. ``ppo_epochs`` passes over shuffled mini-batches, ``gradient_accumulation_steps`` of them
+   per optimizer step, minimising the clipped policy loss + vf_coef x the clipped value loss;
+6. update the adaptive KL coefficient; log a row to ``metrics.jsonl``; maybe evaluate, save.
+
+Runs data-parallel under ``accelerate launch`` (each process samples its own prompts; gradients
+are averaged by DDP); on one process it needs no launcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r3_service.reward.text import copies_query
+from r3_trainer import checkpoint as ckpt
+from r3_trainer.config import TrainConfig
+from r3_trainer.data import Example, PromptStream, load_examples, split_eval
+from r3_trainer.logging_utils import PLOT_FILE, MetricsLogger, format_table, plot_metrics
+from r3_trainer.policy import PolicyWithValue, end_of_turn_ids, load_policy, load_tokenizer
+from r3_trainer.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_per_token,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    process_scores,
+    token_rewards,
+    value_loss,
+)
+from r3_trainer.rewards import HTTPReward, PatientReward, RewardFn, RewardUnavailableError
+from r3_trainer.rollout import Rollouts, encode_prompts, format_prompt, generate_rollouts
+
+__all__ = ["PPOTrainer"]
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ on resume without changing what the next step computes.
+_RESUME_FREE = {
+    "steps",
+    "resume",
+    "output_dir",
+    "save_every",
+    "keep_checkpoints",
+    "eval_every",
+    "eval_samples",
+    "tensorboard",
+    "plot",
+    "progress_bar",
+    "reward_url",
+    "api_key",
+    "reward_timeout",
+    "reward_max_retries",
+    "reward_patience",
+    "reward_backoff_max",
+}
+
+
+class PPOTrainer:
+    """PPO against a reward function; see the module docstring for one step.
+
+    ``reward_fn`` defaults to :class:`HTTPReward` on ``cfg.reward_url``; any callable
+    ``(queries, responses, references, qtypes) -> rewards`` works (tests pass local ones).
+    ``tokenizer`` and ``policy`` may be given ready-made (else loaded from ``cfg``).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        reward_fn: RewardFn | None = None,
+        *,
+        tokenizer: Any = None,
+        policy: PolicyWithValue | None = None,
+        accelerator: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        self.cfg = cfg
+        if accelerator is None:
+            # accelerate runs several processes on CPUs only when told to use the CPU.
+            distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            cpu = cfg.cpu or (distributed and not torch.cuda.is_available())
+            accelerator = Accelerator(cpu=cpu)
+        self.accelerator = accelerator
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.device = self.accelerator.device
+        self.output_dir = Path(cfg.output_dir)
+        set_seed(cfg.seed, device_specific=True)
+
+        if cfg.dataset is None:
+            raise ValueError("a dataset is required (--dataset FILE.json[l])")
+        if not cfg.resume and ckpt.list_checkpoints(self.output_dir):
+            raise FileExistsError(
+                f"{self.output_dir} holds checkpoints of another run: "
+                "pass --resume to continue it, or choose another --output-dir"
+            )
+        rows = load_examples(cfg.dataset)
+        if cfg.eval_dataset:
+            train_rows, eval_rows = rows, load_examples(cfg.eval_dataset)
+        else:
+            held = cfg.eval_size if cfg.eval_every > 0 else 0
+            train_rows, eval_rows = split_eval(rows, held, cfg.seed)
+        self.stream = PromptStream(train_rows, cfg.seed)
+        self.eval_examples = eval_rows[: cfg.eval_batch_size]
+
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+        self.policy = policy if policy is not None else load_policy(cfg, len(self.tokenizer))
+        self.end_ids = end_of_turn_ids(self.tokenizer, self.policy.hf_model().config)
+        self.policy.to(self.device)
+        for ref in self.policy._reference:
+            ref.to(self.device)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=1e-8
+        )
+        backward_batch = min(cfg.backward_batch_size, cfg.batch_size)
+        self.updates_per_step = cfg.ppo_epochs * math.ceil(cfg.batch_size / backward_batch)
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=cfg.steps * self.updates_per_step,
+        )
+        self.model = self.accelerator.prepare_model(self.policy)
+        self.kl_ctl: FixedKLController = (
+            AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
+            if cfg.adap_kl_ctrl
+            else FixedKLController(cfg.init_kl_coef)
+        )
+        self.moments = RunningMoments()
+        base_fn = reward_fn or HTTPReward(
+            cfg.reward_url,
+            api_key=cfg.api_key,
+            options=cfg.reward_options,
+            timeout=cfg.reward_timeout,
+            max_retries=cfg.reward_max_retries,
+        )
+        self.reward_fn = PatientReward(
+            base_fn, patience=cfg.reward_patience, backoff_max=cfg.reward_backoff_max, sleep=sleep
+        )
+        self.step = 0
+        self._last_saved = -1
+        self._mutating = False
+        self._step_times: list[float] = []
+
+        resumed = self._resume() if cfg.resume else False
+        self.metrics: MetricsLogger | None = None
+        if self.is_main:
+            self.metrics = MetricsLogger(
+                self.output_dir, cfg.tensorboard, resume_step=self.step if resumed else None
+            )
+
+    # -- rollouts --------------------------------------------------------------
+
+    def _generate(self, examples: list[Example], do_sample: bool = True) -> Rollouts:
+        cfg, tok = self.cfg, self.tokenizer
+        prompts = [
+            format_prompt(tok, e.input, cfg.system_prompt, cfg.use_chat_template) for e in examples
+        ]
+        templated = cfg.use_chat_template and bool(getattr(tok, "chat_template", None))
+        ids, mask = encode_prompts(tok, prompts, cfg.max_prompt_length, templated)
+        self.policy.eval()
+        return generate_rollouts(
+            self.policy,
+            tok,
+            ids.to(self.device),
+            mask.to(self.device),
+            end_ids=self.end_ids,
+            stop_strings=cfg.stop_strings,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            chunk_size=cfg.generation_batch_size or cfg.batch_size,
+        )
+
+    def _score(self, examples: list[Example], rollouts: Rollouts) -> list[float]:
+        return self.reward_fn(
+            [e.input for e in examples],
+            rollouts.texts,
+            [e.output for e in examples],
+            [e.qtype for e in examples],
+        )
+
+    @torch.no_grad()
+    def _forward_no_grad(
+        self, rollouts: Rollouts
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy log-probs, values and reference log-probs of the rollouts (eval mode)."""
+        cfg = self.cfg
+        n, width = rollouts.response_mask.shape
+        logprobs = torch.zeros(n, width, device=self.device)
+        values = torch.zeros(n, width, device=self.device)
+        ref_logprobs = torch.zeros(n, width, device=self.device)
+        self.policy.eval()
+        for start in range(0, n, cfg.forward_batch_size):
+            idx = list(range(start, min(n, start + cfg.forward_batch_size)))
+            sub = rollouts.select(idx)
+            w = sub.response_mask.shape[1]
+            lp, _, v = self.policy(
+                sub.input_ids, sub.attention_mask, sub.response_start, cfg.temperature
+            )
+            assert v is not None
+            logprobs[idx, :w] = lp
+            values[idx, :w] = v.float()
+            ref_logprobs[idx, :w] = self.policy.reference_logprobs(
+                sub.input_ids, sub.attention_mask, sub.response_start, cfg.temperature
+            )
+        mask = rollouts.response_mask.float()
+        return logprobs * mask, values * mask, ref_logprobs * mask
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(x) if self.world > 1 else x
+
+    def _mean_all(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        return float(self.accelerator.reduce(t, reduction="mean"))
+
+    # -- one step --------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any]:
+        """Run one PPO step; return its metrics row (without ``step``)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        examples = self.stream.next_batch(cfg.batch_size, self.rank, self.world)
+        rollouts = self._generate(examples)
+        t1 = time.perf_counter()
+        raw_scores = self._score(examples, rollouts)
+        t2 = time.perf_counter()
+        self._mutating = True  # from here on, the model and optimizer change
+
+        mask = rollouts.response_mask.float()
+        scores = torch.tensor(raw_scores, dtype=torch.float32, device=self.device)
+        old_logprobs, values, ref_logprobs = self._forward_no_grad(rollouts)
+        kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_penalty) * mask
+        all_scores = self._gather(scores)
+        processed = process_scores(
+            scores,
+            self.moments,
+            cfg.use_score_scaling,
+            cfg.use_score_norm,
+            cfg.score_clip,
+            moments_batch=all_scores,
+        )
+        kl_coef = self.kl_ctl.value
+        rewards, non_score = token_rewards(processed, kl, mask, kl_coef)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        ev = explained_variance(values, returns, mask)
+        advantages = masked_whiten(advantages, mask) * mask
+        t3 = time.perf_counter()
+
+        stats = self._ppo_update(rollouts, old_logprobs, values, advantages, returns, mask)
+        t4 = time.perf_counter()
+
+        seq_kl = ((old_logprobs - ref_logprobs) * mask).sum(1)
+        lengths = rollouts.lengths.float()
+        copies = torch.tensor(
+            [float(copies_query(e.input, r)) for e, r in zip(examples, rollouts.texts)],
+            device=self.device,
+        )
+        all_kl, all_len, all_copies = (
+            self._gather(seq_kl),
+            self._gather(lengths),
+            self._gather(copies),
+        )
+        mean_kl = float(all_kl.mean())
+        self.kl_ctl.update(mean_kl, cfg.batch_size * self.world)
+        elapsed = t4 - t0
+        self._step_times.append(elapsed)
+        n_all = cfg.batch_size * self.world
+        row: dict[str, Any] = {
+            "reward_mean": float(all_scores.mean()),
+            "reward_std": float(all_scores.std()) if n_all > 1 else 0.0,
+            "score_mean": self._mean_all(float(processed.mean())),
+            "kl": mean_kl,
+            "kl_coef": kl_coef,
+            "non_score_reward": self._mean_all(float(non_score.sum(1).mean())),
+            "response_length_mean": float(all_len.mean()),
+            "query_copy_rate": float(all_copies.mean()),
+            "explained_variance": self._mean_all(ev) if math.isfinite(ev) else ev,
+            "advantages_mean": float(masked_mean(advantages, mask)),
+            "returns_mean": self._mean_all(float(masked_mean(returns, mask))),
+            "values_mean": self._mean_all(float(masked_mean(values, mask))),
+            **{k: self._mean_all(v) for k, v in stats.items()},
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "time_step_s": elapsed,
+            "time_generate_s": t1 - t0,
+            "time_reward_s": t2 - t1,
+            "time_forward_s": t3 - t2,
+            "time_train_s": t4 - t3,
+            "rollouts_per_s": n_all / elapsed if elapsed > 0 else float("nan"),
+        }
+        return row
+
+    def _ppo_update(
+        self,
+        rollouts: Rollouts,
+        old_logprobs: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped updates over shuffled mini-batches."""
+        cfg = self.cfg
+        n = len(rollouts)
+        backward_batch = min(cfg.backward_batch_size, n)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        sums: dict[str, float] = {}
+        count = 0
+        skipped = 0
+
+        def add(key: str, value: torch.Tensor | float) -> None:
+            sums[key] = sums.get(key, 0.0) + float(value)
+
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n).tolist()
+            for b0 in range(0, n, backward_batch):
+                batch = order[b0 : b0 + backward_batch]
+                micro = [
+                    batch[i : i + cfg.mini_batch_size]
+                    for i in range(0, len(batch), cfg.mini_batch_size)
+                ]
+                for j, idx in enumerate(micro):
+                    sub = rollouts.select(idx)
+                    w = sub.response_mask.shape[1]
+                    m = mask[idx, :w]
+                    sync = j == len(micro) - 1
+                    ctx = nullcontext() if sync else self.accelerator.no_sync(self.model)
+                    with ctx:
+                        logprobs, logits, vpred = self.model(
+                            sub.input_ids, sub.attention_mask, sub.response_start, cfg.temperature
+                        )
+                        pl = policy_loss(
+                            logprobs, old_logprobs[idx, :w], advantages[idx, :w], m, cfg.cliprange
+                        )
+                        vl = value_loss(
+                            vpred.float(),
+                            old_values[idx, :w],
+                            returns[idx, :w],
+                            m,
+                            cfg.cliprange_value,
+                        )
+                        loss = pl.loss + cfg.vf_coef * vl.loss
+                        ratio = self._mean_all(float(pl.ratio_mean))
+                        if ratio > cfg.ratio_threshold:  # TRL: skip a runaway mini-batch
+                            loss = loss * 0.0
+                            skipped += 1
+                        self.accelerator.backward(loss / len(micro))
+                    with torch.no_grad():
+                        add("policy_loss", pl.loss)
+                        add("value_loss", vl.loss)
+                        add("clipfrac", pl.clipfrac)
+                        add("value_clipfrac", vl.clipfrac)
+                        add("approx_kl", pl.approx_kl)
+                        add("ratio_mean", ratio)
+                        add("entropy", masked_mean(entropy_from_logits(logits.detach()), m))
+                    count += 1
+                if cfg.max_grad_norm is not None:
+                    grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    add("grad_norm", grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        out = {k: v / count for k, v in sums.items() if k != "grad_norm"}
+        if "grad_norm" in sums:
+            out["grad_norm"] = sums["grad_norm"] / self.updates_per_step
+        out["skipped_minibatches"] = float(skipped)
+        return out
+
+    # -- evaluation ------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        """Reward and length on the held-out prompts; logs a sample table (main process)."""
+        cfg = self.cfg
+        if not self.eval_examples or not self.is_main:
+            return {}
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
+            torch.manual_seed(cfg.seed)
+            rollouts = self._generate(self.eval_examples, do_sample=not cfg.eval_greedy)
+        scores = self._score(self.eval_examples, rollouts)
+        lengths = rollouts.lengths.tolist()
+        copies = [copies_query(e.input, r) for e, r in zip(self.eval_examples, rollouts.texts)]
+        shown = [
+            (e.input, r, s, int(n))
+            for e, r, s, n in zip(self.eval_examples, rollouts.texts, scores, lengths)
+        ][: cfg.eval_samples]
+        table = format_table(["prompt", "response", "reward", "tokens"], shown)
+        row = {
+            "eval_reward_mean": sum(scores) / len(scores),
+            "eval_reward_std": float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0,
+            "eval_response_length_mean": sum(lengths) / len(lengths),
+            "eval_query_copy_rate": sum(copies) / len(copies),
+        }
+        log.info(
+            "eval at step %d: reward %.4f, length %.1f tokens, copies %.0f%%\n%s",
+            self.step,
+            row["eval_reward_mean"],
+            row["eval_response_length_mean"],
+            100 * row["eval_query_copy_rate"],
+            table,
+        )
+        if self.metrics is not None:
+            self.metrics.text("eval/samples", table, self.step)
+        return row
+
+    # -- the loop --------------------------------------------------------------
+
+    def train(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train up to ``cfg.steps`` (or stop after step ``until``, saving a checkpoint there).
+
+        Returns the metrics rows of this call. If the reward service stays down past
+        ``reward_patience`` (or on Ctrl-C) while a step is still collecting rollouts, the last
+        finished step is checkpointed before the error propagates: no finished step is lost.
+        """
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        cfg = self.cfg
+        last = cfg.steps if until is None else min(cfg.steps, until)
+        rows: list[dict[str, Any]] = []
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="PPO",
+            unit="step",
+            disable=not (self.is_main and cfg.progress_bar),
+            dynamic_ncols=True,
+        )
+        try:
+            with logging_redirect_tqdm():
+                while self.step < last:
+                    rng, stream = ckpt.get_rng_state(), self.stream.state_dict()
+                    self._mutating = False
+                    try:
+                        row = self.train_step()
+                    except (RewardUnavailableError, KeyboardInterrupt):
+                        # Single process only: other processes may sit in a collective.
+                        if self.world == 1 and not self._mutating and self.step > self._last_saved:
+                            self.stream.load_state_dict(stream)
+                            log.warning("stopping: saving the last finished step %d", self.step)
+                            self.save(rng_state=rng)
+                        raise
+                    self.step += 1
+                    row = {"step": self.step, **row}
+                    finished = self.step == cfg.steps
+                    if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or finished):
+                        row.update(self.evaluate())
+                    if self.metrics is not None:
+                        self.metrics.log(row)
+                    rows.append(row)
+                    bar.update(1)
+                    bar.set_postfix(
+                        reward=f"{row['reward_mean']:.3f}",
+                        kl=f"{row['kl']:.2f}",
+                        len=f"{row['response_length_mean']:.0f}",
+                    )
+                    due = cfg.save_every > 0 and self.step % cfg.save_every == 0
+                    if due or self.step == last:
+                        self.save()
+        finally:
+            bar.close()
+        if self._step_times and self.is_main:
+            mean = sum(self._step_times) / len(self._step_times)
+            log.info(
+                "%d steps in this run: %.2f s/step, %.2f rollouts/s",
+                len(self._step_times),
+                mean,
+                cfg.batch_size * self.world / mean,
+            )
+        return rows
+
+    def close(self) -> None:
+        """Close logs and the reward client."""
+        if self.metrics is not None:
+            self.metrics.close()
+        close = getattr(self.reward_fn.fn, "close", None)
+        if callable(close):
+            close()
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def save(self, rng_state: dict[str, Any] | None = None) -> Path:
+        """Checkpoint the current step (``rng_state``: this process's RNG to store instead)."""
+        final = ckpt.checkpoint_dir(self.output_dir, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            ckpt.begin(self.output_dir, self.step)
+        self.accelerator.wait_for_everyone()
+        torch.save(rng_state or ckpt.get_rng_state(), tmp / f"rng_state_{self.rank}.pt")
+        if self.is_main:
+            cfg = self.cfg
+            trainable = self.policy.trainable_state_dict()
+            torch.save(trainable, tmp / "policy.pt")
+            torch.save(
+                {k: v for k, v in trainable.items() if k.startswith("v_head.")},
+                tmp / "value_head.pt",
+            )
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.policy.is_peft:
+                lm: Any = self.policy.lm
+                lm.save_pretrained(tmp / "adapter", save_embedding_layers=False)
+                self.tokenizer.save_pretrained(tmp / "adapter")
+            elif self.step == cfg.steps:
+                self.policy.hf_model().save_pretrained(tmp / "model")
+                self.tokenizer.save_pretrained(tmp / "model")
+            state = {
+                "step": self.step,
+                "data": self.stream.state_dict(),
+                "kl_controller": self.kl_ctl.state_dict(),
+                "score_moments": self.moments.state_dict(),
+                "world_size": self.world,
+                "config": dataclasses.asdict(cfg),
+            }
+            (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+            self.write_plot()
+            plot = self.output_dir / PLOT_FILE
+            if plot.is_file():
+                shutil.copy(plot, tmp / PLOT_FILE)
+            ckpt.commit(tmp, final)
+            ckpt.prune_checkpoints(self.output_dir, cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        self._last_saved = self.step
+        return final
+
+    def write_plot(self) -> None:
+        """Write ``output_dir/training.png`` from the metrics so far (main process)."""
+        if not (self.is_main and self.cfg.plot and self.metrics is not None):
+            return
+        rows = self.metrics.rows()
+        if rows:
+            plot_metrics(
+                rows, self.output_dir / PLOT_FILE, title=f"R^3 PPO · {self.output_dir.name}"
+            )
+
+    def _resume(self) -> bool:
+        cfg = self.cfg
+        assert cfg.resume is not None
+        path = ckpt.find_latest(self.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
+        if path is None:
+            log.warning("no checkpoint in %s; starting from scratch", self.output_dir)
+            return False
+        state = ckpt.read_trainer_state(path)
+        saved = state.get("config", {})
+        changed = [
+            k
+            for k, v in dataclasses.asdict(cfg).items()
+            if k not in _RESUME_FREE and k in saved and saved[k] != v
+        ]
+        if changed:
+            log.warning("resuming with changed settings: %s", ", ".join(changed))
+        if state.get("world_size", 1) != self.world:
+            log.warning("resuming on %d processes, saved on %d", self.world, state["world_size"])
+        self.policy.load_trainable_state_dict(torch.load(path / "policy.pt", map_location="cpu"))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.moments.load_state_dict(state["score_moments"])
+        self.stream.load_state_dict(state["data"])
+        self.step = self._last_saved = int(state["step"])
+        rng_file = path / f"rng_state_{self.rank}.pt"
+        if not rng_file.is_file():
+            rng_file = path / "rng_state_0.pt"
+        ckpt.load_rng_state(torch.load(rng_file, weights_only=False))
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
