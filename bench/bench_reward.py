@@ -1,13 +1,15 @@
 """Throughput of R^3 scoring, measured side by side in one run (the machine is noisy).
 
 (a) the authors' scoring loop: PyTorch, 4 pairs per batch, padding to longest;
-(b) raw ONNX Runtime on the plain optimum export, length-sorted batches of 16;
-(b') the same on our fused export (graph-optimised ORT);
+(b) raw ONNX Runtime on the default export, length-sorted batches of 16 (our ceiling);
+(b') the same on the offline-fused export (ORT transformer optimizer), for comparison;
 (c) the service over HTTP: 16 concurrent clients sending 8-item batches of fresh items;
-then p50/p99 latency of 1-item requests under 32 clients. Prints c/a and c/b, and the
-largest reward difference between (c) and (a): speed must not change the reward.
+then the cost of classifying untyped items, and p50/p99 latency of 1-item requests under
+32 clients. Rounds interleave (a), (b), (b') and (c) on the same fresh items; the figures
+are medians. Prints c/a and c/b, and the largest reward difference between (c) and (a):
+speed must not change the reward. Each scorer runs in its own process.
 
-    python bench/bench_reward.py [--items 384] [--data ../shared/data/alpacafarm_qtype.json]
+    python bench/bench_reward.py [--items 384] [--rounds 3] [--data PATH]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "alpacafarm_qtype.json"
 log = logging.getLogger("bench")
 
 
-def load_items(path: Path, n: int, offset: int) -> list[dict[str, str]]:
+def load_items(path: Path, n: int, offset: int) -> list[dict[str, Any]]:
     """Items (query, response, reference, qtype); the dataset's answers stand in for rollouts."""
     if path.is_file():
         rows = json.loads(path.read_text())
@@ -222,12 +224,13 @@ def _phase(argv: list[str]) -> dict[str, float]:
 
 def run_phase(args: argparse.Namespace) -> None:
     """The body of one --phase subprocess; prints one JSON line."""
-    items = load_items(args.data, args.items, 0)
+    items = load_items(args.data, args.items, args.offset)
     result: dict[str, float] = {}
     if args.phase == "export":
         source = str(bundled_model_dir())
-        export_encoder(source, args.plain, profile="minilm", optimize=False, local_files_only=True)
-        export_encoder(source, args.fused, profile="minilm", local_files_only=True)
+        # The shipped default (fp32: no offline fusion), and the fused graph for comparison.
+        export_encoder(source, args.plain, profile="minilm", local_files_only=True)
+        export_encoder(source, args.fused, profile="minilm", optimize=True, local_files_only=True)
     elif args.phase == "torch":
         rate, rewards = bench_torch(items)
         np.save(args.rewards, rewards)
@@ -239,10 +242,12 @@ def run_phase(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=384)
+    parser.add_argument("--items", type=int, default=384, help="items per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--phase", choices=["export", "torch", "ort"], help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fused", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rewards", type=Path, help=argparse.SUPPRESS)
@@ -253,46 +258,69 @@ def main() -> None:
         return
 
     n = args.items
+    rows: dict[str, list[float]] = {k: [] for k in ("a", "b", "b2", "c", "typed", "untyped")}
+    diffs: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         plain, fused, saved = Path(tmp) / "plain", Path(tmp) / "fused", Path(tmp) / "a.npy"
-        common = ["--items", str(n), "--data", str(args.data), "--plain", str(plain)]
-        common += ["--fused", str(fused), "--rewards", str(saved)]
-        _phase(["--phase", "export", *common])
-        rate_a = _phase(["--phase", "torch", *common])["rate"]
-        rewards_a = np.load(saved)
-        ort = _phase(["--phase", "ort", *common])
-        rate_b, rate_b2 = ort["plain"], ort["fused"]
-
-        items = load_items(args.data, n, 0)
-        server = start_server(fused, args.port)
+        paths = ["--plain", str(plain), "--fused", str(fused), "--rewards", str(saved)]
+        _phase(["--phase", "export", "--data", str(args.data), *paths])
+        server = start_server(plain, args.port)  # serves the default export
+        url = f"http://127.0.0.1:{args.port}"
         try:
-            url = f"http://127.0.0.1:{args.port}"
-            asyncio.run(bench_http(url, load_items(args.data, 64, n), 16, 8))  # warm-up
-            rate_c, rewards_c = asyncio.run(bench_http(url, items, 16, 8))
-            untyped = [{**it, "qtype": None} for it in load_items(args.data, n, n + 64)]
-            typed = load_items(args.data, n, n + 64)
-            rate_typed, _ = asyncio.run(bench_http(url, typed[: n // 2], 16, 8))
-            rate_untyped, _ = asyncio.run(bench_http(url, untyped[n // 2 :], 16, 8))
-            lat_items = load_items(args.data, 256, 2 * n + 64)
-            p50, p99 = asyncio.run(bench_latency(url, lat_items, 32))
+            warm = [
+                {"query": f"warm-up {i}", "response": "w " * i, "reference": "w", "qtype": None}
+                for i in range(64)
+            ]
+            asyncio.run(bench_http(url, warm, 16, 8))
+            # Rounds interleave every scorer on the same fresh slice, so that a slow spell
+            # of the machine hits all of them; the figures are medians over rounds.
+            for r in range(args.rounds):
+                offset = r * n
+                common = ["--items", str(n), "--offset", str(offset), "--data", str(args.data)]
+                rows["a"].append(_phase(["--phase", "torch", *common, *paths])["rate"])
+                ort = _phase(["--phase", "ort", *common, *paths])
+                rows["b"].append(ort["plain"])
+                rows["b2"].append(ort["fused"])
+                items = load_items(args.data, n, offset)
+                rate, rewards = asyncio.run(bench_http(url, items, 16, 8))
+                rows["c"].append(rate)
+                diffs.append(float(np.abs(rewards - np.load(saved)).max()))
+            # Classification cost: fresh items typed vs left to the classifier, alternating.
+            quarter = 160
+            base = args.rounds * n
+            for q in range(4):
+                part = load_items(args.data, quarter, base + q * quarter)
+                if q % 2:
+                    part = [{**it, "qtype": None} for it in part]
+                key = "untyped" if q % 2 else "typed"
+                rows[key].append(asyncio.run(bench_http(url, part, 16, 8))[0])
+            latency_items = load_items(args.data, 200, base + 4 * quarter)
+            p50, p99 = asyncio.run(bench_latency(url, latency_items, 32))
         finally:
             server.terminate()
             server.wait(30)
 
-    diff = float(np.abs(rewards_c - rewards_a).max())
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    ratio_ca = statistics.median(c / a for c, a in zip(rows["c"], rows["a"]))
+    ratio_cb = statistics.median(c / b for c, b in zip(rows["c"], rows["b"]))
+    ratio_cb2 = statistics.median(c / b for c, b in zip(rows["c"], rows["b2"]))
+
+    def fmt(key: str) -> str:
+        return f"{med[key]:8.1f} items/s  (rounds: {', '.join(f'{v:.0f}' for v in rows[key])})"
+
     lines = [
-        f"items per run: {n} (same items for a, b, b', c; fresh to the service)",
-        f"(a)  authors' loop, PyTorch, batches of 4      {rate_a:8.1f} items/s",
-        f"(b)  raw ORT, plain export, sorted batches 16  {rate_b:8.1f} items/s",
-        f"(b') raw ORT, fused export, sorted batches 16  {rate_b2:8.1f} items/s",
-        f"(c)  service over HTTP, 16 clients x 8 items   {rate_c:8.1f} items/s",
-        f"c/a = {rate_c / rate_a:.2f}   c/b = {rate_c / rate_b:.2f}   "
-        f"c/b' = {rate_c / rate_b2:.2f}",
-        f"qtype given {rate_typed:.1f} items/s, qtype from the classifier "
-        f"{rate_untyped:.1f} items/s: classification adds "
-        f"{(rate_typed / rate_untyped - 1) * 100:+.1f}% time",
+        f"{args.rounds} rounds of {n} items; each round's items are fresh to the service",
+        f"(a)  authors' loop, PyTorch, batches of 4        {fmt('a')}",
+        f"(b)  raw ORT, default export, sorted batches 16  {fmt('b')}",
+        f"(b') raw ORT, fused export, sorted batches 16    {fmt('b2')}",
+        f"(c)  service over HTTP, 16 clients x 8 items     {fmt('c')}",
+        f"c/a = {ratio_ca:.2f}   c/b = {ratio_cb:.2f}   c/b' = {ratio_cb2:.2f}   (medians of "
+        "per-round ratios)",
+        f"qtype given {med['typed']:.1f} items/s, qtype from the classifier "
+        f"{med['untyped']:.1f} items/s: classification adds "
+        f"{(med['typed'] / med['untyped'] - 1) * 100:+.1f}% time",
         f"1-item requests, 32 clients: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
-        f"max |reward(c) - reward(a)| = {diff:.2e}",
+        f"max |reward(c) - reward(a)| = {max(diffs):.2e}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
 

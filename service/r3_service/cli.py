@@ -56,7 +56,13 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         choices=sorted(PRESETS),
         help="similarity and F range (default: guessed from the name, else contriever)",
     )
-    parser.add_argument("--no-optimize", action="store_true", help="skip ORT graph fusion")
+    parser.add_argument(
+        "--optimize",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="offline ORT graph fusion: auto = for fp16 only (on CPU, ORT's load-time "
+        "optimisation of the plain graph measured as fast)",
+    )
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -65,7 +71,7 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         args.out,
         dtype=args.dtype,
         profile=args.profile,
-        optimize=not args.no_optimize,
+        optimize={"auto": None, "always": True, "never": False}[args.optimize],
         max_length=args.max_length,
     )
     logging.getLogger("r3-export").info("wrote %s: %s", args.out, profile.to_json())

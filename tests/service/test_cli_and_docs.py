@@ -34,7 +34,7 @@ def test_settings_read_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_batch_limits_default_by_device() -> None:
-    assert Settings().batch_limits("cpu") == (2048, 32)
+    assert Settings().batch_limits("cpu") == (1024, 32)
     assert Settings().batch_limits("cuda") == (16384, 128)
     assert Settings(max_batch_tokens=4096).batch_limits("cuda") == (4096, 128)
 

@@ -51,7 +51,7 @@ class RequestTimeoutError(Exception):
 class EngineConfig:
     """Batching, cache and deadline knobs (mirrors the service settings)."""
 
-    max_batch_tokens: int = 2048
+    max_batch_tokens: int = 1024
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_queue_texts: int = 4096

@@ -49,7 +49,21 @@ def test_minilm_profile_is_cosine_over_unit_range(minilm_dir: Path) -> None:
     assert profile.similarity == "cosine"
     assert profile.relevance_range == (0.0, 1.0)
     assert (profile.pooling, profile.truncation, profile.max_length) == ("mean", "left", 512)
+    assert profile.extra["graph_optimized"] is False  # fp32: ORT optimises at load
+
+
+def test_fused_graph_matches_pytorch(tmp_path: Path) -> None:
+    """The offline-fused graph (used for fp16/GPU) keeps the embeddings."""
+    from r3_service.encoder.export import export_encoder
+    from r3_service.models import bundled_model_dir
+
+    profile = export_encoder(
+        str(bundled_model_dir()), tmp_path, profile="minilm", optimize=True, local_files_only=True
+    )
     assert profile.extra["graph_optimized"] is True
+    ours = load_encoder(tmp_path).encode(TEXTS)
+    ref = torch_embeddings(bundled_model_dir(), TEXTS)
+    assert np.abs(ours - ref).max() <= 1e-4
 
 
 def test_tiny_bert_contriever_path_matches_pytorch(
