@@ -7,5 +7,5 @@ bash scripts/install.sh all
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff check .
 ruff format --check .
-mypy service/r3_service clients/python/src/r3_client trainer/r3_trainer
+mypy service/r3_service clients/python/src/r3_client trainer/r3_trainer bench
 python -m pytest -q -p no:cacheprovider "$@"
