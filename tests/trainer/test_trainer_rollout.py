@@ -142,14 +142,6 @@ def test_load_examples_json_and_jsonl(tmp_path: Path) -> None:
             load_examples(tmp_path / "bad.jsonl")
 
 
-def test_shared_alpacafarm_file_loads() -> None:
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpacafarm_qtype.json"
-    if not path.is_file():
-        pytest.skip("shared/data is not beside the repository")
-    rows = load_examples(path)
-    assert len(rows) == 2000 and {r.qtype for r in rows} == {"OPENENDED", "CONSTRAINED"}
-
-
 def test_prompt_stream_is_deterministic_and_resumable() -> None:
     rows = [Example(str(i)) for i in range(10)]
     a = PromptStream(rows, seed=3)
