@@ -296,9 +296,10 @@ def test_cli_writes_metrics_plot_tensorboard_checkpoints_and_resumes(
     ]  # fmt: skip
     assert main([*args, "--steps", "2"]) == 0
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(REQUIRED_METRICS <= set(r) for r in rows)
-    assert "eval_reward_mean" in rows[1] and "eval_reward_mean" not in rows[0]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the untrained policy's evaluation
+    assert set(rows[0]) >= {"step", "eval_reward_mean", "eval_response_length_mean"}
+    assert all(REQUIRED_METRICS <= set(r) for r in rows[1:])
+    assert "eval_reward_mean" in rows[2] and "eval_reward_mean" not in rows[1]
     assert (out / "training.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = out / "checkpoints" / "step-000002"
@@ -312,7 +313,7 @@ def test_cli_writes_metrics_plot_tensorboard_checkpoints_and_resumes(
 
     assert main([*args, "--steps", "3"]) == EXIT_BAD_SETUP  # a fresh run would mix with it
     assert main([*args, "--steps", "3", "--resume"]) == 0
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
     assert find_latest(out) == out / "checkpoints" / "step-000003"
 
     # the service is gone and patience is short: exit status 3, nothing lost

@@ -440,6 +440,14 @@ class PPOTrainer:
             self.metrics.text("eval/samples", table, self.step)
         return row
 
+    def _baseline_eval(self) -> None:
+        """Evaluate the untrained policy as step 0, leaving the RNG streams as they were."""
+        rng = ckpt.get_rng_state()
+        row = self.evaluate()
+        ckpt.load_rng_state(rng)
+        if row and self.metrics is not None:
+            self.metrics.log({"step": 0, **row})
+
     # -- the loop --------------------------------------------------------------
 
     def train(self, until: int | None = None) -> list[dict[str, Any]]:
@@ -465,6 +473,8 @@ class PPOTrainer:
         )
         try:
             with logging_redirect_tqdm():
+                if self.step == 0 and cfg.eval_every > 0 and last > 0:
+                    self._baseline_eval()
                 while self.step < last:
                     rng, stream = ckpt.get_rng_state(), self.stream.state_dict()
                     self._mutating = False
