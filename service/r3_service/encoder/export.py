@@ -22,6 +22,9 @@ from r3_service.encoder.profile import ONNX_FILE, TOKENIZER_FILE, Dtype, Encoder
 
 logger = logging.getLogger(__name__)
 
+#: Name of the pooled output the exported graph ends with.
+SENTENCE_EMBEDDING = "sentence_embedding"
+
 #: Model types the ORT transformer optimizer knows how to fuse.
 _FUSABLE = {"bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "electra", "deberta-v2"}
 
@@ -68,9 +71,10 @@ def export_encoder(
         staged = Path(tmp) / "staged.onnx"
         _optimize(raw, staged, config, dtype=dtype, optimize=optimize)
         if dtype == "int8":
-            _quantize_int8(staged, out / ONNX_FILE)
-        else:
-            shutil.copyfile(staged, out / ONNX_FILE)
+            quantized = Path(tmp) / "quantized.onnx"
+            _quantize_int8(staged, quantized)
+            staged = quantized
+        add_mean_pooling(staged, out / ONNX_FILE)
 
     tokenizer.save_pretrained(out)
     if not (out / TOKENIZER_FILE).exists():
@@ -83,7 +87,11 @@ def export_encoder(
         hidden_size=int(config.hidden_size),
         pad_token_id=int(tokenizer.pad_token_id or 0),
         source=str(model),
-        extra={"model_type": config.model_type, "graph_optimized": optimize},
+        extra={
+            "model_type": config.model_type,
+            "graph_optimized": optimize,
+            "output": SENTENCE_EMBEDDING,
+        },
     )
     result.save(out)
     logger.info("exported %s (%s) to %s", model, dtype, out)
@@ -112,6 +120,45 @@ def _optimize(src: Path, dst: Path, config: object, *, dtype: Dtype, optimize: b
     if dtype == "fp16":
         optimized.convert_float_to_float16(keep_io_types=True)
     optimized.save_model_to_file(str(dst))
+
+
+def add_mean_pooling(src: Path, dst: Path) -> None:
+    """Append mean pooling over non-padding tokens to the graph, in fp32.
+
+    The graph then outputs ``sentence_embedding`` (batch, hidden) instead of the
+    hidden states (batch, seq, hidden): on a GPU, only the pooled vectors leave the
+    device. The pooling is sum(h * mask) / max(sum(mask), 1), as ``mean_pool``.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    hidden = graph.output[0].name
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["r3_mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["r3_mask_f", "r3_axis2"], ["r3_mask_u"]),
+        helper.make_node("Mul", [hidden, "r3_mask_u"], ["r3_masked"]),
+        helper.make_node("ReduceSum", ["r3_masked", "r3_axis1"], ["r3_sum"], keepdims=0),
+        helper.make_node("ReduceSum", ["r3_mask_u", "r3_axis1"], ["r3_count"], keepdims=0),
+        helper.make_node("Max", ["r3_count", "r3_one"], ["r3_count_c"]),
+        helper.make_node("Div", ["r3_sum", "r3_count_c"], [SENTENCE_EMBEDDING]),
+    ]
+    graph.initializer.extend(
+        [
+            helper.make_tensor("r3_axis1", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("r3_axis2", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("r3_one", TensorProto.FLOAT, [], [1.0]),
+        ]
+    )
+    graph.node.extend(nodes)
+    while len(graph.output):
+        graph.output.pop()
+    graph.output.append(
+        helper.make_tensor_value_info(SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch", "hidden"])
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:

@@ -78,6 +78,8 @@ class OrtEncoder(Encoder):
         self.device_id = device_id
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
+        # Exports end with the pooled "sentence_embedding"; older ones give hidden states.
+        self._pooled_in_graph = len(self.session.get_outputs()[0].shape) == 2
         logger.info(
             "loaded %s (%s, %s) on %s",
             self.profile.name,
@@ -100,13 +102,18 @@ class OrtEncoder(Encoder):
         input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
         feeds = self._feeds(input_ids, mask)
         if self.device == "cuda":
-            hidden = self._run_cuda(feeds)
+            output = self._run_cuda(feeds)
         else:
-            hidden = self.session.run([self._output_name], feeds)[0]
-        return mean_pool(hidden, mask)
+            output = self.session.run([self._output_name], feeds)[0]
+        if self._pooled_in_graph:
+            return np.asarray(output, dtype=np.float32)
+        return mean_pool(output, mask)
 
     def _run_cuda(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run with io-binding: inputs copied once to the GPU, the output allocated there."""
+        """Run with io-binding: inputs copied once to the GPU, the output allocated there.
+
+        With pooling in the graph, only (batch, hidden) floats come back to the host.
+        """
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)

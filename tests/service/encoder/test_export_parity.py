@@ -128,3 +128,25 @@ def test_fp16_export_writes_a_half_precision_graph(tiny_bert_source: Path, tmp_p
     assert onnx.TensorProto.FLOAT16 in dtypes
     # inputs and outputs stay fp32/int64 so callers need no change
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_pooling_is_in_the_graph_and_old_exports_still_load(
+    tiny_bert_source: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import onnx
+    from optimum.exporters.onnx import main_export
+
+    from r3_service.encoder.export import SENTENCE_EMBEDDING
+
+    pooled = onnx.load(str(tiny_bert_dir / "model.onnx"))
+    assert [o.name for o in pooled.graph.output] == [SENTENCE_EMBEDDING]
+    # An export from before pooling moved into the graph: hidden states out, pooled in numpy.
+    old = tmp_path / "old"
+    main_export(str(tiny_bert_source), output=old, task="feature-extraction", do_validation=False)
+    for name in ("tokenizer.json", "r3_profile.json"):
+        shutil.copyfile(tiny_bert_dir / name, old / name)
+    new_vectors = load_encoder(tiny_bert_dir).encode(TEXTS)
+    old_vectors = load_encoder(old).encode(TEXTS)
+    assert np.abs(new_vectors - old_vectors).max() <= 1e-5
