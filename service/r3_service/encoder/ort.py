@@ -54,6 +54,12 @@ class OrtEncoder(Encoder):
         )
         if use_cuda and "CUDAExecutionProvider" not in available:
             raise RuntimeError("provider 'cuda' asked for, but onnxruntime has no CUDA provider")
+        if use_cuda and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu >= 1.21: find CUDA/cuDNN installed as pip wheels (nvidia-*).
+            try:
+                ort.preload_dlls()
+            except Exception:  # the system's libraries may still be found
+                logger.warning("onnxruntime.preload_dlls() failed", exc_info=True)
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
