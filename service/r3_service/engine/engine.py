@@ -187,7 +187,8 @@ class RewardEngine:
         try:
             self.batcher.submit([work for _, work in new])
         except Exception:
-            self._release(waiting, [w for t, w in waiting.items() if (t, w) not in new])
+            queued_by_us = {id(work) for _, work in new}
+            self._release(waiting, [w for w in waiting.values() if id(w) not in queued_by_us])
             raise
         for text, work in new:
             self._inflight[text] = work
