@@ -60,10 +60,3 @@ async def get_engine(state: StateDep) -> RewardEngine:
 
 
 EngineDep = Annotated[RewardEngine, Depends(get_engine)]
-
-
-async def get_settings(state: StateDep) -> Settings:
-    return state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
