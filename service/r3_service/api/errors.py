@@ -115,16 +115,25 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail), headers=headers)
 
+    def count_rejected(request: Request, reason: str) -> None:
+        """Tally a refused request in ``r3_rejected_requests_total{reason}``."""
+        state = getattr(request.app.state, "r3", None)
+        if state is not None:
+            state.metrics.rejected.labels(reason).inc()
+
     @app.exception_handler(QueueFullError)
-    async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
+    async def _full(request: Request, exc: QueueFullError) -> JSONResponse:
+        count_rejected(request, "queue_full")
         return error_response(503, "overloaded: " + str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestTimeoutError)
-    async def _timeout(_: Request, exc: RequestTimeoutError) -> JSONResponse:
+    async def _timeout(request: Request, exc: RequestTimeoutError) -> JSONResponse:
+        count_rejected(request, "deadline")
         return error_response(504, "request timed out: " + str(exc))
 
     @app.exception_handler(WorkerDeadError)
-    async def _dead(_: Request, exc: WorkerDeadError) -> JSONResponse:
+    async def _dead(request: Request, exc: WorkerDeadError) -> JSONResponse:
+        count_rejected(request, "worker_dead")
         return error_response(503, "not ready: " + str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)

@@ -28,7 +28,7 @@ from r3_service.reward.formula import (
 )
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
-    copies_query,
+    copies_query_tokens,
     cut_at_stop_strings,
     wordpunct_tokenize,
 )
@@ -352,5 +352,7 @@ class RewardEngine:
             result.length_incentive.append(parts.length_incentive)
             result.repetition_penalty.append(parts.repetition_penalty)
             result.branch.append(parts.branch)
-            result.copies_query.append(copies_query(items[index].query, prepared[index].response))
+            result.copies_query.append(  # the response's tokens are those LI and RP used
+                copies_query_tokens(wordpunct_tokenize(items[index].query), prepared[index].tokens)
+            )
         return result

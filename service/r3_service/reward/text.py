@@ -146,10 +146,17 @@ def copies_query(query: str, response: str, threshold: float = 0.8) -> bool:
     At least ``threshold`` of the response's lowercase token trigrams (tokens, when it
     has fewer than three) occur in the query. An empty response copies nothing.
     """
-    response_tokens = [t.lower() for t in wordpunct_tokenize(response)]
+    return copies_query_tokens(wordpunct_tokenize(query), wordpunct_tokenize(response), threshold)
+
+
+def copies_query_tokens(
+    query_tokens: Sequence[str], response_tokens: Sequence[str], threshold: float = 0.8
+) -> bool:
+    """``copies_query`` on already tokenised texts (wordpunct tokens, any case)."""
+    response_tokens = [t.lower() for t in response_tokens]
     if not response_tokens:
         return False
-    query_tokens = [t.lower() for t in wordpunct_tokenize(query)]
+    query_tokens = [t.lower() for t in query_tokens]
     if len(response_tokens) < 3:
         return all(t in query_tokens for t in response_tokens)
     query_grams = set(trigrams(query_tokens))

@@ -315,6 +315,12 @@ async def test_full_queue_answers_503_with_retry_after_and_drops_nothing(
     codes = [a.status_code for a in answers]
     assert set(codes) <= {200, 503}
     assert 200 in codes and 503 in codes
+    rejected = [
+        line
+        for line in httpx.get(server.url + "/metrics").text.splitlines()
+        if line.startswith('r3_rejected_requests_total{reason="queue_full"}')
+    ]
+    assert float(rejected[0].split()[-1]) == codes.count(503)
     for answer in answers:
         if answer.status_code == 503:
             assert answer.headers["retry-after"] == "1"
