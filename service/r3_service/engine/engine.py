@@ -1,24 +1,32 @@
-"""The async reward engine: embeddings through the batcher and cache, then R^3 math.
+"""The async reward engine: embeddings through the cache, dedup and batcher, then R^3 math.
 
-No web framework here: the HTTP layer calls ``RewardEngine`` and maps its
-exceptions to status codes.
+No web framework here: the HTTP layer calls ``RewardEngine`` and maps its exceptions
+(``engine/errors.py``) to status codes. CPU work (tokenisation, stop-string cutting,
+classifier features, reward math, copy detection) leaves the event loop once a request
+is large enough for it to matter; small requests stay inline, where a thread hop would
+cost more than the work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from r3_service.encoder.base import Encoder, relevance
 from r3_service.encoder.profile import EncoderProfile
-from r3_service.engine.batching import Batcher, BatchStats, Work
+from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
+from r3_service.engine.config import EngineConfig
+from r3_service.engine.errors import RequestTimeoutError
+from r3_service.engine.scheduler import Work
 from r3_service.reward.formula import (
     Branch,
     QueryType,
@@ -35,28 +43,19 @@ from r3_service.reward.text import (
 
 logger = logging.getLogger(__name__)
 
-#: Above this many response characters, stop-string cutting and token counting
-#: leave the event loop (small batches are cheaper inline than a thread hop).
-_INLINE_PREPARE_CHARS = 20_000
+#: Above this many characters, a CPU step runs in a worker thread instead of on the loop.
+INLINE_CHARS = 8_000
+#: Large tokenisations go in chunks, so that small requests' chunks slot in between.
+TOKENIZE_CHUNK_CHARS = 64_000
 
 #: P(OPENENDED) for each query, from the query embeddings and texts.
 QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
+#: When the current request arrived (monotonic seconds); set by the HTTP layer so that a
+#: request's deadline counts from its arrival. Unset: from when the engine is called.
+request_started: ContextVar[float | None] = ContextVar("r3_request_started", default=None)
 
-class RequestTimeoutError(Exception):
-    """The request's deadline passed before its embeddings were ready."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Batching, cache and deadline knobs (mirrors the service settings)."""
-
-    max_batch_tokens: int = 1024
-    max_batch_size: int = 32
-    max_wait_ms: float = 2.0
-    max_queue_texts: int = 4096
-    cache_bytes: int = 64 * 1024 * 1024
-    request_timeout_s: float = 60.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,139 @@ def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Pre
     return prepared
 
 
+@dataclass
+class _Plan:
+    """Which texts a score call embeds, and where each item's vectors will be."""
+
+    texts: list[str] = field(default_factory=list)
+    cacheable: list[bool] = field(default_factory=list)
+    #: Per item: row of its "query", "reference" and "response" vectors.
+    slots: list[dict[str, int]] = field(default_factory=list)
+    qtypes: list[QueryType] = field(default_factory=list)
+    #: None until the classifier has decided the item's type.
+    branches: list[Branch | None] = field(default_factory=list)
+    #: Items the classifier types.
+    untyped: list[int] = field(default_factory=list)
+
+    def need(self, slot: dict[str, int], kind: str, text: str, cacheable: bool) -> None:
+        slot[kind] = len(self.texts)
+        self.texts.append(text)
+        self.cacheable.append(cacheable)
+
+
+def plan_embeddings(
+    items: Sequence[RewardItem],
+    prepared: Sequence[_Prepared],
+    options: RewardOptions,
+    use_head: bool,
+) -> _Plan:
+    """The texts to embed in one round. An untyped item (with a head) needs its query to be
+    classified; its reference is embedded in a second round, only if the type needs it."""
+    plan = _Plan()
+    for index, item in enumerate(items):
+        slot: dict[str, int] = {}
+        plan.qtypes.append(item.qtype or QueryType.OPENENDED)
+        if item.qtype is None and use_head:
+            plan.untyped.append(index)
+            plan.branches.append(None)
+            plan.need(slot, "query", item.query, True)
+        else:
+            branch = choose_branch(plan.qtypes[-1], bool(item.reference), options)
+            plan.branches.append(branch)
+            if options.relevance:
+                if branch.uses_reference:
+                    plan.need(slot, "reference", item.reference or "", True)
+                else:
+                    plan.need(slot, "query", item.query, True)
+        if options.relevance:
+            plan.need(slot, "response", prepared[index].response, False)
+        plan.slots.append(slot)
+    return plan
+
+
+def decide_untyped(
+    plan: _Plan,
+    items: Sequence[RewardItem],
+    probs: np.ndarray,
+    options: RewardOptions,
+    threshold: float,
+    first_row: int,
+) -> list[str]:
+    """Type the untyped items from P(OPENENDED); returns the references still to embed
+    (their rows start at ``first_row``)."""
+    late: list[str] = []
+    for i, p in zip(plan.untyped, probs):
+        plan.qtypes[i] = QueryType.OPENENDED if p >= threshold else QueryType.CONSTRAINED
+        branch = choose_branch(plan.qtypes[i], bool(items[i].reference), options)
+        plan.branches[i] = branch
+        if options.relevance and branch.uses_reference:
+            plan.slots[i]["reference"] = first_row + len(late)
+            late.append(items[i].reference or "")
+    return late
+
+
+def assemble(
+    items: Sequence[RewardItem],
+    prepared: Sequence[_Prepared],
+    plan: _Plan,
+    vectors: np.ndarray,
+    options: RewardOptions,
+    profile: EncoderProfile,
+) -> RewardBatch:
+    """Rewards from the embeddings and the prepared responses (pure CPU work)."""
+    branches = [b for b in plan.branches if b is not None]
+    assert len(branches) == len(items), "every item has a branch by now"
+    rels = np.ones(len(items))
+    if options.relevance and items:
+        anchor_kind = ["reference" if b.uses_reference else "query" for b in branches]
+        anchors = [slot[kind] for slot, kind in zip(plan.slots, anchor_kind)]
+        responses = [slot["response"] for slot in plan.slots]
+        rels = relevance(vectors[anchors], vectors[responses], profile.similarity)
+    result = RewardBatch()
+    for index, item in enumerate(items):
+        parts = r3_reward(
+            branch=branches[index],
+            relevance=float(rels[index]),
+            response_tokens=prepared[index].tokens,
+            options=options,
+            relevance_range=profile.relevance_range,
+        )
+        result.rewards.append(parts.reward)
+        result.qtype.append(plan.qtypes[index])
+        result.relevance.append(parts.relevance)
+        result.length_incentive.append(parts.length_incentive)
+        result.repetition_penalty.append(parts.repetition_penalty)
+        result.branch.append(parts.branch)
+        result.copies_query.append(  # the response's tokens are those LI and RP used
+            copies_query_tokens(wordpunct_tokenize(item.query), prepared[index].tokens)
+        )
+    return result
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
     if not future.cancelled():
         future.exception()
+
+
+def _chunks(texts: Sequence[str], max_chars: int) -> Iterator[Sequence[str]]:
+    start, used = 0, 0
+    for end, text in enumerate(texts):
+        if end > start and used + len(text) > max_chars:
+            yield texts[start:end]
+            start, used = end, 0
+        used += len(text)
+    if start < len(texts):
+        yield texts[start:]
+
+
+def calibration_batch(encoder: Encoder, config: EngineConfig) -> list[np.ndarray]:
+    """A full batch of synthetic texts, to measure the drain rate before serving."""
+    per_text = config.max_batch_tokens // config.max_batch_size
+    width = max(8, min(encoder.profile.max_length, per_text))
+    ids = encoder.tokenize(["calibrating the drain rate " * width])[0]
+    row = np.concatenate([ids[: width - 1], ids[-1:]]) if len(ids) > width else ids
+    return [row] * max(1, min(config.max_batch_size, config.max_batch_tokens // len(row)))
 
 
 class RewardEngine:
@@ -131,104 +259,167 @@ class RewardEngine:
         self.config = config or EngineConfig()
         self.classifier = classifier
         self.cache = EmbeddingCache(self.config.cache_bytes)
-        self.batcher = Batcher(
-            encoder.tokenize,
-            encoder.embed_tokens,
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            max_wait_ms=self.config.max_wait_ms,
-            max_queue_texts=self.config.max_queue_texts,
-            on_batch=on_batch,
-        )
+        self.batcher = Batcher(encoder.embed_tokens, self.config, on_batch=on_batch)
         self._inflight: dict[str, Work] = {}
-        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
+        self._cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
         self.dedup_hits = 0
 
     @property
     def profile(self) -> EncoderProfile:
         return self.encoder.profile
 
-    def start(self) -> None:
+    def start(self, calibrate: bool = True) -> None:
+        """Start the worker; first measure the drain rate on one full synthetic batch."""
+        if calibrate:
+            rate = self.batcher.calibrate(calibration_batch(self.encoder, self.config))
+            logger.info("drain rate at start: %.0f tokens/s", rate)
         self.batcher.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)
-        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    def deadline(self) -> float:
+        """The current request's deadline (monotonic seconds)."""
+        started = request_started.get() or time.monotonic()
+        return started + self.config.request_timeout_s
+
+    async def _cpu(self, weight: int, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)``: inline when ``weight`` (characters) is small, else in a thread."""
+        if weight <= INLINE_CHARS:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, fn, *args)
+
+    async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of ``texts``; large inputs in chunks on the tokenizer thread."""
+        if sum(len(t) for t in texts) <= INLINE_CHARS:
+            return self.encoder.tokenize(texts)
+        loop = asyncio.get_running_loop()
+        out: list[np.ndarray] = []
+        for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS):
+            out.extend(
+                await loop.run_in_executor(self._tokenizer_pool, self.encoder.tokenize, chunk)
+            )
+        return out
+
+    # -- embeddings ----------------------------------------------------------------------
 
     async def embed(
         self,
         texts: Sequence[str],
         cacheable: Sequence[bool] | None = None,
         timing: Timing | None = None,
+        deadline: float | None = None,
     ) -> np.ndarray:
         """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher."""
+        deadline = self.deadline() if deadline is None else deadline
         flags = list(cacheable) if cacheable is not None else [True] * len(texts)
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
-        cache_of: dict[str, bool] = {}
         rows_of: dict[str, list[int]] = {}
+        cache_of: dict[str, bool] = {}
         for row, (text, flag) in enumerate(zip(texts, flags)):
             rows_of.setdefault(text, []).append(row)
             cache_of[text] = cache_of.get(text, False) or flag
-
-        # Synchronous from here to submit(): no other request interleaves.
-        loop = asyncio.get_running_loop()
         waiting: dict[str, Work] = {}
-        new: list[tuple[str, Work]] = []
+        try:
+            fresh = self._lookup(rows_of, cache_of, out, waiting, deadline)
+            if fresh:
+                await self._enqueue(fresh, cache_of, waiting, deadline)
+            if waiting:
+                await self._collect(waiting, rows_of, out, deadline)
+        except BaseException:
+            self._release(waiting)
+            raise
+        if timing is not None:
+            for work in waiting.values():
+                timing.add(work)
+        return out
+
+    def _lookup(
+        self,
+        rows_of: dict[str, list[int]],
+        cache_of: dict[str, bool],
+        out: np.ndarray,
+        waiting: dict[str, Work],
+        deadline: float,
+    ) -> list[str]:
+        """Fill cache hits, attach to identical work in flight; returns the texts still new."""
+        fresh = []
         for text, rows in rows_of.items():
             hit = self.cache.get(text) if cache_of[text] else None
             if hit is not None:
                 out[rows] = hit
-            elif text in self._inflight:
-                waiting[text] = self._attach(text)
+            elif self._in_flight(text):
+                waiting[text] = self._attach(text, deadline)
             else:
-                work = Work(text=text, future=loop.create_future())
-                waiting[text] = work
+                fresh.append(text)
+        return fresh
+
+    async def _enqueue(
+        self,
+        fresh: list[str],
+        cache_of: dict[str, bool],
+        waiting: dict[str, Work],
+        deadline: float,
+    ) -> None:
+        """Tokenise the new texts and queue them all, or raise why not."""
+        ids = await self.tokenize(fresh)
+        loop = asyncio.get_running_loop()
+        new: list[tuple[str, Work]] = []
+        for text, tokens in zip(fresh, ids):
+            if self._in_flight(text):  # queued by another request while we tokenised
+                waiting[text] = self._attach(text, deadline)
+            else:
+                work = Work(text=text, future=loop.create_future(), ids=tokens, deadline=deadline)
                 new.append((text, work))
-        try:
-            self.batcher.submit([work for _, work in new])
-        except Exception:
-            queued_by_us = {id(work) for _, work in new}
-            self._release(waiting, [w for w in waiting.values() if id(w) not in queued_by_us])
-            raise
+        self.batcher.submit([work for _, work in new], deadline, self.config.request_timeout_s)
         for text, work in new:
             self._inflight[text] = work
+            waiting[text] = work
             work.future.add_done_callback(self._forget(text, work, cache_of[text]))
 
-        if waiting:
-            names = list(waiting)
-            gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
-            gathered.add_done_callback(_consume)
-            try:
-                vectors = await asyncio.wait_for(gathered, self.config.request_timeout_s)
-            except asyncio.TimeoutError as exc:
-                self._release(waiting, list(waiting.values()))
-                raise RequestTimeoutError(
-                    f"no answer within {self.config.request_timeout_s:g} s"
-                ) from exc
-            except BaseException:
-                self._release(waiting, list(waiting.values()))
-                raise
-            for text, vector in zip(names, vectors):
-                out[rows_of[text]] = vector
-            if timing is not None:
-                for work in waiting.values():
-                    timing.add(work)
-        return out
+    async def _collect(
+        self,
+        waiting: dict[str, Work],
+        rows_of: dict[str, list[int]],
+        out: np.ndarray,
+        deadline: float,
+    ) -> None:
+        names = list(waiting)
+        gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
+        gathered.add_done_callback(_consume)
+        try:
+            vectors = await asyncio.wait_for(gathered, max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"no answer within {self.config.request_timeout_s:g} s"
+            ) from exc
+        for text, vector in zip(names, vectors):
+            out[rows_of[text]] = vector
 
-    def _attach(self, text: str) -> Work:
+    def _in_flight(self, text: str) -> bool:
+        work = self._inflight.get(text)
+        return work is not None and not work.future.done()
+
+    def _attach(self, text: str, deadline: float) -> Work:
         work = self._inflight[text]
         work.waiters += 1
+        work.deadline = max(work.deadline, deadline)
         self.dedup_hits += 1
         return work
 
-    def _release(self, waiting: dict[str, Work], works: Sequence[Work]) -> None:
-        """This request stops waiting for ``works``; unwanted work is dropped by the worker."""
-        for work in works:
+    def _release(self, waiting: dict[str, Work]) -> None:
+        """This request stops waiting; work nobody waits for is dropped from the queue."""
+        for work in waiting.values():
             if not work.future.done():
                 work.waiters -= 1
         for text, work in waiting.items():
             if work.waiters <= 0 and self._inflight.get(text) is work:
                 del self._inflight[text]
+        if waiting:
+            self.batcher.release()
 
     def _forget(self, text: str, work: Work, cacheable: bool) -> Callable[[object], None]:
         def done(_: object) -> None:
@@ -238,6 +429,8 @@ class RewardEngine:
                 self.cache.put(text, work.future.result())
 
         return done
+
+    # -- scoring -------------------------------------------------------------------------
 
     async def relevance(self, anchors: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         """Relevance of each text to its anchor, per the encoder profile's similarity."""
@@ -250,7 +443,14 @@ class RewardEngine:
         if self.classifier is None or not queries:
             return np.ones(len(queries))
         vectors = await self.embed(queries)
-        return np.asarray(self.classifier(vectors, queries), dtype=np.float64)
+        weight = sum(len(q) for q in queries)
+        probs = await self._cpu(weight, self.classifier, vectors, list(queries))
+        return np.asarray(probs, dtype=np.float64)
+
+    @property
+    def threshold(self) -> float:
+        """P(OPENENDED) at or above which a query is OPENENDED (the head's stored threshold)."""
+        return float(getattr(self.classifier, "threshold", 0.5))
 
     async def score(
         self,
@@ -261,98 +461,40 @@ class RewardEngine:
         """R^3 rewards for ``items``; untyped items are classified, or OPENENDED without a head."""
         options = options or RewardOptions()
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
-        responses = [i.response for i in items]
-        if sum(len(r) for r in responses) > _INLINE_PREPARE_CHARS:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, _prepare, responses, stops
-            )
-        else:
-            prepared = _prepare(responses, stops)
-
-        # Plan which texts each item needs, embed them all in one round.
-        texts: list[str] = []
-        cacheable: list[bool] = []
-        slots: list[dict[str, int]] = []
-
-        def need(kind: str, text: str, cache: bool, slot: dict[str, int]) -> None:
-            slot[kind] = len(texts)
-            texts.append(text)
-            cacheable.append(cache)
-
+        deadline = self.deadline()
+        weight = sum(len(i.query) + len(i.response) for i in items)
+        prepared = await self._cpu(weight, _prepare, [i.response for i in items], stops)
         use_head = self.classifier is not None and options.reward_branching
-        classify_rows = [i for i, item in enumerate(items) if item.qtype is None and use_head]
-        branches: list[Branch | None] = []
-        for index, item in enumerate(items):
-            slot: dict[str, int] = {}
-            if item.qtype is None and use_head:
-                # The query is needed to classify, and is the OPENENDED anchor; a
-                # reference is embedded in a second round, only if the type needs it.
-                branches.append(None)
-                need("query", item.query, True, slot)
-            else:
-                branch = choose_branch(
-                    item.qtype or QueryType.OPENENDED, bool(item.reference), options
-                )
-                branches.append(branch)
-                if options.relevance:
-                    if branch.uses_reference:
-                        need("reference", item.reference or "", True, slot)
-                    else:
-                        need("query", item.query, True, slot)
-            if options.relevance:
-                need("response", prepared[index].response, False, slot)
-            slots.append(slot)
+        plan = plan_embeddings(items, prepared, options, use_head)
         timing = Timing()
-        vectors = await self.embed(texts, cacheable, timing) if texts else np.empty((0, 0))
-
-        qtypes = [item.qtype or QueryType.OPENENDED for item in items]
-        if classify_rows:
-            assert self.classifier is not None
-            rows = [slots[i]["query"] for i in classify_rows]
-            probs = self.classifier(vectors[rows], [items[i].query for i in classify_rows])
-            late: list[str] = []
-            for i, p in zip(classify_rows, probs):
-                qtypes[i] = QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED
-                branches[i] = choose_branch(qtypes[i], bool(items[i].reference), options)
-                if options.relevance and branches[i] is Branch.CONSTRAINED:
-                    slots[i]["reference"] = len(vectors) + len(late)
-                    late.append(items[i].reference or "")
-            if late:
-                extra = await self.embed(late, [True] * len(late), timing)
-                vectors = np.concatenate([vectors, extra])
-
-        result = RewardBatch(timing=timing)
-        similarity = self.profile.similarity
-        for index in range(len(items)):
-            qtype = qtypes[index]
-            chosen = branches[index]
-            assert chosen is not None
-            branch = chosen
-            slot = slots[index]
-            rel = 1.0
-            if options.relevance:
-                anchor = slot["reference"] if branch.uses_reference else slot["query"]
-                rel = float(
-                    relevance(
-                        vectors[anchor : anchor + 1],
-                        vectors[slot["response"] : slot["response"] + 1],
-                        similarity,
-                    )[0]
-                )
-            parts = r3_reward(
-                branch=branch,
-                relevance=rel,
-                response_tokens=prepared[index].tokens,
-                options=options,
-                relevance_range=self.profile.relevance_range,
-            )
-            result.rewards.append(parts.reward)
-            result.qtype.append(qtype)
-            result.relevance.append(parts.relevance)
-            result.length_incentive.append(parts.length_incentive)
-            result.repetition_penalty.append(parts.repetition_penalty)
-            result.branch.append(parts.branch)
-            result.copies_query.append(  # the response's tokens are those LI and RP used
-                copies_query_tokens(wordpunct_tokenize(items[index].query), prepared[index].tokens)
-            )
+        vectors = np.empty((0, self.encoder.dim), dtype=np.float32)
+        if plan.texts:
+            vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline)
+        if plan.untyped:
+            vectors = await self._classify_untyped(items, plan, vectors, options, timing, deadline)
+        result = await self._cpu(
+            weight, assemble, items, prepared, plan, vectors, options, self.profile
+        )
+        result.timing = timing
         return result
+
+    async def _classify_untyped(
+        self,
+        items: Sequence[RewardItem],
+        plan: _Plan,
+        vectors: np.ndarray,
+        options: RewardOptions,
+        timing: Timing,
+        deadline: float,
+    ) -> np.ndarray:
+        """Type the untyped items; embed the references CONSTRAINED ones need (2nd round)."""
+        assert self.classifier is not None
+        rows = [plan.slots[i]["query"] for i in plan.untyped]
+        queries = [items[i].query for i in plan.untyped]
+        weight = sum(len(q) for q in queries)
+        probs = await self._cpu(weight, self.classifier, vectors[rows], queries)
+        late = decide_untyped(plan, items, probs, options, self.threshold, len(vectors))
+        if not late:
+            return vectors
+        extra = await self.embed(late, [True] * len(late), timing, deadline)
+        return np.concatenate([vectors, extra])

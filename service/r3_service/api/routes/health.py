@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from r3_service.api.errors import error_response
-from r3_service.api.state import StateDep
+from r3_service.api.state import ServiceState, StateDep
 
 router = APIRouter(tags=["health"])
-
-#: The worker must beat at least this often while alive (it wakes every second).
-WATCHDOG_S = 30.0
 
 
 @router.get("/healthz")
@@ -22,30 +17,52 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
-async def readyz(state: StateDep) -> Response | dict[str, str]:
-    """The model is loaded and warmed, and the inference worker is alive."""
+def not_ready_reason(state: ServiceState) -> str | None:
+    """Why the service cannot serve now (None when ready)."""
     if not state.ready or state.engine is None:
-        reason = state.load_error or "model is loading"
-        return error_response(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+        return state.load_error or "model is loading"
     batcher = state.engine.batcher
     if not batcher.alive:
-        return error_response(503, "not ready: inference worker died")
-    if batcher.queued == 0 and time.monotonic() - batcher.last_beat > WATCHDOG_S:
-        return error_response(503, "not ready: inference worker stalled")
+        return "inference worker died"
+    running = batcher.running_for()
+    if running > batcher.hung_after:
+        return f"inference batch running for {running:.0f} s (limit {batcher.hung_after:g} s)"
+    return None
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(state: StateDep) -> Response | dict[str, str]:
+    """The model is loaded and warmed, the worker is alive and no batch is hung."""
+    reason = not_ready_reason(state)
+    if reason is not None:
+        headers = {"Retry-After": "5"} if not state.ready else None
+        return error_response(503, f"not ready: {reason}", headers=headers)
     return {"status": "ready"}
 
 
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    """Prometheus text exposition."""
+def refresh_metrics(state: ServiceState) -> None:
+    """Copy the engine's queue, cache and worker tallies into the metrics registry."""
     engine = state.engine
     if engine is not None:
+        batcher = engine.batcher
         state.metrics.sync(
-            queued=engine.batcher.queued,
+            queued=batcher.in_flight_texts,
             cache_hits=engine.cache.hits,
             cache_misses=engine.cache.misses,
             cache_bytes=engine.cache.bytes,
             dedup=engine.dedup_hits,
         )
+        state.metrics.sync_worker(
+            pending_tokens=batcher.pending_tokens,
+            drain_rate=batcher.drain_rate,
+            running_for=batcher.running_for(),
+            hung_batches=batcher.hung_batches,
+            expired_texts=batcher.expired_texts,
+        )
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition."""
+    refresh_metrics(state)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
