@@ -27,6 +27,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_flight = Gauge(
+            "r3_requests_in_flight", "HTTP requests being served, by route.", ["route"], registry=r
+        )
         self.items = Counter("r3_items", "Items scored, by route.", ["route"], registry=r)
         self.batch_size = Histogram(
             "r3_batch_size", "Texts per inference batch.", buckets=_SIZE_BUCKETS, registry=r

@@ -123,15 +123,16 @@ def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> ty
         def data_received(self, data: bytes) -> None:
             waiting = self in guard.waiting
             before = self.cycle
-            if waiting:
-                self._r3_bytes += len(data)
-                if self._r3_bytes > guard.limits.max_header_bytes:
-                    self.r3_close("header_too_large", _HEADER_TOO_LARGE)
-                    return
             super().data_received(data)
-            if waiting and self.cycle is not before:  # headers complete: a request started
+            if not waiting:
+                return
+            if self.cycle is not before:  # headers complete: a request started
                 guard.waiting.pop(self, None)
                 self._r3_cancel()
+                return
+            self._r3_bytes += len(data)  # still in the request's head
+            if self._r3_bytes > guard.limits.max_header_bytes:
+                self.r3_close("header_too_large", _HEADER_TOO_LARGE)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -199,9 +199,12 @@ class MetricsMiddleware:
             await send(message)
 
         token = request_started.set(time.monotonic())
+        in_flight = self.metrics.in_flight.labels(route)
+        in_flight.inc()
         try:
             await self.app(scope, watched, observed)
         finally:
+            in_flight.dec()
             request_started.reset(token)
             code = status if status is not None else (CLIENT_CLOSED if gone else 500)
             self.metrics.requests.labels(route, str(code)).inc()

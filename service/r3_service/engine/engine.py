@@ -425,8 +425,10 @@ class RewardEngine:
         def done(_: object) -> None:
             if self._inflight.get(text) is work:
                 del self._inflight[text]
-            if cacheable and not work.future.cancelled() and work.future.exception() is None:
-                self.cache.put(text, work.future.result())
+            future = work.future
+            failed = future.cancelled() or future.exception() is not None  # marks it seen
+            if cacheable and not failed:
+                self.cache.put(text, future.result())
 
         return done
 

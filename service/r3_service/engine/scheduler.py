@@ -45,7 +45,7 @@ TEXT_OVERHEAD = 8
 WINDOW_BATCHES = 4
 #: A new job must be estimated to finish within this share of its time to deadline; the
 #: rest is slack for small jobs that arrive later and run before its tail.
-ADMIT_SHARE = 0.85
+ADMIT_SHARE = 0.8
 #: A job whose own cost takes longer than this many request timeouts can never finish (413).
 TOO_LARGE_TIMEOUTS = 2.0
 #: Weight of the newest batch in the drain-rate average.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from r3_service.encoder import load_encoder, relevance
+from r3_service.encoder import Encoder, load_encoder, relevance
 from r3_service.engine import EmbeddingCache, EngineConfig, RewardEngine, RewardItem
 from r3_service.reward import (
     Branch,
@@ -156,5 +158,99 @@ async def test_classifier_hook_decides_untyped_items(encoder) -> None:  # type: 
         assert result.rewards[0] == pytest.approx(5.12, abs=1e-4)
         probs = await engine.classify(["Classify: x", "Write"])
         assert list(probs) == [0.0, 1.0]
+    finally:
+        engine.stop()
+
+
+class ThreadRecorder(Encoder):
+    """The real encoder, recording the thread each tokenisation runs on."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.profile = inner.profile
+        self.tokenize_threads: list[str] = []
+
+    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        self.tokenize_threads.append(threading.current_thread().name)
+        return self.inner.tokenize(texts)
+
+    def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        return self.inner.embed_tokens(batch)
+
+
+async def test_cpu_work_of_large_requests_leaves_the_event_loop(encoder) -> None:  # type: ignore[no-untyped-def]
+    head_threads: list[str] = []
+
+    def head(vectors: np.ndarray, texts: list[str]) -> np.ndarray:
+        head_threads.append(threading.current_thread().name)
+        return np.ones(len(texts))
+
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder, classifier=head)
+    engine.start(calibrate=False)
+    loop_thread = threading.current_thread().name
+    try:
+        small = [RewardItem(query="a short query", response="a short answer")]
+        await engine.score(small)
+        assert head_threads == [loop_thread] and set(recorder.tokenize_threads) == {loop_thread}
+        head_threads.clear()
+        recorder.tokenize_threads.clear()
+        big = [
+            RewardItem(query=f"query {i} " + "word " * 200, response=f"answer {i} " + "x " * 300)
+            for i in range(16)
+        ]
+        await engine.score(big)
+        assert head_threads and all(t.startswith("r3-prepare") for t in head_threads)
+        assert recorder.tokenize_threads
+        assert all(t.startswith("r3-tokenize") for t in recorder.tokenize_threads)
+    finally:
+        engine.stop()
+
+
+async def test_small_request_overtakes_a_large_one(encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = RewardEngine(encoder, EngineConfig(max_batch_tokens=512, max_batch_size=16))
+    engine.start(calibrate=False)
+    done: list[str] = []
+
+    async def run(name: str, texts: list[str]) -> None:
+        await engine.embed(texts, [False] * len(texts))
+        done.append(name)
+
+    try:
+        large = [f"long text number {i} " + "about many things " * 20 for i in range(200)]
+        big = asyncio.ensure_future(run("large", large))
+        while engine.batcher.in_flight_texts == 0:  # the large request is queued
+            await asyncio.sleep(0)
+        await run("small", ["one short text"])
+        assert done == ["small"]  # answered while most of the large request still waits
+        assert engine.batcher.pending_texts > 0
+        await big
+        assert done == ["small", "large"]
+    finally:
+        engine.stop()
+
+
+async def test_classifier_threshold_comes_from_the_head(encoder) -> None:  # type: ignore[no-untyped-def]
+    class Head:
+        threshold = 0.9
+
+        def __call__(self, vectors: np.ndarray, texts: list[str]) -> np.ndarray:
+            return np.full(len(texts), 0.8)
+
+    engine = RewardEngine(encoder, classifier=Head())
+    engine.start(calibrate=False)
+    try:
+        result = await engine.score([RewardItem(query="q", response="r", reference="r")])
+        assert result.qtype == [QueryType.CONSTRAINED]  # 0.8 < 0.9
+        assert engine.threshold == 0.9
+    finally:
+        engine.stop()
+
+
+async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = RewardEngine(encoder)
+    engine.start()
+    try:
+        assert engine.batcher.drain_rate > 0
     finally:
         engine.stop()
