@@ -157,3 +157,13 @@ def _strings(
                 stack.append(((*where, key), item))
         elif isinstance(node, list):
             stack.extend(((*where, i), item) for i, item in reversed(list(enumerate(node))))
+
+
+def check_json_text(field: str, index: int | None, text: str, max_depth: int) -> None:
+    """Raise a 422 for ``field[index]`` when ``text``, about to be parsed as JSON (an
+    OpenRLHF label, say), nests deeper than ``max_depth``; call it before ``json.loads``."""
+    from r3_service.api.errors import validation_error
+
+    depth = scan_json(text.encode("utf-8", "surrogatepass"))[0]
+    if depth > max_depth:
+        raise validation_error(field, index, f"JSON nested {depth} deep; at most {max_depth}")

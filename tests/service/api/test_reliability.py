@@ -260,9 +260,9 @@ async def test_small_request_is_not_stuck_behind_a_large_one(serve) -> None:  # 
     server, _ = serve()
     with server:
         big = {
-            "query": [f"big request query {i}" for i in range(300)],
+            "query": [f"big request query {i}" for i in range(200)],
             "response": [
-                f"a longer answer number {i} " + "with many words " * 20 for i in range(300)
+                f"a longer answer number {i} " + "with many words " * 12 for i in range(200)
             ],
         }
         order: list[str] = []
