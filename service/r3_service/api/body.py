@@ -136,7 +136,8 @@ def first_bad_string(data: Any, max_chars: int) -> BodyProblem | None:
             message = "text is not valid Unicode (lone surrogate)"
         else:
             continue
-        field = next((str(p) for p in path if isinstance(p, str)), "body")
+        keys = [p for p in path if isinstance(p, str)]
+        field = ".".join(keys[:2]) or "body"  # e.g. "query", "query.content", "labels"
         index = next((p for p in path if isinstance(p, int)), None)
         return BodyProblem(422, message, field, index)
     return None
