@@ -25,11 +25,10 @@ from r3_service.engine.config import EngineConfig
 from r3_service.engine.errors import RequestTimeoutError, WorkerDeadError, WorkerStalledError
 from r3_service.engine.scheduler import (
     TEXT_OVERHEAD,
-    FairScheduler,
     Job,
+    Scheduler,
     Taken,
     Work,
-    cut_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 #: Token ids of each text in, mean-pooled embeddings (len(batch), dim) out.
 EmbedTokensFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
-__all__ = ["BatchStats", "Batcher", "EmbedTokensFn", "Work", "cut_batches"]
+__all__ = ["BatchStats", "Batcher", "EmbedTokensFn", "Work"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class Batcher:
         self.config = config
         self.max_wait = config.max_wait_ms / 1000.0
         self.hung_after = config.hung_after_s
-        self.scheduler = FairScheduler(
+        self.scheduler = Scheduler(
             config.max_batch_tokens, config.max_batch_size, config.max_queue_texts
         )
         self._on_batch = on_batch
@@ -117,7 +116,7 @@ class Batcher:
     @property
     def pending_texts(self) -> int:
         """Texts waiting for a batch."""
-        return len(self.scheduler.pending)
+        return self.scheduler.pending_count
 
     @property
     def pending_tokens(self) -> int:
@@ -224,7 +223,7 @@ class Batcher:
         """Wait for work, let a batch fill for up to max_wait, then take the next batch."""
         with self._cond:
             while True:
-                while not self.scheduler.pending:
+                while not self.scheduler.pending_count:
                     if not self._running:
                         return None
                     self._cond.wait(timeout=1.0)
@@ -239,19 +238,18 @@ class Batcher:
                     return taken
 
     def _wait_to_fill(self) -> None:
-        pending = self.scheduler.pending
-        deadline = min(w.enqueued for w in pending) + self.max_wait
+        scheduler = self.scheduler
+        deadline = scheduler.oldest_enqueued() + self.max_wait
         while (
             self._running
-            and self.scheduler.pending_cost < self.config.max_batch_tokens
-            and len(pending) < self.config.max_batch_size
+            and scheduler.pending_cost < self.config.max_batch_tokens
+            and scheduler.pending_count < self.config.max_batch_size
         ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._cond.wait(timeout=remaining)
-            pending = self.scheduler.pending
-            if not pending:
+            if not scheduler.pending_count:
                 return
 
     def _settle(self, taken: Taken) -> None:

@@ -1,21 +1,23 @@
 """Which texts run next, and which requests are taken at all. No threads: ``Batcher`` locks it.
 
-**Fairness.** Each submission (one request's new texts) is a flow. Its texts get finish
-tags ``start + cumulative cost``, where ``start`` is the virtual time (the tag of the
-text last put into a batch): self-clocked fair queueing. Batches form around the
-smallest tag, so a 1-item request that arrives behind a 500-item one runs in the next
-batch, while the big one goes on at its fair share (processor sharing).
+**Order: shortest remaining job first.** Each submission (one request's new texts) is a
+job. Jobs run in order of their remaining cost (token counts plus a per-text overhead),
+ties by arrival. So a 1-item request that arrives behind a 500-item one runs in the
+next batch, while requests of similar size run first come, first served, each finishing
+as early as it can (no request is slowed down by sharing the worker with its peers).
 
-**Padding.** A batch is not just the next tags: a window of the next few batches' worth
-of texts (by tag) is sorted by token length and cut by the token budget, and the batch
-holding the smallest tag runs. The texts of a batch have similar lengths.
+**Padding.** A batch is not just the head job's next texts: a window of the next few
+batches' worth of texts (in job order) is sorted by token length and cut by the token
+budget, and the batch holding the head text runs. The texts of a batch have similar
+lengths.
 
-**Admission.** A text costs its token count plus a fixed overhead; the drain rate (cost
-per second of batch time, an EWMA over batches) turns costs into seconds. Under
-processor sharing a new job of cost C finishes after ``sum(min(R_j, C)) + C`` and delays
-each queued job j by ``min(R_j, C)``. A job is refused, with the seconds until it would
-fit, when it would miss its own deadline (within ``ADMIT_SHARE`` of its time) or push a
-queued job that would make its deadline past it. On an idle engine every job is tried.
+**Admission.** The drain rate (cost per second of batch time, an EWMA over batches)
+turns costs into seconds. A new job of cost C runs after the queued jobs with less
+remaining work, and delays every queued job with more by C. It is refused, with the
+seconds until it would fit, when it would miss its own deadline (within ``ADMIT_SHARE``
+of its time: the rest is slack for smaller jobs that arrive later) or push a queued job
+that would make its deadline past it. That protection bounds how long small jobs can
+hold a large one back. On an idle engine every job is tried.
 
 **Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
 never run; texts nobody waits for any more are dropped.
@@ -25,10 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import heapq
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,17 +49,18 @@ WINDOW_BATCHES = 4
 ADMIT_SHARE = 0.8
 #: A job whose own cost takes longer than this many request timeouts can never finish (413).
 TOO_LARGE_TIMEOUTS = 2.0
-#: Weight of the newest batch in the drain-rate average.
-RATE_ALPHA = 0.3
+#: Weight of a batch in the drain rate relative to the next one.
+RATE_DECAY = 0.9
 
 
 @dataclass(eq=False)
 class Job:
-    """One submission: its deadline and the cost of its texts not yet in a batch."""
+    """One submission: its deadline, its texts not yet in a batch and their cost."""
 
     deadline: float
     remaining: float = 0.0
-    pending: int = 0
+    seq: int = 0
+    works: list[Work] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -73,7 +75,6 @@ class Work:
     #: Requests still waiting for this text; 0 means its work can be dropped.
     waiters: int = 1
     job: Job | None = None
-    tag: float = 0.0
     enqueued: float = field(default_factory=time.monotonic)
     #: Set by the worker: seconds queued before its batch ran, and the batch's model time.
     queue_seconds: float = 0.0
@@ -92,31 +93,37 @@ class Work:
         return self.waiters > 0 and not self.future.done()
 
 
-def _tag(work: Work) -> float:
-    return work.tag
-
-
 class DrainRate:
-    """Cost units and texts processed per second of batch time (EWMA over batches)."""
+    """Cost units and texts processed per second of batch time.
 
-    def __init__(self, alpha: float = RATE_ALPHA) -> None:
-        self.alpha = alpha
-        self.cost_per_s = 0.0
-        self.texts_per_s = 0.0
+    The ratio of exponentially decayed sums (each batch weighs ``decay`` times the one
+    after it): the throughput of the recent batches, where a tiny batch counts for its
+    short time and a full one for its long time.
+    """
+
+    def __init__(self, decay: float = RATE_DECAY) -> None:
+        self.decay = decay
+        self._cost = self._texts = self._seconds = 0.0
 
     @property
     def known(self) -> bool:
-        return self.cost_per_s > 0
+        return self._seconds > 0
+
+    @property
+    def cost_per_s(self) -> float:
+        return self._cost / self._seconds if self._seconds > 0 else 0.0
+
+    @property
+    def texts_per_s(self) -> float:
+        return self._texts / self._seconds if self._seconds > 0 else 0.0
 
     def observe(self, cost: float, texts: int, seconds: float) -> None:
         if seconds <= 0 or cost <= 0:
             return
-        if not self.known:
-            self.cost_per_s, self.texts_per_s = cost / seconds, texts / seconds
-            return
-        a = self.alpha
-        self.cost_per_s = (1 - a) * self.cost_per_s + a * cost / seconds
-        self.texts_per_s = (1 - a) * self.texts_per_s + a * texts / seconds
+        d = self.decay
+        self._cost = d * self._cost + cost
+        self._texts = d * self._texts + texts
+        self._seconds = d * self._seconds + seconds
 
     def seconds(self, cost: float) -> float:
         """Estimated batch seconds for ``cost`` (0 while nothing is measured)."""
@@ -124,47 +131,6 @@ class DrainRate:
 
     def seconds_for_texts(self, texts: int) -> float:
         return texts / self.texts_per_s if self.texts_per_s > 0 else 1.0
-
-
-def cut_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
-) -> list[list[int]]:
-    """Indices of ``lengths`` in length-sorted batches within the token budget.
-
-    Each batch satisfies ``len(batch) * max(length) <= max_batch_tokens`` and
-    ``len(batch) <= max_batch_size``, except a single text longer than the budget,
-    which forms a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        width = lengths[index]  # ascending, so the newest member is the widest
-        if current and (
-            (len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size
-        ):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def ps_finish_seconds(remaining: Sequence[float], rate: float) -> list[float]:
-    """Seconds until each job finishes under processor sharing at ``rate`` (cost/s).
-
-    With remaining costs sorted R_1 <= ... <= R_n, job k ends after
-    ``(R_1 + ... + R_(k-1) + (n - k + 1) R_k) / rate``. Returned in input order.
-    """
-    order = sorted(range(len(remaining)), key=lambda i: remaining[i])
-    out = [0.0] * len(remaining)
-    done = 0.0
-    n = len(remaining)
-    for k, index in enumerate(order):
-        out[index] = (done + (n - k) * remaining[index]) / rate
-        done += remaining[index]
-    return out
 
 
 @dataclass
@@ -181,8 +147,8 @@ class Taken:
         return bool(self.batch or self.expired or self.dropped)
 
 
-class FairScheduler:
-    """Pending texts in fair-queueing order, admission by deadline, batches by length."""
+class Scheduler:
+    """Pending jobs, shortest remaining first; admission by deadline; batches by length."""
 
     def __init__(self, max_batch_tokens: int, max_batch_size: int, max_queue_texts: int) -> None:
         self.max_batch_tokens = max_batch_tokens
@@ -192,17 +158,22 @@ class FairScheduler:
         #: Texts accepted and not yet answered (pending or in a running batch).
         self.in_flight = 0
         self.pending_cost = 0.0
-        self._pending: list[Work] = []
-        self._jobs: set[Job] = set()
-        self._vtime = 0.0
+        self.pending_count = 0
+        #: Jobs with texts still pending, shortest remaining first (ties: arrival).
+        self._jobs: list[Job] = []
+        self._seq = 0
 
     @property
-    def pending(self) -> Sequence[Work]:
-        return self._pending
+    def pending(self) -> list[Work]:
+        """Pending texts in the order they would run (without the padding window)."""
+        return [work for job in self._jobs for work in job.works]
 
     @property
     def pending_tokens(self) -> int:
-        return sum(w.tokens for w in self._pending)
+        return sum(work.tokens for job in self._jobs for work in job.works)
+
+    def oldest_enqueued(self) -> float:
+        return min(work.enqueued for job in self._jobs for work in job.works)
 
     # -- admission -------------------------------------------------------------------
 
@@ -245,8 +216,8 @@ class FairScheduler:
             )
 
     def _check_own_deadline(self, cost: float, time_left: float, start: float) -> None:
-        shared = sum(min(job.remaining, cost) for job in self._jobs)
-        finish = start + self.rate.seconds(shared + cost)
+        ahead = sum(job.remaining for job in self._jobs if job.remaining <= cost)
+        finish = start + self.rate.seconds(ahead + cost)
         allowed = ADMIT_SHARE * time_left
         if finish > allowed:
             raise DeadlineUnreachableError(
@@ -256,11 +227,13 @@ class FairScheduler:
             )
 
     def _check_queued_deadlines(self, cost: float, now: float, start: float) -> None:
-        jobs = list(self._jobs)
-        ends = ps_finish_seconds([j.remaining for j in jobs], self.rate.cost_per_s)
-        for job, end in zip(jobs, ends):
-            finish = now + start + end
-            delay = self.rate.seconds(min(job.remaining, cost))
+        delay = self.rate.seconds(cost)
+        done = 0.0
+        for job in self._jobs:
+            done += job.remaining
+            if job.remaining <= cost:
+                continue  # runs before the new job
+            finish = now + start + self.rate.seconds(done)
             if finish <= job.deadline < finish + delay:
                 raise DeadlineUnreachableError(
                     "overloaded: this request would push queued requests past their deadlines",
@@ -270,32 +243,17 @@ class FairScheduler:
     # -- queueing ----------------------------------------------------------------------
 
     def add(self, works: Sequence[Work], job: Job) -> None:
-        """Queue one admitted job's texts, tagged after the virtual time."""
-        tag = self._vtime
+        """Queue one admitted job's texts."""
+        self._seq += 1
+        job.seq = self._seq
+        job.works = list(works)
         for work in works:
-            tag += work.cost
-            work.tag = tag
             work.job = job
             job.remaining += work.cost
-        job.pending += len(works)
-        self._jobs.add(job)
         self.in_flight += len(works)
+        self.pending_count += len(works)
         self.pending_cost += job.remaining
-        if len(works) <= 8:
-            for work in works:
-                bisect.insort_right(self._pending, work, key=_tag)
-        else:
-            self._pending = list(heapq.merge(self._pending, works, key=_tag))
-
-    def _left(self, work: Work) -> None:
-        """``work`` left the pending list (batched, expired or dropped)."""
-        self.pending_cost -= work.cost
-        job = work.job
-        if job is not None:
-            job.remaining -= work.cost
-            job.pending -= 1
-            if job.pending <= 0:
-                self._jobs.discard(job)
+        bisect.insort_right(self._jobs, job, key=_job_order)
 
     def answered(self, count: int) -> None:
         """``count`` texts left the engine (resolved, failed or dropped)."""
@@ -303,63 +261,86 @@ class FairScheduler:
 
     def discard_unwanted(self) -> list[Work]:
         """Remove pending texts nobody waits for; returns them."""
-        gone = [w for w in self._pending if not w.wanted]
+        return self._remove(lambda w: not w.wanted)
+
+    def _remove(self, drop: Callable[[Work], bool]) -> list[Work]:
+        """Take the pending texts ``drop`` picks out of their jobs."""
+        gone: list[Work] = []
+        for job in self._jobs:
+            leaving = [w for w in job.works if drop(w)]
+            if leaving:
+                job.works = [w for w in job.works if not drop(w)]
+                gone.extend(leaving)
+                for work in leaving:
+                    self._left(work)
         if gone:
-            self._pending = [w for w in self._pending if w.wanted]
-            for work in gone:
-                self._left(work)
+            self._jobs = sorted((j for j in self._jobs if j.works), key=_job_order)
         return gone
+
+    def _left(self, work: Work) -> None:
+        self.pending_cost -= work.cost
+        self.pending_count -= 1
+        if work.job is not None:
+            work.job.remaining -= work.cost
 
     # -- batch formation ---------------------------------------------------------------
 
     def take(self, now: float) -> Taken:
-        """The next batch (the one holding the smallest tag), plus what must not run."""
-        taken = self._purge(now)
-        if not self._pending:
+        """The next batch (it holds the head job's next texts), plus what must not run.
+
+        Texts whose deadline has passed, or will before the head job can finish, expire.
+        """
+        taken = Taken(dropped=self._remove(lambda w: not w.wanted))
+        taken.expired = self._remove(lambda w: w.deadline <= now)
+        if self._jobs:  # the head job runs now: its texts that cannot make it never run
+            done = now + self.rate.seconds(self._jobs[0].remaining)
+            head = self._jobs[0]
+            taken.expired += self._remove(lambda w: w.job is head and w.deadline < done)
+        if not self._jobs:
             return taken
-        window = self._window()
-        lengths = [w.tokens for w in window]
-        batches = cut_batches(lengths, self.max_batch_tokens, self.max_batch_size)
-        chosen = next(b for b in batches if 0 in b)
-        picked = {id(window[i]) for i in chosen}
-        self._pending[: len(window)] = [w for w in window if id(w) not in picked]
-        batch = [window[i] for i in chosen]
-        for work in batch:
-            self._left(work)
-        self._vtime = max(self._vtime, window[0].tag)
+        batch = self._remove(_members(self._next_batch()))
         ends = now + self.rate.seconds(sum(w.cost for w in batch))
         taken.batch = [w for w in batch if w.deadline > ends]
         taken.expired.extend(w for w in batch if w.deadline <= ends)
         return taken
 
-    def _purge(self, now: float) -> Taken:
-        taken = Taken()
-        keep: list[Work] = []
-        for work in self._pending:
-            if not work.wanted:
-                taken.dropped.append(work)
-            elif work.deadline <= now:
-                taken.expired.append(work)
-            else:
-                keep.append(work)
-        if len(keep) != len(self._pending):
-            self._pending = keep
-            for work in _chain(taken.dropped, taken.expired):
-                self._left(work)
-        return taken
+    def _next_batch(self) -> list[Work]:
+        """The batch around the head job: all of its texts when they fit in one batch, else
+        its next one; filled with the window's texts closest in length while
+        ``rows x widest <= max_batch_tokens`` and ``rows <= max_batch_size`` hold."""
+        window = self._window()
+        head = self._jobs[0].works
+        widest = max(w.tokens for w in head)
+        whole = len(head) <= self.max_batch_size and len(head) * widest <= self.max_batch_tokens
+        batch = window[: len(head) if whole else 1]
+        width = max(w.tokens for w in batch)
+        for work in sorted(window[len(batch) :], key=lambda w: abs(w.tokens - width)):
+            if len(batch) >= self.max_batch_size:
+                break
+            wider = max(width, work.tokens)
+            if (len(batch) + 1) * wider <= self.max_batch_tokens:
+                batch.append(work)
+                width = wider
+        return batch
 
     def _window(self) -> list[Work]:
         limit_cost = WINDOW_BATCHES * self.max_batch_tokens
         limit_count = WINDOW_BATCHES * self.max_batch_size
+        window: list[Work] = []
         cost = 0.0
-        end = 0
-        for end, work in enumerate(self._pending, start=1):  # noqa: B007 - end is used below
-            cost += work.cost
-            if cost >= limit_cost or end >= limit_count:
-                break
-        return self._pending[:end]
+        for job in self._jobs:
+            for work in job.works:
+                window.append(work)
+                cost += work.cost
+                if cost >= limit_cost or len(window) >= limit_count:
+                    return window
+        return window
 
 
-def _chain(*parts: Iterable[Work]) -> Iterable[Work]:
-    for part in parts:
-        yield from part
+def _members(batch: list[Work]) -> Callable[[Work], bool]:
+    ids = {id(w) for w in batch}
+    return lambda w: id(w) in ids
+
+
+def _job_order(job: Job) -> tuple[float, int]:
+    return job.remaining, job.seq

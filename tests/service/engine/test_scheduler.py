@@ -19,11 +19,9 @@ from r3_service.engine.errors import (
 from r3_service.engine.scheduler import (
     ADMIT_SHARE,
     TEXT_OVERHEAD,
-    FairScheduler,
     Job,
+    Scheduler,
     Work,
-    cut_batches,
-    ps_finish_seconds,
 )
 
 
@@ -48,47 +46,40 @@ def works(
     ]
 
 
-def queue(scheduler: FairScheduler, batch: list[Work], deadline: float = math.inf) -> Job:
+def queue(scheduler: Scheduler, batch: list[Work], deadline: float = math.inf) -> Job:
     job = Job(deadline=deadline)
     scheduler.add(batch, job)
     return job
 
 
 @given(
-    st.lists(st.integers(min_value=1, max_value=600), max_size=200),
+    st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=120),
     st.integers(min_value=16, max_value=5000),
     st.integers(min_value=1, max_value=64),
 )
-def test_cut_batches_respects_budget_and_covers_all(
+def test_batches_respect_the_budget_and_cover_every_text(
     lengths: list[int], budget: int, size: int
 ) -> None:
-    batches = cut_batches(lengths, budget, size)
-    flat = [i for batch in batches for i in batch]
-    assert sorted(flat) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= size
-        widths = [lengths[i] for i in batch]
-        assert len(batch) == 1 or len(batch) * max(widths) <= budget
-    previous = 0  # length-sorted across batches
-    for batch in batches:
-        widths = [lengths[i] for i in batch]
-        assert min(widths) >= previous
-        previous = max(widths)
-
-
-def test_cut_batches_hand_example() -> None:
-    assert cut_batches([5, 1, 3, 100], 10, 8) == [[1, 2], [0], [3]]
-
-
-def test_processor_sharing_finish_times_by_hand() -> None:
-    # Remaining 3, 1, 2 at rate 1: all three share until 1 is done (3 s), two share
-    # until 2 is done (+2 s = 5 s), the last alone (+1 s = 6 s).
-    assert ps_finish_seconds([3.0, 1.0, 2.0], 1.0) == [6.0, 3.0, 5.0]
-    assert ps_finish_seconds([4.0], 2.0) == [2.0]
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = Scheduler(budget, size, max_queue_texts=10_000)
+        batch = works(loop, lengths)
+        queue(scheduler, batch)
+        seen: list[Work] = []
+        while scheduler.pending:
+            head = scheduler.pending[0]
+            taken = scheduler.take(now=0.0).batch
+            assert head in taken and len(taken) <= size
+            widths = [w.tokens for w in taken]
+            assert len(taken) == 1 or len(taken) * max(widths) <= budget
+            seen.extend(taken)
+        assert sorted(map(id, seen)) == sorted(map(id, batch))
+    finally:
+        loop.close()
 
 
 def test_small_request_behind_a_large_one_runs_in_the_next_batch(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
     big = works(loop, [30] * 400)
     queue(scheduler, big)
     first = scheduler.take(now=0.0).batch
@@ -99,19 +90,27 @@ def test_small_request_behind_a_large_one_runs_in_the_next_batch(loop) -> None: 
     assert small[0] in second  # not behind the other 390-odd texts of the big request
 
 
-def test_two_large_requests_share_the_worker(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
-    first, second = works(loop, [30] * 80), works(loop, [30] * 80)
+def test_requests_of_similar_size_run_first_come_first_served(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    first, second = works(loop, [30] * 40), works(loop, [30] * 40)
+    queue(scheduler, first)
+    queue(scheduler, second)
+    served = [w for _ in range(5) for w in scheduler.take(now=0.0).batch]
+    assert len(served) == 40 and all(w in first for w in served)  # not interleaved
+    assert all(w in second for w in scheduler.take(now=0.0).batch)
+
+
+def test_a_started_request_is_not_overtaken_by_an_equal_one(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    first = works(loop, [30] * 40)
     queue(scheduler, first)
     scheduler.take(now=0.0)
-    queue(scheduler, second)
-    served = [w for _ in range(10) for w in scheduler.take(now=0.0).batch]
-    from_second = sum(w in second for w in served)
-    assert 0.3 * len(served) <= from_second <= 0.7 * len(served)
+    queue(scheduler, works(loop, [30] * 32))  # less than first's original, more than its rest
+    assert all(w in first for w in scheduler.take(now=0.0).batch)
 
 
 def test_batches_keep_similar_lengths(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     rng = np.random.default_rng(0)
     queue(scheduler, works(loop, [int(n) for n in rng.integers(5, 500, size=300)]))
     padded = real = 0
@@ -124,7 +123,7 @@ def test_batches_keep_similar_lengths(loop) -> None:  # type: ignore[no-untyped-
 
 
 def test_expired_and_unwanted_texts_never_run(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     late, gone, fine = works(loop, [10], 5.0), works(loop, [10]), works(loop, [10], 100.0)
     for batch in (late, gone, fine):
         queue(scheduler, batch)
@@ -135,7 +134,7 @@ def test_expired_and_unwanted_texts_never_run(loop) -> None:  # type: ignore[no-
 
 
 def test_text_that_would_finish_after_its_deadline_is_expired(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 cost units per second
     tight = works(loop, [100], deadline=0.5)  # needs ~1.1 s, has 0.5 s
     queue(scheduler, tight)
@@ -144,21 +143,21 @@ def test_text_that_would_finish_after_its_deadline_is_expired(loop) -> None:  # 
 
 
 def test_idle_engine_takes_any_request_that_fits_the_queue(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=100)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=100)
     scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
     # 150 s of work against a 100 s timeout: tried (estimates can be wrong), not refused.
     scheduler.admit(works(loop, [150 * 100 - TEXT_OVERHEAD]), 100.0, 100.0, 0.0, 0.0)
 
 
 def test_request_larger_than_the_queue_is_413_naming_the_setting(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=64)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=64)
     with pytest.raises(RequestTooLargeError) as info:
         scheduler.admit(works(loop, [5] * 80), 60.0, 60.0, 0.0, 0.0)
     assert info.value.limit == "R3_MAX_QUEUE_TEXTS" and "64" in str(info.value)
 
 
 def test_request_that_can_never_finish_in_time_is_413(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
     with pytest.raises(RequestTooLargeError) as info:  # 30 s of work, 10 s timeout
         scheduler.admit(works(loop, [100 - TEXT_OVERHEAD] * 30), 10.0, 10.0, 0.0, 0.0)
@@ -166,7 +165,7 @@ def test_request_that_can_never_finish_in_time_is_413(loop) -> None:  # type: ig
 
 
 def test_full_queue_is_retryable_with_a_delay_from_the_text_rate(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=10)
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=10)
     scheduler.rate.observe(cost=100.0, texts=4, seconds=1.0)  # 4 texts per second
     queue(scheduler, works(loop, [5] * 8))
     with pytest.raises(QueueFullError) as info:
@@ -175,30 +174,32 @@ def test_full_queue_is_retryable_with_a_delay_from_the_text_rate(loop) -> None: 
 
 
 def test_request_that_would_miss_its_deadline_is_refused_with_retry_after(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
-    queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 8), deadline=1000.0)  # 8 s queued
-    new = works(loop, [100 - TEXT_OVERHEAD] * 2)  # 2 s of its own
+    queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=1000.0)  # 4 s queued
+    new = works(loop, [100 - TEXT_OVERHEAD] * 4)  # 4 s of its own, after the equal job
     with pytest.raises(DeadlineUnreachableError) as info:
-        scheduler.admit(new, deadline=5.0, timeout=5.0, now=0.0, busy_s=0.0)
-    # Processor sharing: its 2 s plus 2 s of the queued job's, after 1 s of granularity.
-    assert info.value.retry_after == pytest.approx(5.0 - ADMIT_SHARE * 5.0)
+        scheduler.admit(new, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    # 1 s of batch granularity + 4 s queued + 4 s own = 9 s, past 80% of 10 s by 1 s.
+    assert info.value.retry_after == pytest.approx(9.0 - ADMIT_SHARE * 10.0)
     scheduler.admit(new, deadline=20.0, timeout=20.0, now=0.0, busy_s=0.0)  # time enough
+    small = works(loop, [10])  # runs before the queued job: 1 s + 0.18 s
+    scheduler.admit(small, deadline=2.0, timeout=2.0, now=0.0, busy_s=0.0)
 
 
 def test_request_that_would_push_queued_work_past_its_deadline_is_refused(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
     queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=5.5)  # ends at ~5 s
     new = works(loop, [100 - TEXT_OVERHEAD] * 2)
     with pytest.raises(DeadlineUnreachableError, match="push queued"):
         scheduler.admit(new, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
-    small = works(loop, [10])  # a small one delays it by 0.18 s: still in time
+    small = works(loop, [10])  # a small one delays it by only 0.18 s: still in time
     scheduler.admit(small, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
 
 
 def test_discard_unwanted_frees_the_queue(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = FairScheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
     batch = works(loop, [10] * 5)
     queue(scheduler, batch)
     for work in batch[:3]:
@@ -206,3 +207,37 @@ def test_discard_unwanted_frees_the_queue(loop) -> None:  # type: ignore[no-unty
     assert scheduler.discard_unwanted() == batch[:3]
     assert len(scheduler.pending) == 2
     assert scheduler.pending_cost == pytest.approx(2 * (10 + TEXT_OVERHEAD))
+
+
+def test_a_small_request_runs_whole_in_one_batch(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    queue(scheduler, works(loop, [30] * 300))
+    scheduler.take(now=0.0)
+    small = works(loop, [10, 40])  # a short query and a longer response
+    queue(scheduler, small)
+    batch = scheduler.take(now=0.0).batch
+    assert all(w in batch for w in small)
+    assert len(batch) == 1024 // 40  # filled up with the large request's texts
+
+
+def test_head_request_that_cannot_finish_in_time_is_expired_not_run(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    doomed = works(loop, [100 - TEXT_OVERHEAD] * 10, deadline=5.0)  # needs 10 s, has 5
+    fine = works(loop, [100 - TEXT_OVERHEAD] * 20, deadline=100.0)
+    queue(scheduler, doomed)
+    queue(scheduler, fine)
+    taken = scheduler.take(now=0.0)
+    assert taken.expired == doomed
+    assert taken.batch and all(w in fine for w in taken.batch)
+
+
+def test_drain_rate_weighs_batches_by_their_time() -> None:
+    from r3_service.engine.scheduler import DrainRate
+
+    rate = DrainRate(decay=1.0)
+    rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    rate.observe(cost=10.0, texts=1, seconds=0.1)  # a tiny batch, mostly overhead
+    assert rate.cost_per_s == pytest.approx(1010 / 1.1)  # not the mean of 1000 and 100
+    assert rate.texts_per_s == pytest.approx(11 / 1.1)
+    assert rate.seconds(1010.0) == pytest.approx(1.1)
