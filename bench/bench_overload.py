@@ -161,7 +161,8 @@ async def overload(
 def _schedule(
     kind: str, rate: float, seconds: float, rng: random.Random
 ) -> list[tuple[float, str]]:
-    out, t = [], 0.0
+    out: list[tuple[float, str]] = []
+    t = 0.0
     while rate > 0:
         t += rng.expovariate(rate)
         if t >= seconds:
@@ -221,7 +222,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     server = start_server(args.model, args.port, args.deadline)
     try:
-        asyncio.run(capacity(url, items, args.large_items, 5.0, args.capacity_clients))  # warm
+        warm = min(5.0, args.seconds)
+        asyncio.run(capacity(url, items, args.large_items, warm, args.capacity_clients))
         cap = asyncio.run(
             capacity(url, items, args.large_items, args.seconds, args.capacity_clients)
         )

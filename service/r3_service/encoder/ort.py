@@ -36,6 +36,7 @@ class OrtEncoder(Encoder):
         provider: Provider = "auto",
         intra_op_threads: int = 0,
         device_id: int = 0,
+        io_binding: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -80,8 +81,18 @@ class OrtEncoder(Encoder):
         self.session = ort.InferenceSession(
             str(self.folder / self.profile.onnx_file), options, providers=providers
         )
-        self.device = "cuda" if use_cuda else "cpu"
+        # ONNX Runtime falls back to the CPU, with only a warning, when the CUDA provider
+        # cannot load (e.g. cuDNN missing): binding outputs to "cuda" would then fail.
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        if use_cuda and not on_gpu:
+            message = "the CUDA provider did not load (see ONNX Runtime's warning above)"
+            if provider == "cuda":
+                raise RuntimeError(message)
+            logger.error("%s: running on the CPU", message)
+        self.device = "cuda" if on_gpu else "cpu"
         self.device_id = device_id
+        #: Run with io-binding on the GPU (outputs allocated on the device); off: plain run().
+        self.io_binding = io_binding
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
         # Exports end with the pooled "sentence_embedding"; older ones give hidden states.
@@ -107,7 +118,7 @@ class OrtEncoder(Encoder):
     def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
         feeds = self._feeds(input_ids, mask)
-        if self.device == "cuda":
+        if self.device == "cuda" and self.io_binding:
             output = self._run_cuda(feeds)
         else:
             output = self.session.run([self._output_name], feeds)[0]
