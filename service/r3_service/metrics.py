@@ -16,7 +16,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._request_metrics(self.registry)
+        self._batch_metrics(self.registry)
+        self._reward_metrics(self.registry)
+        self._worker_metrics(self.registry)
+        self._connection_metrics(self.registry)
+
+    def _request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "r3_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
         )
@@ -31,6 +37,15 @@ class Metrics:
             "r3_requests_in_flight", "HTTP requests being served, by route.", ["route"], registry=r
         )
         self.items = Counter("r3_items", "Items scored, by route.", ["route"], registry=r)
+        self.rejected = Counter(
+            "r3_rejected_requests",
+            "Requests refused before running: queue_full, deadline (could not finish in time), "
+            "stalled, too_large (413), worker_dead.",
+            ["reason"],
+            registry=r,
+        )
+
+    def _batch_metrics(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "r3_batch_size", "Texts per inference batch.", buckets=_SIZE_BUCKETS, registry=r
         )
@@ -61,6 +76,8 @@ class Metrics:
         self.dedup_hits = Counter(
             "r3_dedup_hits", "Texts answered by identical work already in flight.", registry=r
         )
+
+    def _reward_metrics(self, r: CollectorRegistry) -> None:
         self.reward = Histogram(
             "r3_reward",
             "Rewards returned, by query type and branch.",
@@ -74,15 +91,6 @@ class Metrics:
             ["qtype"],
             registry=r,
         )
-        self.rejected = Counter(
-            "r3_rejected_requests",
-            "Requests refused before running: queue_full, deadline (could not finish in time), "
-            "stalled, too_large (413), worker_dead.",
-            ["reason"],
-            registry=r,
-        )
-        self._worker_metrics(r)
-        self._connection_metrics(r)
 
     def _worker_metrics(self, r: CollectorRegistry) -> None:
         self.queue_tokens = Gauge("r3_queue_tokens", "Tokens of the texts waiting.", registry=r)

@@ -29,7 +29,7 @@ import resource
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 
@@ -99,91 +99,100 @@ _BODY_INCOMPLETE = raw_response(
 )
 
 
-def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type:
-    """A subclass of uvicorn's HTTP protocol ``base`` that applies ``guard``'s limits."""
+class GuardMixin:
+    """Connection limits on top of a uvicorn HTTP protocol (mixed in by ``guarded_protocol``).
 
-    class Guarded(base):  # type: ignore[valid-type, misc]
-        _r3_timer: asyncio.TimerHandle | None = None
-        _r3_bytes = 0
+    Relies on what uvicorn's h11 and httptools protocols share: ``transport``, ``loop``,
+    ``cycle`` (the request in progress, with ``more_body``, ``response_started``,
+    ``response_complete``, ``disconnected`` and ``message_event``).
+    """
 
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            guard.open.add(self)
-            if not guard.make_room(self):
-                self.r3_close("refused", _BUSY)
-                return
+    guard: ClassVar[ConnectionGuard]
+    _r3_timer: asyncio.TimerHandle | None = None
+    _r3_bytes = 0
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.guard.open.add(self)
+        if not self.guard.make_room(self):
+            self.r3_close("refused", _BUSY)
+            return
+        self._r3_wait_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.open.discard(self)
+        self.guard.waiting.pop(self, None)
+        self._r3_cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self in self.guard.waiting
+        before = self.cycle
+        super().data_received(data)  # type: ignore[misc]
+        if not waiting:
+            return
+        if self.cycle is not before:  # headers complete: a request started
+            self.guard.waiting.pop(self, None)
+            self._r3_cancel()
+            return
+        self._r3_bytes += len(data)  # still in the request's head
+        if self._r3_bytes > self.guard.limits.max_header_bytes:
+            self.r3_close("header_too_large", _HEADER_TOO_LARGE)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        cycle = self.cycle
+        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
             self._r3_wait_headers()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            guard.open.discard(self)
-            guard.waiting.pop(self, None)
-            self._r3_cancel()
-            super().connection_lost(exc)
+    def eof_received(self) -> bool | None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            cycle.disconnected = True  # the app sees a disconnect and writes nothing
+            cycle.message_event.set()
+            self.r3_close("body_incomplete", _BODY_INCOMPLETE)
+            return None
+        result: bool | None = super().eof_received()  # type: ignore[misc]
+        return result
 
-        def data_received(self, data: bytes) -> None:
-            waiting = self in guard.waiting
-            before = self.cycle
-            super().data_received(data)
-            if not waiting:
-                return
-            if self.cycle is not before:  # headers complete: a request started
-                guard.waiting.pop(self, None)
-                self._r3_cancel()
-                return
-            self._r3_bytes += len(data)  # still in the request's head
-            if self._r3_bytes > guard.limits.max_header_bytes:
-                self.r3_close("header_too_large", _HEADER_TOO_LARGE)
+    def _r3_wait_headers(self) -> None:
+        self._r3_cancel()
+        self._r3_bytes = 0
+        self.guard.waiting[self] = None
+        self.guard.waiting.move_to_end(self)
+        timeout = self.guard.limits.header_timeout_s
+        self._r3_timer = self.loop.call_later(timeout, self._r3_header_timeout)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            cycle = self.cycle
-            if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
-                self._r3_wait_headers()
+    def _r3_header_timeout(self) -> None:
+        self._r3_timer = None
+        if self in self.guard.waiting:
+            sent_part = self._r3_bytes > 0
+            self.r3_close("header_timeout", _HEADER_TIMEOUT if sent_part else None)
 
-        def eof_received(self) -> bool | None:
-            cycle = self.cycle
-            if cycle is not None and cycle.more_body and not cycle.response_started:
-                cycle.disconnected = True  # the app sees a disconnect and writes nothing
-                cycle.message_event.set()
-                self.r3_close("body_incomplete", _BODY_INCOMPLETE)
-                return None
-            result: bool | None = super().eof_received()
-            return result
-
-        def _r3_wait_headers(self) -> None:
-            self._r3_cancel()
-            self._r3_bytes = 0
-            guard.waiting[self] = None
-            guard.waiting.move_to_end(self)
-            self._r3_timer = self.loop.call_later(
-                guard.limits.header_timeout_s, self._r3_header_timeout
-            )
-
-        def _r3_header_timeout(self) -> None:
+    def _r3_cancel(self) -> None:
+        if self._r3_timer is not None:
+            self._r3_timer.cancel()
             self._r3_timer = None
-            if self in guard.waiting:
-                sent_part = self._r3_bytes > 0
-                self.r3_close("header_timeout", _HEADER_TIMEOUT if sent_part else None)
 
-        def _r3_cancel(self) -> None:
-            if self._r3_timer is not None:
-                self._r3_timer.cancel()
-                self._r3_timer = None
+    def r3_close(self, reason: str, answer: bytes | None) -> None:
+        """Close this connection (after writing ``answer``), counting why."""
+        self.guard.waiting.pop(self, None)
+        self.guard.open.discard(self)
+        self._r3_cancel()
+        if self.transport.is_closing():
+            return
+        if answer is not None:
+            self.transport.write(answer)
+        self.transport.close()
+        self.guard.count(reason)
 
-        def r3_close(self, reason: str, answer: bytes | None) -> None:
-            """Close this connection (after writing ``answer``), counting why."""
-            guard.waiting.pop(self, None)
-            guard.open.discard(self)
-            self._r3_cancel()
-            if self.transport.is_closing():
-                return
-            if answer is not None:
-                self.transport.write(answer)
-            self.transport.close()
-            guard.count(reason)
 
-    Guarded.__name__ = f"Guarded{base.__name__}"
-    return Guarded
+def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type:
+    """A subclass of uvicorn's HTTP protocol ``base`` that applies ``guard``'s limits."""
+    return type(f"Guarded{base.__name__}", (GuardMixin, base), {"guard": guard})
 
 
 def http_protocol_base() -> type[asyncio.Protocol]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from r3_client import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+log = logging.getLogger(__name__)
 
 
 def test_restart_is_invisible_to_the_default_client(server_factory, minilm_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -50,3 +52,4 @@ def test_restart_is_invisible_to_the_default_client(server_factory, minilm_dir: 
     assert not errors, errors
     assert len(results) == 40 and all(len(r) == 1 for r in results)
     assert downtime > 1.0  # a real outage, ridden through
+    log.info("restart: %.1f s without a server, 40 of 40 steps answered", downtime)

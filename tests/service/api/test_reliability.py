@@ -9,6 +9,7 @@ own ``build_server``. Tests wait on events and states (``until``), never on fixe
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import threading
@@ -26,6 +27,7 @@ from r3_service.encoder import Encoder, load_encoder
 from r3_service.server import build_server
 
 pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
 
 
 def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "state") -> None:
@@ -244,6 +246,12 @@ async def test_overload_is_refused_early_not_timed_out(serve) -> None:  # type: 
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             answers = await asyncio.gather(*(client.post("/reward", json=b) for b in bodies))
         codes = [a.status_code for a in answers]
+        log.info(
+            "overload: 64 x 10 items, deadline 4 s: %d x 200, %d x 503, %d x 504",
+            codes.count(200),
+            codes.count(503),
+            codes.count(504),
+        )
         assert set(codes) <= {200, 503, 504}, codes
         assert codes.count(200) >= 1 and codes.count(503) >= 1
         assert codes.count(504) < codes.count(200), codes  # formerly every request
@@ -266,11 +274,14 @@ async def test_small_request_is_not_stuck_behind_a_large_one(serve) -> None:  # 
             ],
         }
         order: list[str] = []
+        took: dict[str, float] = {}
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
 
             async def post(name: str, body: dict[str, object]) -> None:
+                started = time.monotonic()
                 answer = await client.post("/reward", json=body)
                 assert answer.status_code == 200, answer.text
+                took[name] = time.monotonic() - started
                 order.append(name)
 
             large = asyncio.ensure_future(post("large", big))
@@ -280,6 +291,9 @@ async def test_small_request_is_not_stuck_behind_a_large_one(serve) -> None:  # 
             assert order == ["small"]
             await large
         assert order == ["small", "large"]
+        log.info(
+            "head of line: 1 item %.2f s next to 200 items %.2f s", took["small"], took["large"]
+        )
 
 
 def test_request_larger_than_the_queue_is_413_naming_the_limit(serve) -> None:  # type: ignore[no-untyped-def]
