@@ -145,6 +145,17 @@ class Settings(BaseSettings):
             hung_batch_s=self.hung_batch_s,
         )
 
+    def warnings(self) -> list[str]:
+        """Settings that make some requests impossible (logged at start)."""
+        found = []
+        if self.max_queue_texts < 2 * self.max_items_per_request:
+            found.append(
+                f"R3_MAX_QUEUE_TEXTS={self.max_queue_texts} is less than the texts of one full "
+                f"request (2 x R3_MAX_ITEMS_PER_REQUEST={self.max_items_per_request}): such "
+                "requests get 413"
+            )
+        return found
+
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]

@@ -268,6 +268,8 @@ def serve(settings: Settings) -> None:
     """Run the service until SIGTERM/SIGINT (then drain in-flight requests)."""
     from r3_service.api.app import create_app
 
+    for warning in settings.warnings():
+        logger.warning(warning)
     app = create_app(settings)
     metrics = app.state.r3.metrics
     server, guard = build_server(
