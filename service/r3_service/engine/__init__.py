@@ -1,4 +1,4 @@
-"""The async engine: fair deadline-aware batching, embedding cache, reward scoring."""
+"""The async engine: deadline-aware scheduling and batching, embedding cache, reward scoring."""
 
 from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache

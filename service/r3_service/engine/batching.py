@@ -1,4 +1,4 @@
-"""Dynamic batching: one inference worker thread over the fair scheduler.
+"""Dynamic batching: one inference worker thread over the deadline-aware scheduler.
 
 Requests submit tokenised texts with a deadline (``Batcher.submit``); which requests are
 taken and which texts form the next batch is the scheduler's business (``scheduler.py``).
@@ -193,6 +193,14 @@ class Batcher:
             self.scheduler.admit(works, deadline, timeout, now, self._busy_seconds(now))
             self.scheduler.add(works, Job(deadline=deadline))
             self._cond.notify()
+
+    def precheck(self, count: int, cost: float, deadline: float, timeout: float) -> None:
+        """Raise now if a job of about ``cost`` would be refused (before any work on it)."""
+        now = time.monotonic()
+        with self._cond:
+            self.scheduler.admit_cost(
+                count, cost, deadline, timeout, now, self._busy_seconds(now), estimate=True
+            )
 
     def release(self) -> None:
         """Drop pending texts nobody waits for any more (a request gave up)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
 from r3_service.engine.config import EngineConfig
 from r3_service.engine.errors import RequestTimeoutError
-from r3_service.engine.scheduler import Work
+from r3_service.engine.scheduler import TEXT_OVERHEAD, Work
 from r3_service.reward.formula import (
     Branch,
     QueryType,
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 INLINE_CHARS = 8_000
 #: Large tokenisations go in chunks, so that small requests' chunks slot in between.
 TOKENIZE_CHUNK_CHARS = 64_000
+#: Characters per token when guessing a request's cost before tokenising it (on the low
+#: side, so that the guess refuses only what the exact admission would refuse too).
+PRECHECK_CHARS_PER_TOKEN = 6
 
 #: P(OPENENDED) for each query, from the query embeddings and texts.
 QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
@@ -218,6 +221,19 @@ def assemble(
     return result
 
 
+def _texts_of(items: Sequence[RewardItem], options: RewardOptions) -> Iterator[str]:
+    """The texts scoring ``items`` embeds first (responses before stop-string cutting)."""
+    if not options.relevance:
+        return
+    for item in items:
+        if item.qtype is None:
+            yield item.query
+        else:
+            branch = choose_branch(item.qtype, bool(item.reference), options)
+            yield (item.reference or "") if branch.uses_reference else item.query
+        yield item.response
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
     if not future.cancelled():
@@ -292,6 +308,16 @@ class RewardEngine:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, fn, *args)
 
+    def precheck(self, texts: Iterable[str], deadline: float) -> None:
+        """Refuse now (503) what admission would refuse, from a guess of the texts' cost,
+        before any work is spent on them; cached texts and texts in flight cost nothing."""
+        fresh = {t for t in texts if t not in self.cache and not self._in_flight(t)}
+        if not fresh:
+            return
+        longest = self.profile.max_length
+        cost = sum(min(len(t) // PRECHECK_CHARS_PER_TOKEN, longest) + TEXT_OVERHEAD for t in fresh)
+        self.batcher.precheck(len(fresh), cost, deadline, self.config.request_timeout_s)
+
     async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of ``texts``; large inputs in chunks on the tokenizer thread."""
         if sum(len(t) for t in texts) <= INLINE_CHARS:
@@ -326,6 +352,7 @@ class RewardEngine:
         try:
             fresh = self._lookup(rows_of, cache_of, out, waiting, deadline)
             if fresh:
+                self.precheck(fresh, deadline)
                 await self._enqueue(fresh, cache_of, waiting, deadline)
             if waiting:
                 await self._collect(waiting, rows_of, out, deadline)
@@ -464,6 +491,7 @@ class RewardEngine:
         options = options or RewardOptions()
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
         deadline = self.deadline()
+        self.precheck(_texts_of(items, options), deadline)
         weight = sum(len(i.query) + len(i.response) for i in items)
         prepared = await self._cpu(weight, _prepare, [i.response for i in items], stops)
         use_head = self.classifier is not None and options.reward_branching

@@ -184,8 +184,24 @@ class Scheduler:
 
         ``busy_s``: estimated seconds left of the batch that is running.
         """
-        count, cost = len(works), sum(w.cost for w in works)
-        self._check_size(count, cost, timeout)
+        cost = sum(w.cost for w in works)
+        self.admit_cost(len(works), cost, deadline, timeout, now, busy_s)
+
+    def admit_cost(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+        estimate: bool = False,
+    ) -> None:
+        """``admit`` for a job of ``count`` texts and ``cost``; ``estimate``: the cost is a
+        guess from characters (a precheck before tokenising), so only a retryable 503 or
+        the queue-size 413 can come of it."""
+        if count > self.max_queue_texts or not estimate:
+            self._check_size(count, cost, timeout)
         if self.in_flight + count > self.max_queue_texts:
             excess = self.in_flight + count - self.max_queue_texts
             raise QueueFullError(

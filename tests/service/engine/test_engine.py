@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from r3_service.encoder import Encoder, load_encoder, relevance
-from r3_service.engine import EmbeddingCache, EngineConfig, RewardEngine, RewardItem
+from r3_service.engine import (
+    DeadlineUnreachableError,
+    EmbeddingCache,
+    EngineConfig,
+    RewardEngine,
+    RewardItem,
+)
 from r3_service.reward import (
     Branch,
     QueryType,
@@ -169,12 +175,17 @@ class ThreadRecorder(Encoder):
         self.inner = inner
         self.profile = inner.profile
         self.tokenize_threads: list[str] = []
+        #: While set, batches wait for ``release`` (to hold the worker busy).
+        self.hold = threading.Event()
+        self.release = threading.Event()
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         self.tokenize_threads.append(threading.current_thread().name)
         return self.inner.tokenize(texts)
 
     def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        if self.hold.is_set():
+            self.release.wait(30)
         return self.inner.embed_tokens(batch)
 
 
@@ -252,5 +263,27 @@ async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: igno
     engine.start()
     try:
         assert engine.batcher.drain_rate > 0
+    finally:
+        engine.stop()
+
+
+async def test_an_overloaded_engine_refuses_before_tokenising(encoder) -> None:  # type: ignore[no-untyped-def]
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=1.0))
+    engine.start(calibrate=False)
+    try:
+        engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 tokens/s
+        recorder.hold.set()
+        busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
+        while engine.batcher.running_for() == 0:  # the worker is inside that batch
+            await asyncio.sleep(0.001)
+        calls = len(recorder.tokenize_threads)
+        big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(20)]
+        with pytest.raises(DeadlineUnreachableError) as info:
+            await engine.score(big)
+        assert info.value.retry_after > 0
+        assert len(recorder.tokenize_threads) == calls  # refused before any tokenisation
+        recorder.release.set()
+        await busy
     finally:
         engine.stop()
