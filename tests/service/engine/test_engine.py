@@ -269,13 +269,14 @@ async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: igno
 
 async def test_an_overloaded_engine_refuses_before_tokenising(encoder) -> None:  # type: ignore[no-untyped-def]
     recorder = ThreadRecorder(encoder)
-    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=1.0))
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=5.0))
     engine.start(calibrate=False)
     try:
         engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 tokens/s
         recorder.hold.set()
         busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
         while engine.batcher.running_for() == 0:  # the worker is inside that batch
+            assert not busy.done(), busy
             await asyncio.sleep(0.001)
         calls = len(recorder.tokenize_threads)
         big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(20)]
