@@ -321,23 +321,32 @@ class Scheduler:
         return taken
 
     def _next_batch(self) -> list[Work]:
-        """The batch around the head job: all of its texts when they fit in one batch, else
-        its next one; filled with the window's texts closest in length while
-        ``rows x widest <= max_batch_tokens`` and ``rows <= max_batch_size`` hold."""
-        window = self._window()
+        """The next batch, within ``rows x widest <= max_batch_tokens`` and ``rows <=
+        max_batch_size``: the head job (all of it when it fits in one batch, else its next
+        text), then every following job that fits whole, in order; then the window's other
+        texts closest in length."""
         head = self._jobs[0].works
-        widest = max(w.tokens for w in head)
-        whole = len(head) <= self.max_batch_size and len(head) * widest <= self.max_batch_tokens
-        batch = window[: len(head) if whole else 1]
+        batch = list(head) if self._fits(head, 0, 0) else head[:1]  # the head always runs
         width = max(w.tokens for w in batch)
-        for work in sorted(window[len(batch) :], key=lambda w: abs(w.tokens - width)):
-            if len(batch) >= self.max_batch_size:
+        following = self._jobs[1:] if len(batch) == len(head) else []  # a big head fills alone
+        for job in following:
+            if not self._fits(job.works, len(batch), width):
                 break
-            wider = max(width, work.tokens)
-            if (len(batch) + 1) * wider <= self.max_batch_tokens:
+            batch += job.works
+            width = max(width, *(w.tokens for w in job.works))
+        chosen = {id(w) for w in batch}
+        rest = [w for w in self._window() if id(w) not in chosen]
+        for work in sorted(rest, key=lambda w: abs(w.tokens - width)):
+            if self._fits([work], len(batch), width):
                 batch.append(work)
-                width = wider
+                width = max(width, work.tokens)
         return batch
+
+    def _fits(self, texts: Sequence[Work], rows: int, width: int) -> bool:
+        """Whether ``texts`` join a batch of ``rows`` texts padded to ``width``."""
+        rows += len(texts)
+        widest = max(width, *(w.tokens for w in texts)) if texts else width
+        return rows <= self.max_batch_size and rows * widest <= self.max_batch_tokens
 
     def _window(self) -> list[Work]:
         limit_cost = WINDOW_BATCHES * self.max_batch_tokens

@@ -241,3 +241,15 @@ def test_drain_rate_weighs_batches_by_their_time() -> None:
     assert rate.cost_per_s == pytest.approx(1010 / 1.1)  # not the mean of 1000 and 100
     assert rate.texts_per_s == pytest.approx(11 / 1.1)
     assert rate.seconds(1010.0) == pytest.approx(1.1)
+
+
+def test_queued_small_requests_go_whole_and_in_order_before_filling(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    queue(scheduler, works(loop, [30] * 300))
+    scheduler.take(now=0.0)
+    first, second = works(loop, [10, 20]), works(loop, [12, 148])  # second has a long text
+    queue(scheduler, first)
+    queue(scheduler, second)
+    batch = scheduler.take(now=0.0).batch
+    assert all(w in batch for w in first + second)  # not crowded out by the large request
+    assert len(batch) * max(w.tokens for w in batch) <= 1024
