@@ -24,6 +24,7 @@ import numpy as np
 from r3_service.engine.config import EngineConfig
 from r3_service.engine.errors import RequestTimeoutError, WorkerDeadError, WorkerStalledError
 from r3_service.engine.scheduler import (
+    PROTECT_SHARE,
     TEXT_OVERHEAD,
     Job,
     Scheduler,
@@ -191,7 +192,8 @@ class Batcher:
                     retry_after=5.0,
                 )
             self.scheduler.admit(works, deadline, timeout, now, self._busy_seconds(now))
-            self.scheduler.add(works, Job(deadline=deadline))
+            margin = PROTECT_SHARE * (deadline - now)
+            self.scheduler.add(works, Job(deadline=deadline, margin=margin))
             self._cond.notify()
 
     def precheck(self, count: int, cost: float, deadline: float, timeout: float) -> None:

@@ -47,6 +47,8 @@ WINDOW_BATCHES = 4
 #: A new job must be estimated to finish within this share of its time to deadline; the
 #: rest is slack for small jobs that arrive later and run before its tail.
 ADMIT_SHARE = 0.8
+#: Share of its time kept by a queued job when later ones would delay it.
+PROTECT_SHARE = 0.1
 #: A job whose own cost takes longer than this many request timeouts can never finish (413).
 TOO_LARGE_TIMEOUTS = 2.0
 #: Weight of a batch in the drain rate relative to the next one.
@@ -58,6 +60,8 @@ class Job:
     """One submission: its deadline, its texts not yet in a batch and their cost."""
 
     deadline: float
+    #: Slack kept against estimate errors when later jobs would delay this one.
+    margin: float = 0.0
     remaining: float = 0.0
     seq: int = 0
     works: list[Work] = field(default_factory=list)
@@ -250,7 +254,7 @@ class Scheduler:
             if job.remaining <= cost:
                 continue  # runs before the new job
             finish = now + start + self.rate.seconds(done)
-            if finish <= job.deadline < finish + delay:
+            if finish <= job.deadline - job.margin < finish + delay:
                 raise DeadlineUnreachableError(
                     "overloaded: this request would push queued requests past their deadlines",
                     retry_after=finish - now,
