@@ -409,9 +409,9 @@ def phase_http(check: Check) -> None:
             return f"{NOT_RUN}: no model"
         out = check.out / "http_overload.json"
         args = (
-            ["--seconds", "2", "--levels", "1", "--large-items", "8"]
+            ["--seconds", "2", "--capacity-seconds", "2", "--levels", "1", "--large-items", "8"]
             if check.quick
-            else ["--seconds", "10", "--levels", "1,2,4", "--deadline", "10"]
+            else ["--seconds", "10", "--capacity-seconds", "6", "--levels", "1,2,4"]
         )
         command = [sys.executable, str(HERE / "bench_overload.py"), "--model", str(chosen)]
         command += ["--port", str(_free_port()), "--json", str(out), *args]

@@ -40,5 +40,6 @@ def test_gpu_check_runs_without_a_gpu_and_marks_the_gpu_parts(tmp_path: Path) ->
     gpu = {k: v for k, v in results["throughput"].items() if "cuda" in k}
     assert gpu and all(v == "not run: no CUDA device" for v in gpu.values())
     http = results["http"]["bench_overload"]
-    assert http["capacity"] > 0 and http["levels"][0]["goodput_items_per_s"] > 0
+    level = http["levels"][0]
+    assert level["capacity_items_per_s"] > 0 and level["goodput_items_per_s"] > 0
     assert "not run: no CUDA device" in summary and "goodput" in summary
