@@ -279,12 +279,12 @@ HYGIENE_ENV = {
 
 
 @pytest.fixture(scope="module")
-def guarded_server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def guarded_server(  # type: ignore[no-untyped-def]
+    minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_class
+) -> Iterator[str]:
     """A real server with short header, body and keep-alive timeouts."""
-    from conftest import LiveServer  # type: ignore[import-not-found]
-
     log = tmp_path_factory.mktemp("guarded") / "server.log"
-    server = LiveServer(minilm_dir, env=HYGIENE_ENV, log=log)
+    server = live_server_class(minilm_dir, env=HYGIENE_ENV, log=log)
     try:
         server.wait_ready()
         yield server.url
