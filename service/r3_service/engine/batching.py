@@ -299,7 +299,8 @@ class Batcher:
             self._batch = None
             self.scheduler.answered(len(batch))
             if observe and running.seq != self._flagged:  # a hung batch says nothing of the rate
-                self.scheduler.rate.observe(running.cost, len(batch), elapsed)
+                full = running.cost >= 0.5 * self.config.max_batch_tokens
+                self.scheduler.rate.observe(running.cost, len(batch), elapsed, full)
         if isinstance(result, BaseException):
             for work in batch:
                 _call_in_loop(work.future, result)

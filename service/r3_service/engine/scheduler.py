@@ -29,6 +29,7 @@ import asyncio
 import bisect
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +54,9 @@ PROTECT_SHARE = 0.1
 TOO_LARGE_TIMEOUTS = 2.0
 #: Weight of a batch in the drain rate relative to the next one.
 RATE_DECAY = 0.9
+#: Full batches whose rates admission looks at, and the quantile it takes (slow side).
+RATE_WINDOW = 64
+CAUTIOUS_QUANTILE = 0.2
 
 
 @dataclass(eq=False)
@@ -102,12 +106,15 @@ class DrainRate:
 
     The ratio of exponentially decayed sums (each batch weighs ``decay`` times the one
     after it): the throughput of the recent batches, where a tiny batch counts for its
-    short time and a full one for its long time.
+    short time and a full one for its long time. Admission uses ``cautious_seconds``: at
+    the rate of a slow recent full batch (``CAUTIOUS_QUANTILE``), so that on a machine whose
+    speed swings (shared cores) the work taken in still finishes in time.
     """
 
-    def __init__(self, decay: float = RATE_DECAY) -> None:
+    def __init__(self, decay: float = RATE_DECAY, window: int = RATE_WINDOW) -> None:
         self.decay = decay
         self._cost = self._texts = self._seconds = 0.0
+        self._full: deque[float] = deque(maxlen=window)
 
     @property
     def known(self) -> bool:
@@ -121,9 +128,12 @@ class DrainRate:
     def texts_per_s(self) -> float:
         return self._texts / self._seconds if self._seconds > 0 else 0.0
 
-    def observe(self, cost: float, texts: int, seconds: float) -> None:
+    def observe(self, cost: float, texts: int, seconds: float, full: bool = False) -> None:
+        """One batch: its cost, texts and seconds; ``full``: it used most of the budget."""
         if seconds <= 0 or cost <= 0:
             return
+        if full:
+            self._full.append(cost / seconds)
         d = self.decay
         self._cost = d * self._cost + cost
         self._texts = d * self._texts + texts
@@ -132,6 +142,18 @@ class DrainRate:
     def seconds(self, cost: float) -> float:
         """Estimated batch seconds for ``cost`` (0 while nothing is measured)."""
         return cost / self.cost_per_s if self.known else 0.0
+
+    @property
+    def cautious_cost_per_s(self) -> float:
+        """The rate of a slow recent full batch, or the average when lower or unmeasured."""
+        if len(self._full) < 8:
+            return self.cost_per_s
+        slow = sorted(self._full)[int(CAUTIOUS_QUANTILE * (len(self._full) - 1))]
+        return min(self.cost_per_s, slow)
+
+    def cautious_seconds(self, cost: float) -> float:
+        rate = self.cautious_cost_per_s
+        return cost / rate if rate > 0 else 0.0
 
     def seconds_for_texts(self, texts: int) -> float:
         return texts / self.texts_per_s if self.texts_per_s > 0 else 1.0
@@ -215,7 +237,7 @@ class Scheduler:
             )
         if not self.rate.known or (not self._jobs and busy_s <= 0):
             return  # nothing measured yet, or idle: always try
-        start = busy_s + self.rate.seconds(self.max_batch_tokens)  # one batch of granularity
+        start = busy_s + self.rate.cautious_seconds(self.max_batch_tokens)  # one batch
         self._check_own_deadline(cost, deadline - now, start)
         self._check_queued_deadlines(cost, now, start)
 
@@ -237,7 +259,7 @@ class Scheduler:
 
     def _check_own_deadline(self, cost: float, time_left: float, start: float) -> None:
         ahead = sum(job.remaining for job in self._jobs if job.remaining <= cost)
-        finish = start + self.rate.seconds(ahead + cost)
+        finish = start + self.rate.cautious_seconds(ahead + cost)
         allowed = ADMIT_SHARE * time_left
         if finish > allowed:
             raise DeadlineUnreachableError(
@@ -247,13 +269,13 @@ class Scheduler:
             )
 
     def _check_queued_deadlines(self, cost: float, now: float, start: float) -> None:
-        delay = self.rate.seconds(cost)
+        delay = self.rate.cautious_seconds(cost)
         done = 0.0
         for job in self._jobs:
             done += job.remaining
             if job.remaining <= cost:
                 continue  # runs before the new job
-            finish = now + start + self.rate.seconds(done)
+            finish = now + start + self.rate.cautious_seconds(done)
             if finish <= job.deadline - job.margin < finish + delay:
                 raise DeadlineUnreachableError(
                     "overloaded: this request would push queued requests past their deadlines",

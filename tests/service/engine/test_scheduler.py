@@ -253,3 +253,16 @@ def test_queued_small_requests_go_whole_and_in_order_before_filling(loop) -> Non
     batch = scheduler.take(now=0.0).batch
     assert all(w in batch for w in first + second)  # not crowded out by the large request
     assert len(batch) * max(w.tokens for w in batch) <= 1024
+
+
+def test_admission_plans_with_a_slow_recent_batch_on_a_machine_whose_speed_swings() -> None:
+    from r3_service.engine.scheduler import DrainRate
+
+    steady, swinging = DrainRate(), DrainRate()
+    for i in range(40):
+        steady.observe(cost=1000.0, texts=10, seconds=1.0, full=True)
+        swinging.observe(cost=1000.0, texts=10, seconds=0.5 if i % 2 else 2.0, full=True)
+    assert steady.cautious_cost_per_s == pytest.approx(steady.cost_per_s)
+    assert swinging.cautious_cost_per_s == pytest.approx(500.0)  # the slow half, not the mean
+    assert swinging.cautious_seconds(1000.0) == pytest.approx(2.0)
+    assert swinging.cost_per_s > 500.0  # expiry and busy estimates keep the average
