@@ -34,6 +34,11 @@ from r3_service.engine.scheduler import (
 
 logger = logging.getLogger(__name__)
 
+#: The drain rate is seeded at this share of the speed measured on the idle model.
+CALIBRATION_SHARE = 0.5
+#: A batch taken within this many seconds of the previous one's end followed it directly.
+BATCH_GAP_S = 0.05
+
 #: Token ids of each text in, mean-pooled embeddings (len(batch), dim) out.
 EmbedTokensFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -101,6 +106,7 @@ class Batcher:
         self._stopped = threading.Event()
         self._batch: _Running | None = None
         self._batches = 0
+        self._last_end = -1.0
         self._flagged = -1
         #: Batches that ran past ``hung_after`` (counted once each, while still running).
         self.hung_batches = 0
@@ -166,14 +172,18 @@ class Batcher:
         self._stopped.set()
 
     def calibrate(self, batch: Sequence[np.ndarray], rounds: int = 2) -> float:
-        """Seed the drain rate by running ``batch`` (before start); returns the cost per second."""
+        """Seed the drain rate by running ``batch`` (before start); returns the cost per second.
+
+        The seed is ``CALIBRATION_SHARE`` of the speed measured on the idle model: serving
+        HTTP costs CPU too. Real batches soon outweigh it.
+        """
         seconds = 0.0
         for _ in range(rounds):
             started = time.monotonic()
             self._embed(batch)
             seconds = time.monotonic() - started
         cost = sum(len(ids) for ids in batch) + len(batch) * TEXT_OVERHEAD
-        self.scheduler.rate.observe(cost, len(batch), seconds)
+        self.scheduler.rate.observe(cost, len(batch), seconds / CALIBRATION_SHARE)
         return self.scheduler.rate.cost_per_s
 
     # -- requests ------------------------------------------------------------------------
@@ -193,7 +203,7 @@ class Batcher:
                 )
             self.scheduler.admit(works, deadline, timeout, now, self._busy_seconds(now))
             margin = PROTECT_SHARE * (deadline - now)
-            self.scheduler.add(works, Job(deadline=deadline, margin=margin))
+            self.scheduler.add(works, Job(deadline=deadline, margin=margin), now)
             self._cond.notify()
 
     def precheck(self, count: int, cost: float, deadline: float, timeout: float) -> None:
@@ -294,13 +304,19 @@ class Batcher:
         running: _Running,
         observe: bool,
     ) -> None:
-        elapsed = time.monotonic() - running.started
+        ended = time.monotonic()
+        elapsed = ended - running.started
+        # Straight after the previous batch, the time between them (taking the batch,
+        # answering the last one) is part of what draining the queue costs.
+        gap = running.started - self._last_end
+        drained = elapsed + gap if 0 <= gap < BATCH_GAP_S else elapsed
+        self._last_end = ended
         with self._cond:
             self._batch = None
             self.scheduler.answered(len(batch))
             if observe and running.seq != self._flagged:  # a hung batch says nothing of the rate
                 full = running.cost >= 0.5 * self.config.max_batch_tokens
-                self.scheduler.rate.observe(running.cost, len(batch), elapsed, full)
+                self.scheduler.rate.observe(running.cost, len(batch), drained, full)
         if isinstance(result, BaseException):
             for work in batch:
                 _call_in_loop(work.future, result)

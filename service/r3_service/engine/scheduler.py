@@ -48,6 +48,10 @@ WINDOW_BATCHES = 4
 #: A new job must be estimated to finish within this share of its time to deadline; the
 #: rest is slack for small jobs that arrive later and run before its tail.
 ADMIT_SHARE = 0.8
+#: Time constant (seconds) of the small-job arrival rate that large jobs plan around.
+SMALL_WINDOW_S = 10.0
+#: A large job is planned at least this share of the drain rate, whatever the small jobs take.
+MIN_LARGE_SHARE = 0.25
 #: Share of its time kept by a queued job when later ones would delay it.
 PROTECT_SHARE = 0.1
 #: A job whose own cost takes longer than this many request timeouts can never finish (413).
@@ -188,6 +192,9 @@ class Scheduler:
         #: Jobs with texts still pending, shortest remaining first (ties: arrival).
         self._jobs: list[Job] = []
         self._seq = 0
+        self._small_cost = 0.0  # decayed sum of small jobs' cost (see small_cost_per_s)
+        self._small_at = 0.0
+        self._small_first: float | None = None
 
     @property
     def pending(self) -> list[Work]:
@@ -238,7 +245,7 @@ class Scheduler:
         if not self.rate.known or (not self._jobs and busy_s <= 0):
             return  # nothing measured yet, or idle: always try
         start = busy_s + self.rate.cautious_seconds(self.max_batch_tokens)  # one batch
-        self._check_own_deadline(cost, deadline - now, start)
+        self._check_own_deadline(cost, deadline - now, start, now)
         self._check_queued_deadlines(cost, now, start)
 
     def _check_size(self, count: int, cost: float, timeout: float) -> None:
@@ -257,9 +264,32 @@ class Scheduler:
                 limit="R3_REQUEST_TIMEOUT_S",
             )
 
-    def _check_own_deadline(self, cost: float, time_left: float, start: float) -> None:
+    def small_cost_per_s(self, now: float) -> float:
+        """Cost per second of the small jobs (one batch or less) admitted lately: a decayed
+        sum over the time it covers (so the first seconds of a stream count in full)."""
+        if self._small_first is None:
+            return 0.0
+        decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
+        covered = max(1.0, now - self._small_first)
+        span = SMALL_WINDOW_S * (1.0 - math.exp(-covered / SMALL_WINDOW_S))
+        return self._small_cost * decay / max(span, 1.0)
+
+    def _seconds(self, cost: float, amount: float, now: float) -> float:
+        """Seconds to drain ``amount`` of work ahead of, and including, a job of ``cost``.
+
+        A job larger than one batch gets what the stream of small jobs (which run
+        before it) leaves of the cautious rate, at least ``MIN_LARGE_SHARE`` of it.
+        """
+        rate = self.rate.cautious_cost_per_s
+        if rate <= 0:
+            return 0.0
+        if cost > self.max_batch_tokens:
+            rate = max(rate - self.small_cost_per_s(now), MIN_LARGE_SHARE * rate)
+        return amount / rate
+
+    def _check_own_deadline(self, cost: float, time_left: float, start: float, now: float) -> None:
         ahead = sum(job.remaining for job in self._jobs if job.remaining <= cost)
-        finish = start + self.rate.cautious_seconds(ahead + cost)
+        finish = start + self._seconds(cost, ahead + cost, now)
         allowed = ADMIT_SHARE * time_left
         if finish > allowed:
             raise DeadlineUnreachableError(
@@ -275,7 +305,7 @@ class Scheduler:
             done += job.remaining
             if job.remaining <= cost:
                 continue  # runs before the new job
-            finish = now + start + self.rate.cautious_seconds(done)
+            finish = now + start + self._seconds(job.remaining, done, now)
             if finish <= job.deadline - job.margin < finish + delay:
                 raise DeadlineUnreachableError(
                     "overloaded: this request would push queued requests past their deadlines",
@@ -284,8 +314,16 @@ class Scheduler:
 
     # -- queueing ----------------------------------------------------------------------
 
-    def add(self, works: Sequence[Work], job: Job) -> None:
-        """Queue one admitted job's texts."""
+    def add(self, works: Sequence[Work], job: Job, now: float | None = None) -> None:
+        """Queue one admitted job's texts (``now``: when it was admitted)."""
+        cost = sum(w.cost for w in works)
+        if cost <= self.max_batch_tokens:
+            now = time.monotonic() if now is None else now
+            decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
+            self._small_cost = self._small_cost * decay + cost
+            self._small_at = now
+            if self._small_first is None:
+                self._small_first = now
         self._seq += 1
         job.seq = self._seq
         job.works = list(works)

@@ -266,3 +266,23 @@ def test_admission_plans_with_a_slow_recent_batch_on_a_machine_whose_speed_swing
     assert swinging.cautious_cost_per_s == pytest.approx(500.0)  # the slow half, not the mean
     assert swinging.cautious_seconds(1000.0) == pytest.approx(2.0)
     assert swinging.cost_per_s > 500.0  # expiry and busy estimates keep the average
+
+
+def test_a_large_request_plans_around_the_stream_of_small_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    from r3_service.engine.scheduler import SMALL_WINDOW_S
+
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 cost units per second
+    large = works(loop, [100 - TEXT_OVERHEAD] * 6)  # 6 s of its own at the full rate
+    seconds = int(SMALL_WINDOW_S * 5)
+    queued = Job(deadline=1000.0)
+    scheduler.add(works(loop, [100]), queued, now=0.0)  # 1.08 s of work queued, not small
+    # 1 s (a batch) + 1.08 + 6 s <= 80% of 12 s: taken on a worker nobody else needs
+    scheduler.admit(large, deadline=12.0, timeout=12.0, now=0.0, busy_s=0.0)
+    for t in range(seconds):  # a small job of 50 cost units every second
+        scheduler.add(works(loop, [50 - TEXT_OVERHEAD]), Job(deadline=1000.0), now=float(t))
+        scheduler.take(now=float(t))  # takes the small job (it runs before the queued one)
+    now = float(seconds)
+    assert scheduler.small_cost_per_s(now) == pytest.approx(50.0, rel=0.1)
+    with pytest.raises(DeadlineUnreachableError):  # half the rate left: 1 + 14 s > 9.6 s
+        scheduler.admit(large, deadline=now + 12.0, timeout=12.0, now=now, busy_s=0.0)
