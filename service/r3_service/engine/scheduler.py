@@ -195,6 +195,8 @@ class Scheduler:
         self._small_cost = 0.0  # decayed sum of small jobs' cost (see small_cost_per_s)
         self._small_at = 0.0
         self._small_first: float | None = None
+        #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
+        self._earliest = math.inf
 
     @property
     def pending(self) -> list[Work]:
@@ -333,6 +335,7 @@ class Scheduler:
         self.in_flight += len(works)
         self.pending_count += len(works)
         self.pending_cost += job.remaining
+        self._earliest = min(self._earliest, job.deadline, *(w.deadline for w in works))
         bisect.insort_right(self._jobs, job, key=_job_order)
 
     def answered(self, count: int) -> None:
@@ -343,10 +346,12 @@ class Scheduler:
         """Remove pending texts nobody waits for; returns them."""
         return self._remove(lambda w: not w.wanted)
 
-    def _remove(self, drop: Callable[[Work], bool]) -> list[Work]:
-        """Take the pending texts ``drop`` picks out of their jobs."""
+    def _remove(
+        self, drop: Callable[[Work], bool], jobs: Sequence[Job] | None = None
+    ) -> list[Work]:
+        """Take the pending texts ``drop`` picks out of their jobs (of ``jobs`` only, if given)."""
         gone: list[Work] = []
-        for job in self._jobs:
+        for job in self._jobs if jobs is None else jobs:
             leaving = [w for w in job.works if drop(w)]
             if leaving:
                 job.works = [w for w in job.works if not drop(w)]
@@ -370,18 +375,24 @@ class Scheduler:
 
         Texts whose deadline has passed, or will before the head job can finish, expire.
         """
-        taken = Taken(dropped=self._remove(lambda w: not w.wanted))
-        taken.expired = self._remove(lambda w: w.deadline <= now)
+        taken = Taken()
+        if now >= self._earliest:  # some deadline may have passed: scan everything once
+            taken.expired = self._remove(lambda w: w.deadline <= now)
+            deadlines = (w.deadline for job in self._jobs for w in job.works)
+            self._earliest = min(deadlines, default=math.inf)
         if self._jobs:  # the head job runs now: its texts that cannot make it never run
-            done = now + self.rate.seconds(self._jobs[0].remaining)
             head = self._jobs[0]
-            taken.expired += self._remove(lambda w: w.job is head and w.deadline < done)
+            done = now + self.rate.seconds(head.remaining)
+            taken.expired += self._remove(lambda w: w.deadline < done, [head])
         if not self._jobs:
             return taken
-        batch = self._remove(_members(self._next_batch()))
+        chosen = self._next_batch()
+        owners = list({id(w.job): w.job for w in chosen if w.job is not None}.values())
+        batch = self._remove(_members(chosen), owners)
+        taken.dropped = [w for w in batch if not w.wanted]  # gave up since the last release
         ends = now + self.rate.seconds(sum(w.cost for w in batch))
-        taken.batch = [w for w in batch if w.deadline > ends]
-        taken.expired.extend(w for w in batch if w.deadline <= ends)
+        taken.batch = [w for w in batch if w.wanted and w.deadline > ends]
+        taken.expired.extend(w for w in batch if w.wanted and w.deadline <= ends)
         return taken
 
     def _next_batch(self) -> list[Work]:
