@@ -8,8 +8,9 @@ as early as it can (no request is slowed down by sharing the worker with its pee
 
 **Padding.** A batch is not just the head job's next texts: a window of the next few
 batches' worth of texts (in job order) is sorted by token length and cut by the token
-budget, and the batch holding the head text runs. The texts of a batch have similar
-lengths.
+budget, and the batch holding the head job's next text runs. The texts of a batch have
+similar lengths; a small job's short query and long response may run in two batches,
+one after the other.
 
 **Admission.** The drain rate (cost per second of batch time, an EWMA over batches)
 turns costs into seconds. A new job of cost C runs after the queued jobs with less
@@ -161,6 +162,31 @@ class DrainRate:
 
     def seconds_for_texts(self, texts: int) -> float:
         return texts / self.texts_per_s if self.texts_per_s > 0 else 1.0
+
+
+def cut_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+) -> list[list[int]]:
+    """Indices of ``lengths`` in length-sorted batches within the token budget.
+
+    Each batch satisfies ``len(batch) * max(length) <= max_batch_tokens`` and
+    ``len(batch) <= max_batch_size``, except a single text longer than the budget,
+    which forms a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[index]  # ascending, so the newest member is the widest
+        if current and (
+            (len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass
@@ -396,32 +422,13 @@ class Scheduler:
         return taken
 
     def _next_batch(self) -> list[Work]:
-        """The next batch, within ``rows x widest <= max_batch_tokens`` and ``rows <=
-        max_batch_size``: the head job (all of it when it fits in one batch, else its next
-        text), then every following job that fits whole, in order; then the window's other
-        texts closest in length."""
-        head = self._jobs[0].works
-        batch = list(head) if self._fits(head, 0, 0) else head[:1]  # the head always runs
-        width = max(w.tokens for w in batch)
-        following = self._jobs[1:] if len(batch) == len(head) else []  # a big head fills alone
-        for job in following:
-            if not self._fits(job.works, len(batch), width):
-                break
-            batch += job.works
-            width = max(width, *(w.tokens for w in job.works))
-        chosen = {id(w) for w in batch}
-        rest = [w for w in self._window() if id(w) not in chosen]
-        for work in sorted(rest, key=lambda w: abs(w.tokens - width)):
-            if self._fits([work], len(batch), width):
-                batch.append(work)
-                width = max(width, work.tokens)
-        return batch
-
-    def _fits(self, texts: Sequence[Work], rows: int, width: int) -> bool:
-        """Whether ``texts`` join a batch of ``rows`` texts padded to ``width``."""
-        rows += len(texts)
-        widest = max(width, *(w.tokens for w in texts)) if texts else width
-        return rows <= self.max_batch_size and rows * widest <= self.max_batch_tokens
+        """The window's texts cut into length-sorted batches within the budget; the batch
+        holding the head job's next text runs. A small job's short and long texts may go
+        in two batches (run one after the other: the job stays at the head)."""
+        window = self._window()
+        lengths = [w.tokens for w in window]
+        batches = cut_batches(lengths, self.max_batch_tokens, self.max_batch_size)
+        return [window[i] for i in next(b for b in batches if 0 in b)]
 
     def _window(self) -> list[Work]:
         limit_cost = WINDOW_BATCHES * self.max_batch_tokens

@@ -22,6 +22,7 @@ from r3_service.engine.scheduler import (
     Job,
     Scheduler,
     Work,
+    cut_batches,
 )
 
 
@@ -76,6 +77,10 @@ def test_batches_respect_the_budget_and_cover_every_text(
         assert sorted(map(id, seen)) == sorted(map(id, batch))
     finally:
         loop.close()
+
+
+def test_cut_batches_hand_example() -> None:
+    assert cut_batches([5, 1, 3, 100], 10, 8) == [[1, 2], [0], [3]]
 
 
 def test_small_request_behind_a_large_one_runs_in_the_next_batch(loop) -> None:  # type: ignore[no-untyped-def]
@@ -209,15 +214,16 @@ def test_discard_unwanted_frees_the_queue(loop) -> None:  # type: ignore[no-unty
     assert scheduler.pending_cost == pytest.approx(2 * (10 + TEXT_OVERHEAD))
 
 
-def test_a_small_request_runs_whole_in_one_batch(loop) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_request_is_done_within_two_batches(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     queue(scheduler, works(loop, [30] * 300))
     scheduler.take(now=0.0)
-    small = works(loop, [10, 40])  # a short query and a longer response
+    small = works(loop, [10, 400])  # a short query and a long response
     queue(scheduler, small)
-    batch = scheduler.take(now=0.0).batch
-    assert all(w in batch for w in small)
-    assert len(batch) == 1024 // 40  # filled up with the large request's texts
+    first, second = scheduler.take(now=0.0).batch, scheduler.take(now=0.0).batch
+    assert all(w in first + second for w in small)
+    for batch in (first, second):  # each batch stays length-homogeneous
+        assert len(batch) * max(w.tokens for w in batch) <= 1024
 
 
 def test_head_request_that_cannot_finish_in_time_is_expired_not_run(loop) -> None:  # type: ignore[no-untyped-def]
@@ -243,16 +249,16 @@ def test_drain_rate_weighs_batches_by_their_time() -> None:
     assert rate.seconds(1010.0) == pytest.approx(1.1)
 
 
-def test_queued_small_requests_go_whole_and_in_order_before_filling(loop) -> None:  # type: ignore[no-untyped-def]
+def test_queued_small_requests_all_finish_before_the_large_one_goes_on(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
-    queue(scheduler, works(loop, [30] * 300))
+    large = works(loop, [30] * 300)
+    queue(scheduler, large)
     scheduler.take(now=0.0)
-    first, second = works(loop, [10, 20]), works(loop, [12, 148])  # second has a long text
-    queue(scheduler, first)
-    queue(scheduler, second)
-    batch = scheduler.take(now=0.0).batch
-    assert all(w in batch for w in first + second)  # not crowded out by the large request
-    assert len(batch) * max(w.tokens for w in batch) <= 1024
+    small = works(loop, [10, 20]) + works(loop, [12, 148])
+    queue(scheduler, small[:2])
+    queue(scheduler, small[2:])
+    served = [w for _ in range(3) for w in scheduler.take(now=0.0).batch]
+    assert all(w in served for w in small)  # a long text does not leave its request behind
 
 
 def test_admission_plans_with_a_slow_recent_batch_on_a_machine_whose_speed_swings() -> None:
