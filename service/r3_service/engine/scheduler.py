@@ -45,7 +45,7 @@ from r3_service.engine.errors import (
 #: Fixed cost of one text beyond its tokens (padding, per-row work), in tokens.
 TEXT_OVERHEAD = 8
 #: Texts considered for one batch: this many batches' worth from the head of the queue.
-WINDOW_BATCHES = 4
+WINDOW_BATCHES = 16
 #: A new job must be estimated to finish within this share of its time to deadline; the
 #: rest is slack for small jobs that arrive later and run before its tail.
 ADMIT_SHARE = 0.8
@@ -73,6 +73,7 @@ class Job:
     margin: float = 0.0
     remaining: float = 0.0
     seq: int = 0
+    admitted: float = 0.0
     works: list[Work] = field(default_factory=list)
 
 
@@ -354,6 +355,7 @@ class Scheduler:
                 self._small_first = now
         self._seq += 1
         job.seq = self._seq
+        job.admitted = time.monotonic() if now is None else now
         job.works = list(works)
         for work in works:
             work.job = job
@@ -406,13 +408,15 @@ class Scheduler:
             taken.expired = self._remove(lambda w: w.deadline <= now)
             deadlines = (w.deadline for job in self._jobs for w in job.works)
             self._earliest = min(deadlines, default=math.inf)
-        if self._jobs:  # the head job runs now: its texts that cannot make it never run
-            head = self._jobs[0]
+        order = self._serving_order(now)
+        if order:  # the head job runs now: its texts that cannot make it never run
+            head = order[0]
             done = now + self.rate.seconds(head.remaining)
             taken.expired += self._remove(lambda w: w.deadline < done, [head])
-        if not self._jobs:
+            order = [job for job in order if job.works]
+        if not order:
             return taken
-        chosen = self._next_batch()
+        chosen = self._next_batch(order)
         owners = list({id(w.job): w.job for w in chosen if w.job is not None}.values())
         batch = self._remove(_members(chosen), owners)
         taken.dropped = [w for w in batch if not w.wanted]  # gave up since the last release
@@ -421,21 +425,32 @@ class Scheduler:
         taken.expired.extend(w for w in batch if w.wanted and w.deadline <= ends)
         return taken
 
-    def _next_batch(self) -> list[Work]:
+    def _next_batch(self, order: Sequence[Job]) -> list[Work]:
         """The window's texts cut into length-sorted batches within the budget; the batch
         holding the head job's next text runs. A small job's short and long texts may go
         in two batches (run one after the other: the job stays at the head)."""
-        window = self._window()
+        window = self._window(order)
         lengths = [w.tokens for w in window]
         batches = cut_batches(lengths, self.max_batch_tokens, self.max_batch_size)
         return [window[i] for i in next(b for b in batches if 0 in b)]
 
-    def _window(self) -> list[Work]:
+    def _serving_order(self, now: float) -> list[Job]:
+        """Jobs by remaining cost less what the worker could have done while they waited (at
+        most one batch): among small jobs the one waiting longer goes first, and none
+        overtakes a job more than a batch larger than itself."""
+        rate, budget = self.rate.cost_per_s, self.max_batch_tokens
+
+        def key(job: Job) -> tuple[float, int]:
+            return job.remaining - min(rate * max(0.0, now - job.admitted), budget), job.seq
+
+        return sorted(self._jobs, key=key)
+
+    def _window(self, jobs: Sequence[Job]) -> list[Work]:
         limit_cost = WINDOW_BATCHES * self.max_batch_tokens
         limit_count = WINDOW_BATCHES * self.max_batch_size
         window: list[Work] = []
         cost = 0.0
-        for job in self._jobs:
+        for job in jobs:
             for work in job.works:
                 window.append(work)
                 cost += work.cost

@@ -282,13 +282,28 @@ def test_a_large_request_plans_around_the_stream_of_small_ones(loop) -> None:  #
     large = works(loop, [100 - TEXT_OVERHEAD] * 6)  # 6 s of its own at the full rate
     seconds = int(SMALL_WINDOW_S * 5)
     queued = Job(deadline=1000.0)
-    scheduler.add(works(loop, [100]), queued, now=0.0)  # 1.08 s of work queued, not small
-    # 1 s (a batch) + 1.08 + 6 s <= 80% of 12 s: taken on a worker nobody else needs
-    scheduler.admit(large, deadline=12.0, timeout=12.0, now=0.0, busy_s=0.0)
+    scheduler.add(works(loop, [100] * 3), queued, now=0.0)  # 3.24 s of work queued
+    # 1 s (a batch) + 3.24 + 6.48 s <= 80% of 14 s: taken on a worker nobody else needs
+    scheduler.admit(large, deadline=14.0, timeout=14.0, now=0.0, busy_s=0.0)
     for t in range(seconds):  # a small job of 50 cost units every second
         scheduler.add(works(loop, [50 - TEXT_OVERHEAD]), Job(deadline=1000.0), now=float(t))
         scheduler.take(now=float(t))  # takes the small job (it runs before the queued one)
     now = float(seconds)
     assert scheduler.small_cost_per_s(now) == pytest.approx(50.0, rel=0.1)
-    with pytest.raises(DeadlineUnreachableError):  # half the rate left: 1 + 14 s > 9.6 s
-        scheduler.admit(large, deadline=now + 12.0, timeout=12.0, now=now, busy_s=0.0)
+    assert queued.works  # the small jobs went first
+    with pytest.raises(DeadlineUnreachableError):  # half the rate left: 1 + 19.4 s > 11.2 s
+        scheduler.admit(large, deadline=now + 14.0, timeout=14.0, now=now, busy_s=0.0)
+
+
+def test_among_small_requests_the_one_waiting_longer_goes_first(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=400, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    waiting = works(loop, [300])  # a larger small request, queued at t=0
+    scheduler.add(waiting, Job(deadline=100.0), now=0.0)
+    fresh = works(loop, [20])  # smaller, but arrives 0.5 s later
+    scheduler.add(fresh, Job(deadline=100.0), now=0.5)
+    # 308 - min(500, 400) < 28: not overtaken again (and 2 x 300 is over the budget)
+    assert scheduler.take(now=0.5).batch == waiting
+    large = works(loop, [100] * 40)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)  # waited as long, but far larger
+    assert fresh[0] in scheduler.take(now=0.5).batch
