@@ -108,6 +108,7 @@ class Batcher:
         self._batches = 0
         self._last_end = -1.0
         self._flagged = -1
+        self._flag_lock = threading.Lock()
         #: Batches that ran past ``hung_after`` (counted once each, while still running).
         self.hung_batches = 0
         #: Texts answered with a timeout instead of being run.
@@ -146,8 +147,27 @@ class Batcher:
 
     @property
     def hung(self) -> bool:
-        """The running batch has run longer than ``hung_after`` seconds."""
-        return self.running_for() > self.hung_after
+        """The running batch has run longer than ``hung_after`` seconds (counted once)."""
+        return self._flag_if_hung()
+
+    def _flag_if_hung(self) -> bool:
+        batch = self._batch
+        if batch is None:
+            return False
+        ran = time.monotonic() - batch.started
+        if ran <= self.hung_after:
+            return False
+        with self._flag_lock:
+            if batch.seq != self._flagged:
+                self._flagged = batch.seq
+                self.hung_batches += 1
+                logger.error(
+                    "inference batch %d has run for %.1f s (limit %.1f s): /readyz is red",
+                    batch.seq,
+                    ran,
+                    self.hung_after,
+                )
+        return True
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -196,7 +216,7 @@ class Batcher:
         with self._cond:
             if not self._running or not self.alive:
                 raise WorkerDeadError("the inference worker is not running")
-            if self.running_for(now) > self.hung_after:
+            if self.hung:
                 raise WorkerStalledError(
                     f"inference stalled: a batch has run for {self.running_for(now):.0f} s",
                     retry_after=5.0,
@@ -347,16 +367,4 @@ class Batcher:
         """Count a batch once when it runs past ``hung_after``; log it."""
         interval = min(1.0, max(0.01, self.hung_after / 4))
         while not self._stopped.wait(interval):
-            batch = self._batch
-            if batch is None or batch.seq == self._flagged:
-                continue
-            ran = time.monotonic() - batch.started
-            if ran > self.hung_after:
-                self._flagged = batch.seq
-                self.hung_batches += 1
-                logger.error(
-                    "inference batch %d has run for %.1f s (limit %.1f s): /readyz is red",
-                    batch.seq,
-                    ran,
-                    self.hung_after,
-                )
+            self._flag_if_hung()

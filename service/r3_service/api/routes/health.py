@@ -24,8 +24,8 @@ def not_ready_reason(state: ServiceState) -> str | None:
     batcher = state.engine.batcher
     if not batcher.alive:
         return "inference worker died"
-    running = batcher.running_for()
-    if running > batcher.hung_after:
+    if batcher.hung:
+        running = batcher.running_for()
         return f"inference batch running for {running:.0f} s (limit {batcher.hung_after:g} s)"
     return None
 
