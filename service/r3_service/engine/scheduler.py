@@ -446,6 +446,9 @@ class Scheduler:
         return sorted(self._jobs, key=key)
 
     def _window(self, jobs: Sequence[Job]) -> list[Work]:
+        """The texts the next batch is cut from: jobs in serving order, up to and including
+        the first one larger than a batch. Large jobs never share batches, so they run one
+        after the other and each finishes as early as it can."""
         limit_cost = WINDOW_BATCHES * self.max_batch_tokens
         limit_count = WINDOW_BATCHES * self.max_batch_size
         window: list[Work] = []
@@ -456,6 +459,8 @@ class Scheduler:
                 cost += work.cost
                 if cost >= limit_cost or len(window) >= limit_count:
                     return window
+            if job.remaining > self.max_batch_tokens:
+                return window
         return window
 
 

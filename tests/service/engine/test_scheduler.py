@@ -307,3 +307,18 @@ def test_among_small_requests_the_one_waiting_longer_goes_first(loop) -> None:  
     large = works(loop, [100] * 40)
     scheduler.add(large, Job(deadline=100.0), now=0.0)  # waited as long, but far larger
     assert fresh[0] in scheduler.take(now=0.5).batch
+
+
+def test_large_requests_run_one_after_the_other(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    rng = np.random.default_rng(1)
+    first, second = (works(loop, [int(n) for n in rng.integers(5, 200, 100)]) for _ in range(2))
+    job = queue(scheduler, first)
+    queue(scheduler, second)
+    queue(scheduler, works(loop, [30, 60]))
+    for _ in range(60):
+        left = job.remaining
+        batch = scheduler.take(now=0.0).batch
+        if any(w in second for w in batch):  # only once the first has a batch or less left
+            assert left <= 1024
+    assert not scheduler.pending
