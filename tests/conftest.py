@@ -23,11 +23,11 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default encoder, exported through the real pipeline."""
     pytest.importorskip("torch")
     from r3_service.encoder.export import export_encoder
-    from r3_service.models import bundled_model_dir, install_default_head
+    from r3_service.models import bundled_model_dir, install_default_classifier
 
     out = tmp_path_factory.mktemp("minilm")
     export_encoder(str(bundled_model_dir()), out, profile="minilm", local_files_only=True)
-    install_default_head(out)
+    install_default_classifier(out)
     return out
 
 
@@ -82,7 +82,14 @@ class LiveServer:
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "R3_LOG_LEVEL": "warning", **(env or {})}
+        # Servers on models without a classifier (tiny BERT) may score untyped items as
+        # OPENENDED; tests of the refusal set R3_ALLOW_NO_CLASSIFIER=false.
+        full_env = {
+            **os.environ,
+            "R3_LOG_LEVEL": "warning",
+            "R3_ALLOW_NO_CLASSIFIER": "true",
+            **(env or {}),
+        }
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         model_args = ["--model", str(model)] if model is not None else []

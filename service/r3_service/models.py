@@ -74,18 +74,20 @@ def ensure_default_model(cache_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("exporting the embedded default encoder to %s (first start only)", target)
         export_encoder(str(bundled_model_dir()), staging, profile="minilm", local_files_only=True)
-        install_default_head(staging)
+        install_default_classifier(staging)
         os.replace(staging, target)
     return target
 
 
-def install_default_head(folder: Path) -> None:
-    """Copy the query-type head trained for the default encoder, when the package ships one."""
-    from r3_service.classifier.head import HEAD_FILE, shipped_head_path
+def install_default_classifier(folder: Path) -> None:
+    """Build the shipped query-type classifier (adapter merged into the bundled weights,
+    exported to ONNX) into ``folder/qtype``."""
+    from r3_service.classifier.build import build_classifier, shipped_adapter_path
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
 
-    head = shipped_head_path(DEFAULT_MODEL_NAME)
-    if head.is_file():
-        shutil.copyfile(head, Path(folder) / HEAD_FILE)
+    build_classifier(
+        bundled_model_dir(), shipped_adapter_path(DEFAULT_MODEL_NAME), folder / CLASSIFIER_DIR
+    )
 
 
 def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
