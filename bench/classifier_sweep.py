@@ -3,7 +3,7 @@
 Every configuration is scored by 5-fold cross-validation on AlpacaFarm's shifted
 split (folds hold out whole task families, the leading verb or question word),
 on the same validation folds rewritten four ways (``--stress`` rewrites of
-bench/classifier_eval.py: chat opener, inline input, lower case without
+bench/classifier_baselines.py: chat opener, inline input, lower case without
 punctuation, a context sentence first; phrases the training augmentation does
 not use), and, for the report only, on the out-of-source set
 bench/data/qtype_handmade_ood.json. The shipped configuration is chosen by a rule
@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classifier_eval import STRESS  # noqa: E402
+from classifier_baselines import STRESS  # noqa: E402
 
 from r3_service.classifier import calibration as C  # noqa: E402
 from r3_service.classifier import finetune as F  # noqa: E402

@@ -46,7 +46,7 @@ def plain_prompt(text: str) -> str:
 
 
 # -- rewrites --------------------------------------------------------------------------------
-# Phrases differ on purpose from bench/classifier_eval.py's stress rewrites and from the
+# Phrases differ on purpose from bench/classifier_baselines.py stress rewrites and from the
 # out-of-source set, so those measure transfer rather than memorised templates.
 
 _REQUESTS = (
