@@ -101,3 +101,7 @@ def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
             f"create one with: r3-export MODEL --out {folder}"
         )
     return folder
+
+
+#: Former name (deploy scripts call it): it now builds the fine-tuned classifier.
+install_default_head = install_default_classifier

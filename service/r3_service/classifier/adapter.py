@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ def write_safetensors(
 
 
 def save_adapter(
-    path: Path | str, members: list[Mapping[str, np.ndarray]], info: Mapping[str, Any]
+    path: Path | str, members: Sequence[Mapping[str, np.ndarray]], info: Mapping[str, Any]
 ) -> Path:
     """Write ensemble members (LoRA factors as fp16, heads as fp32) and ``info``."""
     tensors: dict[str, np.ndarray] = {}

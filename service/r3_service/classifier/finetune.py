@@ -171,7 +171,7 @@ def _device(name: str | None) -> Any:
 
 def train_model(
     texts: Sequence[str],
-    labels: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
     base_dir: Path | str,
     config: FinetuneConfig,
     *,

@@ -180,7 +180,8 @@ class HeadClassifier(QueryClassifier):
         self.head = head
         self.source = str(source)
         self.threshold = float(head.threshold)
-        self.band = tuple(head.hyperparameters.get("abstain_band", DEFAULT_BAND))  # type: ignore[assignment]
+        low, high = head.hyperparameters.get("abstain_band", DEFAULT_BAND)
+        self.band = (float(low), float(high))
         self.metrics = dict(head.metrics)
 
     async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:

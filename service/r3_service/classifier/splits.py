@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import zlib
@@ -98,3 +99,8 @@ def random_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
         rng.shuffle(idx)
         out[idx] = np.arange(len(idx)) % folds
     return out
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
