@@ -1,0 +1,51 @@
+"""The classifier shipped for the default encoder: a small adapter, built at first start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r3_service.classifier.adapter import load_adapter
+from r3_service.classifier.build import shipped_adapter_path
+from r3_service.classifier.runtime import CLASSIFIER_DIR, FineTunedClassifier
+
+OBVIOUS = [
+    ("Write a story about a dragon.", "OPENENDED"),
+    ("Can you suggest some fun activities for a rainy weekend?", "OPENENDED"),
+    ("Explain in detail why the sky is blue.", "OPENENDED"),
+    ("Classify the sentiment: I loved it.", "CONSTRAINED"),
+    ("Translate 'good morning' into French.", "CONSTRAINED"),
+    ("What is the capital of Australia?", "CONSTRAINED"),
+    ("Sort these numbers in ascending order: 42, 7, 19, 3.", "CONSTRAINED"),
+]
+
+
+def test_shipped_adapter_is_small_and_describes_itself() -> None:
+    path = shipped_adapter_path()
+    assert path.stat().st_size < 3_000_000
+    members, info = load_adapter(path)
+    assert len(members) == info["members"] == 3
+    assert info["base"] == "all-MiniLM-L6-v2" and info["lora_rank"] == 8
+    assert info["threshold"] == 0.5 and info["abstain_band"] == [0.35, 0.65]
+    assert info["temperature"] > 0
+    shifted = info["metrics"]["alpacafarm_shifted_oof"]
+    assert shifted["n"] == 2000 and shifted["accuracy"] >= 0.85
+    assert info["metrics"]["out_of_source"]["n"] >= 300
+    for member in members:
+        assert member["head.weight"].shape == (1, 384)
+        assert sum(k.endswith(".lora_A") for k in member) == 6 * 6
+
+
+async def test_built_classifier_classifies_obvious_cases(minilm_dir: Path) -> None:
+    """Through the real first-start build: merged weights, ONNX export, ONNX Runtime."""
+    classifier = FineTunedClassifier(minilm_dir / CLASSIFIER_DIR)
+    classifier.start()
+    try:
+        texts = [text for text, _ in OBVIOUS]
+        proba = await classifier.probabilities(texts, classifier.engine)
+        again = await classifier.probabilities(texts, classifier.engine)
+    finally:
+        classifier.stop()
+    assert list(again) == list(proba)
+    assert classifier.engine.cache.hits >= len(texts)
+    for (text, expected), p in zip(OBVIOUS, proba):
+        assert (p >= classifier.threshold) == (expected == "OPENENDED"), (text, float(p))
