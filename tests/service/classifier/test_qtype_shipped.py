@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from r3_service.classifier.adapter import load_adapter
 from r3_service.classifier.build import shipped_adapter_path
 from r3_service.classifier.runtime import CLASSIFIER_DIR, FineTunedClassifier
@@ -49,3 +51,25 @@ async def test_built_classifier_classifies_obvious_cases(minilm_dir: Path) -> No
     assert classifier.engine.cache.hits >= len(texts)
     for (text, expected), p in zip(OBVIOUS, proba):
         assert (p >= classifier.threshold) == (expected == "OPENENDED"), (text, float(p))
+
+
+def test_earlier_export_without_classifier_gets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache exported by an earlier version (encoder only) gets the classifier built once."""
+    from r3_service import models
+    from r3_service.encoder.profile import PROFILE_FILE
+
+    target = models.default_export_dir(tmp_path)
+    target.mkdir(parents=True)
+    (target / PROFILE_FILE).write_text("{}")
+    built: list[Path] = []
+
+    def build(folder: Path) -> None:
+        (folder / CLASSIFIER_DIR).mkdir()
+        built.append(folder)
+
+    monkeypatch.setattr(models, "install_default_classifier", build)
+    assert models.ensure_default_model(tmp_path) == target
+    assert models.ensure_default_model(tmp_path) == target
+    assert built == [target]
