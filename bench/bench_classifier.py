@@ -39,9 +39,9 @@ def out(line: str = "") -> None:
 
 
 def responses_for(answer: str, k: int) -> list[str]:
-    """k distinct responses from a reference answer: growing prefixes, then the whole."""
-    words = answer.split() or ["ok"]
-    return [" ".join(words[: max(1, (i + 1) * len(words) // k)]) + f" ({i})" for i in range(k)]
+    """k distinct responses: the dataset answer (standing in for a rollout, as in
+    bench_reward.py), each with its own number so none is a duplicate."""
+    return [f"{answer} ({i + 1})" for i in range(k)]
 
 
 def grpo_requests(rows: list[dict[str, Any]], typed: bool) -> list[dict[str, Any]]:
@@ -85,6 +85,12 @@ async def run(url: str, bodies: list[dict[str, Any]], clients: int) -> float:
     async with httpx.AsyncClient(timeout=120) as client:
         await asyncio.gather(*(sender(client) for _ in range(clients)))
     return sum(len(b["query"]) for b in bodies) / (time.perf_counter() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(model: Path | None, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -132,6 +138,7 @@ def main() -> int:
         "fresh, qtype null": lambda r: fresh_requests(r, False),
     }
     speeds: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     try:
         asyncio.run(run(url, grpo_requests(rows[-16:], False), 4))  # warm-up
         cursor = 0
@@ -140,20 +147,29 @@ def main() -> int:
             for mode in order:
                 chunk = rows[cursor : cursor + args.prompts]
                 cursor += args.prompts
-                speeds[mode].append(asyncio.run(run(url, modes[mode](chunk), args.clients)))
+                bodies = modes[mode](chunk)
+                before = cpu_seconds(proc.pid)
+                speeds[mode].append(asyncio.run(run(url, bodies, args.clients)))
+                items = sum(len(b["query"]) for b in bodies)
+                cpu[mode].append((cpu_seconds(proc.pid) - before) / items * 1000)
     finally:
         proc.terminate()
         proc.wait(30)
     for mode, values in speeds.items():
         rounds = ", ".join(f"{v:.0f}" for v in values)
-        out(f"{mode:22s} {statistics.median(values):7.1f} items/s  (rounds: {rounds})")
+        out(
+            f"{mode:22s} {statistics.median(values):7.1f} items/s  (rounds: {rounds})  "
+            f"server CPU {statistics.median(cpu[mode]):6.2f} ms/item"
+        )
     for shape in ("GRPO", "fresh"):
-        ratios = [
-            n / g for n, g in zip(speeds[f"{shape}, qtype null"], speeds[f"{shape}, qtype given"])
-        ]
+        null, given = f"{shape}, qtype null", f"{shape}, qtype given"
+        ratios = [n / g for n, g in zip(speeds[null], speeds[given])]
+        costs = [n / g for n, g in zip(cpu[null], cpu[given])]
         out(
             f"{shape}: null/given throughput = {statistics.median(ratios):.3f} "
-            f"(per-round: {', '.join(f'{x:.3f}' for x in ratios)})"
+            f"(per-round: {', '.join(f'{x:.3f}' for x in ratios)}); "
+            f"server CPU per item null/given = {statistics.median(costs):.3f} "
+            f"(per-round: {', '.join(f'{x:.3f}' for x in costs)})"
         )
     return 0
 
