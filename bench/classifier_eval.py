@@ -1,8 +1,8 @@
 """Final report of the shipped query-type classifier (run after bench/classifier_sweep.py).
 
-* AlpacaFarm, shifted split: the ensemble's out-of-fold logits from the sweep
-  (``--sweep DIR``: oof_logits.npz, sweep.json), 5-fold CV holding out whole task
-  families, calibrated with the shipped temperature.
+* AlpacaFarm: held-out logits of the shipped configuration (``--af NPZ``: an array
+  ``y`` and named logit arrays, e.g. the sweep's oof_logits.npz, 5-fold CV holding out
+  whole task families, or one held-out fold), calibrated with the shipped temperature.
 * Out-of-source: bench/data/qtype_handmade_ood.json (484 hand-labelled prompts,
   never used to train or choose anything), scored through the real serving path:
   the adapter merged into the bundled weights, exported to ONNX, run by ONNX Runtime.
@@ -12,7 +12,7 @@ abstain rate and per-subset accuracy; writes the reliability diagram (PNG) and a
 JSON of the figures; with ``--write-adapter`` stores threshold, band and figures in
 the adapter file's metadata (its tensors are unchanged).
 
-    python bench/classifier_eval.py --sweep DIR [--classifier BUILT_DIR] \
+    python bench/classifier_eval.py --af NPZ [--classifier BUILT_DIR] \
         [--png docs/img/qtype_reliability.png] [--write-adapter]
 """
 
@@ -86,7 +86,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--sweep", type=Path, required=True, help="output folder of the sweep")
+    parser.add_argument("--af", type=Path, required=True, help="held-out AlpacaFarm logits (.npz)")
+    parser.add_argument(
+        "--af-temperature", type=float, default=None, help="for --af (default: the adapter's)"
+    )
+    parser.add_argument("--af-label", default="shipped configuration")
+    parser.add_argument(
+        "--sweep-json", type=Path, default=ROOT / "bench/results/classifier_sweep.json"
+    )
     parser.add_argument("--ood", type=Path, default=ROOT / "bench/data/qtype_handmade_ood.json")
     parser.add_argument("--classifier", type=Path, default=None, help="built classifier folder")
     parser.add_argument("--adapter", type=Path, default=shipped_adapter_path())
@@ -99,21 +106,30 @@ def main() -> int:
 
     _, info = load_adapter(args.adapter)
     temperature = float(info["temperature"])
-    oof = np.load(args.sweep / "oof_logits.npz")
-    y = oof["y"]
+    held = np.load(args.af)
+    y = held["y"]
+    af_t = args.af_temperature or temperature
     af = {
-        k: C.sigmoid(oof[k] / temperature)
-        for k in oof.files
-        if k != "y" and not k.startswith("ood")
+        k: C.sigmoid(held[k] / af_t)
+        for k in held.files
+        if k not in ("y", "idx") and not k.startswith(("ood", "member"))
     }
+    sweep = json.loads(args.sweep_json.read_text())
+    chosen = sweep["configs"][sweep["chosen"]]
     report: dict[str, Any] = {
+        "alpacafarm_5fold_accuracy": {
+            k: v for k, v in chosen.items() if k == "shifted" or k.startswith("stress")
+        },
+        "af_label": args.af_label,
+        "af_temperature": af_t,
         "temperature": temperature,
         "threshold": args.threshold,
         "abstain_band": list(band),
     }
     for name, p in af.items():
-        report[f"alpacafarm_{name}_oof"] = C.decision_metrics(p, y, args.threshold, band)
+        report[f"alpacafarm_{name}"] = C.decision_metrics(p, y, args.threshold, band)
 
+    first = next(iter(af))
     rows = json.loads(args.ood.read_text())
     texts = [r["input"] for r in rows]
     ood_y = np.array([r["qtype"] == "OPENENDED" for r in rows], dtype=np.int64)
@@ -134,13 +150,19 @@ def main() -> int:
         if not ok
     ]
     plot(
-        {"AlpacaFarm shifted split (OOF)": (af["shifted"], y), "out-of-source set": (ood_p, ood_y)},
+        {
+            f"AlpacaFarm {first}, {args.af_label}": (af[first], y),
+            "out-of-source set, shipped classifier": (ood_p, ood_y),
+        },
         band,
         args.png,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
-    for key in [k for k in report if k.startswith("alpacafarm")] + ["out_of_source"]:
+    out(f"AlpacaFarm 5-fold accuracy, shipped configuration: {report['alpacafarm_5fold_accuracy']}")
+    for key in [
+        k for k in report if k.startswith("alpacafarm_") and "accuracy_ci95" in report[k]
+    ] + ["out_of_source"]:
         m = report[key]
         low, high = m["accuracy_ci95"]
         out(
@@ -157,7 +179,8 @@ def main() -> int:
             threshold=args.threshold,
             abstain_band=list(band),
             metrics={
-                "alpacafarm_shifted_oof": report["alpacafarm_shifted_oof"],
+                "alpacafarm_shifted_5fold_accuracy": report["alpacafarm_5fold_accuracy"],
+                f"alpacafarm_{first}_calibration ({args.af_label})": report[f"alpacafarm_{first}"],
                 "out_of_source": {k: v for k, v in ood_metrics.items() if k != "subsets"},
             },
         )

@@ -11,8 +11,10 @@ fixed before any run: the LoRA configuration with the best mean of the shifted
 split and the four stress splits. The out-of-source set never chooses anything.
 
 The chosen configuration is then trained ``--members`` times on all 2,000
-prompts (seeds 0..K-1); the ensemble's temperature is fitted on its
-out-of-fold logits, and the adapter file is written to ``--out``.
+prompts (seeds 0..K-1) and cross-validated as an ensemble; the first ``--ship``
+members go into the adapter file (``--out``), with a temperature fitted on their
+out-of-fold logits. The shipped adapter keeps one member (serving cost; see
+bench/classifier_single.py for how its temperature was set from the first run).
 
     python bench/classifier_sweep.py --base MINILM_DIR --out DIR [--quick]
 
@@ -106,7 +108,8 @@ def main() -> int:
     )
     parser.add_argument("--ood", type=Path, default=ROOT / "bench/data/qtype_handmade_ood.json")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--members", type=int, default=3, help="members trained and evaluated")
+    parser.add_argument("--ship", type=int, default=1, help="members kept in the adapter")
     parser.add_argument("--configs", default="", help="comma-separated subset of the names")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (CPU check)")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> int:
         "temperature": C.fit_temperature(all_logits[chosen]["shifted"], y),
         "selection": chosen,
     }
-    save_adapter(args.out / "adapter.safetensors", members, info)  # rewritten below
+    save_adapter(args.out / "adapter.safetensors", members[: args.ship], info)  # redone below
 
     # Ensemble out-of-fold logits: seeds 1..K-1 of the chosen configuration on the same folds.
     member_oof = [all_logits[chosen]]
@@ -181,10 +184,15 @@ def main() -> int:
         results[f"ensemble of {len(member_oof)}"] = row
         out(f"ensemble of {len(member_oof)} (chosen config) {json.dumps(row)}")
     ens = {k: np.mean([m[k] for m in member_oof], axis=0) for k in member_oof[0]}
-    np.savez(args.out / "oof_logits.npz", y=y, **{k.replace(":", "_"): v for k, v in ens.items()})
-    temperature = C.fit_temperature(ens["shifted"], y)
+    per_member = {f"member{k}_shifted": m["shifted"] for k, m in enumerate(member_oof)}
+    arrays = {k.replace(":", "_"): v for k, v in ens.items()}
+    arrays.update(per_member)
+    np.savez(args.out / "oof_logits.npz", y=y, **arrays)
+    shipped = np.mean([m["shifted"] for m in member_oof[: args.ship]], axis=0)
+    temperature = C.fit_temperature(shipped, y)
     info["temperature"] = temperature
     info["sweep_seconds"] = round(time.perf_counter() - started, 1)
+    members = members[: args.ship]
     save_adapter(args.out / "adapter.safetensors", members, info)
     results["temperature"] = temperature
     (args.out / "sweep.json").write_text(json.dumps(results, indent=1))
