@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r3_service.classifier import train as T
+import r3_service.classifier.train as T
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import prepare_embeddings
 

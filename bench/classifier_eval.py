@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from r3_service.classifier import calibration as C
-from r3_service.classifier.adapter import load_adapter, read_safetensors, save_adapter
+from r3_service.classifier.adapter import load_adapter, save_adapter
 from r3_service.classifier.build import build_classifier, shipped_adapter_path
 from r3_service.classifier.runtime import DEFAULT_BAND, EnsembleEncoder, read_config
 
@@ -82,6 +82,49 @@ def subsets(rows: list[dict[str, Any]], correct: np.ndarray) -> dict[str, dict[s
     }
 
 
+def ood_probabilities(args: argparse.Namespace, texts: list[str], temperature: float) -> np.ndarray:
+    """Calibrated P(OPENENDED) through the serving path (built classifier, ONNX Runtime)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.classifier
+        if folder is None:
+            from r3_service.models import bundled_model_dir
+
+            folder = build_classifier(bundled_model_dir(), args.adapter, Path(tmp) / "qtype")
+        encoder = EnsembleEncoder(folder, read_config(folder))
+        return C.sigmoid(encoder.encode(texts)[:, 0].astype(np.float64) / temperature)
+
+
+def ood_report(
+    rows: list[dict[str, Any]],
+    proba: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    band: tuple[float, float],
+) -> dict[str, Any]:
+    metrics = C.decision_metrics(proba, y, threshold, band)
+    metrics["subsets"] = subsets(rows, (proba >= threshold) == y)
+    return metrics
+
+
+def write_adapter(
+    args: argparse.Namespace, info: dict[str, Any], report: dict[str, Any], first: str
+) -> None:
+    """Store threshold, band and figures in the adapter's metadata (tensors unchanged)."""
+    members, _ = load_adapter(args.adapter)
+    keep = {k: v for k, v in info.items() if k != "members"}
+    keep.update(
+        threshold=args.threshold,
+        abstain_band=list(DEFAULT_BAND),
+        metrics={
+            "alpacafarm_shifted_5fold_accuracy": report["alpacafarm_5fold_accuracy"],
+            f"alpacafarm_{first}_calibration ({args.af_label})": report[f"alpacafarm_{first}"],
+            "out_of_source": {k: v for k, v in report["out_of_source"].items() if k != "subsets"},
+        },
+    )
+    save_adapter(args.adapter, members, keep)
+    out(f"wrote threshold, band and figures into {args.adapter}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -131,22 +174,12 @@ def main() -> int:
 
     first = next(iter(af))
     rows = json.loads(args.ood.read_text())
-    texts = [r["input"] for r in rows]
     ood_y = np.array([r["qtype"] == "OPENENDED" for r in rows], dtype=np.int64)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.classifier
-        if folder is None:
-            from r3_service.models import bundled_model_dir
-
-            folder = build_classifier(bundled_model_dir(), args.adapter, Path(tmp) / "qtype")
-        encoder = EnsembleEncoder(folder, read_config(folder))
-        ood_p = C.sigmoid(encoder.encode(texts)[:, 0].astype(np.float64) / temperature)
-    ood_metrics = C.decision_metrics(ood_p, ood_y, args.threshold, band)
-    ood_metrics["subsets"] = subsets(rows, (ood_p >= args.threshold) == ood_y)
-    report["out_of_source"] = ood_metrics
+    ood_p = ood_probabilities(args, [r["input"] for r in rows], temperature)
+    report["out_of_source"] = ood_report(rows, ood_p, ood_y, args.threshold, band)
     report["out_of_source_errors"] = [
-        {"input": t[:120], "qtype": r["qtype"], "p_openended": round(float(p), 3)}
-        for t, r, p, ok in zip(texts, rows, ood_p, (ood_p >= args.threshold) == ood_y)
+        {"input": r["input"][:120], "qtype": r["qtype"], "p_openended": round(float(p), 3)}
+        for r, p, ok in zip(rows, ood_p, (ood_p >= args.threshold) == ood_y)
         if not ok
     ]
     plot(
@@ -169,23 +202,10 @@ def main() -> int:
             f"{key:34s} acc {m['accuracy']:.3f} [{low:.3f}, {high:.3f}]  ECE {m['ece']:.3f}"
             f"  abstain {m['abstain_rate']:.3f}  confusion {m['confusion_matrix']}"
         )
-    for name, m in ood_metrics["subsets"].items():
+    for name, m in report["out_of_source"]["subsets"].items():
         out(f"  {name:30s} n={m['n']:4d} acc {m['accuracy']:.3f}")
     if args.write_adapter:
-        members, _ = load_adapter(args.adapter)
-        _, meta = read_safetensors(args.adapter)
-        keep = {k: v for k, v in info.items() if k != "members"}
-        keep.update(
-            threshold=args.threshold,
-            abstain_band=list(band),
-            metrics={
-                "alpacafarm_shifted_5fold_accuracy": report["alpacafarm_5fold_accuracy"],
-                f"alpacafarm_{first}_calibration ({args.af_label})": report[f"alpacafarm_{first}"],
-                "out_of_source": {k: v for k, v in ood_metrics.items() if k != "subsets"},
-            },
-        )
-        save_adapter(args.adapter, members, keep)
-        out(f"wrote threshold, band and figures into {args.adapter}")
+        write_adapter(args, info, report, first)
     return 0
 
 
