@@ -125,7 +125,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     rows = json.loads(args.data.read_text())
-    need = args.rounds * 4 * args.prompts
+    need = (args.rounds + 1) * 4 * args.prompts
     if need > len(rows):
         raise SystemExit(f"need {need} prompts, the data has {len(rows)}")
     log = Path(tempfile.mkdtemp()) / "server.log"
@@ -140,18 +140,19 @@ def main() -> int:
     speeds: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     try:
-        asyncio.run(run(url, grpo_requests(rows[-16:], False), 4))  # warm-up
         cursor = 0
-        for r in range(args.rounds):
+        for r in range(-1, args.rounds):  # round -1 warms both models up (ORT arenas), untimed
             order = list(modes) if r % 2 == 0 else list(reversed(modes))
             for mode in order:
                 chunk = rows[cursor : cursor + args.prompts]
                 cursor += args.prompts
                 bodies = modes[mode](chunk)
                 before = cpu_seconds(proc.pid)
-                speeds[mode].append(asyncio.run(run(url, bodies, args.clients)))
-                items = sum(len(b["query"]) for b in bodies)
-                cpu[mode].append((cpu_seconds(proc.pid) - before) / items * 1000)
+                speed = asyncio.run(run(url, bodies, args.clients))
+                if r >= 0:
+                    speeds[mode].append(speed)
+                    items = sum(len(b["query"]) for b in bodies)
+                    cpu[mode].append((cpu_seconds(proc.pid) - before) / items * 1000)
     finally:
         proc.terminate()
         proc.wait(30)

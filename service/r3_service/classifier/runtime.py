@@ -149,6 +149,8 @@ class FineTunedClassifier(QueryClassifier):
         )
 
     def start(self) -> None:
+        # A batch of typical size first, so ONNX Runtime's arenas are grown before requests.
+        self.encoder.embed_tokens(self.encoder.tokenize(["Write a short poem about the sea."] * 32))
         self.engine.start()
 
     def stop(self, timeout: float = 30.0) -> None:
