@@ -14,6 +14,7 @@ Two kinds, both behind :class:`QueryClassifier`:
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -188,7 +189,9 @@ class HeadClassifier(QueryClassifier):
 
     async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
         vectors = await engine.embed(list(queries))
-        return np.asarray(self.head.predict_proba(vectors, list(queries)), dtype=np.float64)
+        # The head's text features are regex work: off the event loop.
+        proba = await asyncio.to_thread(self.head.predict_proba, vectors, list(queries))
+        return np.asarray(proba, dtype=np.float64)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "encoder": self.head.encoder, **self.head.info()}

@@ -54,8 +54,11 @@ def test_finetune_writes_classifier_next_to_encoder_and_server_uses_it(
     assert len(answer["qtype"]) == len(answer["uncertain"]) == 2
 
 
-def test_head_mode_trains_on_the_served_encoder(
-    user_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_head_for_another_encoder_is_trained_and_served(
+    user_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    server_factory,  # type: ignore[no-untyped-def]
 ) -> None:
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(toy_rows(60, seed=4)))
@@ -63,6 +66,14 @@ def test_head_mode_trains_on_the_served_encoder(
     summary = json.loads(capsys.readouterr().out)
     head = json.loads(Path(summary["head"]).read_text())
     assert head["encoder"] == "contriever" and head["embedding_dim"] == 32
+
+    server = server_factory(user_model, env={"R3_ALLOW_NO_CLASSIFIER": "false"})
+    server.wait_ready()
+    info = httpx.get(server.url + "/v1/info").json()["classifier"]
+    assert info["kind"] == "head" and info["encoder"] == "contriever"
+    queries = ["Write a poem about the sea.", "Translate the word cat into French, then now."]
+    answer = httpx.post(server.url + "/classify", json={"query": queries}).json()
+    assert answer["qtype"] == ["OPENENDED", "CONSTRAINED"]
 
 
 def test_bad_rows_are_reported(tmp_path: Path) -> None:
