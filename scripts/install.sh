@@ -12,10 +12,15 @@
 # the configured pip index; it never silently installs the CUDA build on a CPU-only host.
 #
 # Environment: R3_RUNTIME=cpu|gpu (skip detection), R3_TORCH_VERSION (default 2.13.0),
-# R3_TORCH_INDEX_URL, R3_FORCE_INSTALL=1 (reinstall even if nothing changed).
+# R3_TORCH_INDEX_URL, R3_FORCE_INSTALL=1 (reinstall even if nothing changed),
+# R3_SKIP_INSTALL=1 (do nothing: the environment is managed by hand; the doc test uses it).
 # A stamp in .venv records what was installed; an unchanged install is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ -n "${R3_SKIP_INSTALL:-}" ]]; then
+  echo "install.sh: R3_SKIP_INSTALL is set: installing nothing" >&2
+  exit 0
+fi
 extras="${1:-}"
 torch_version="${R3_TORCH_VERSION:-2.13.0}"
 torch_index="${R3_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"

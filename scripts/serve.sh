@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+if [[ -n "${R3_SKIP_INSTALL:-}" ]]; then
+  exec r3-serve "$@"  # the environment on PATH, managed by hand
+fi
 exec .venv/bin/r3-serve "$@"

@@ -506,6 +506,7 @@ class PPOTrainer:
                         self.save()
         finally:
             bar.close()
+            self.write_plot()  # also when interrupted: the plot shows the steps that finished
         if self._step_times and self.is_main:
             mean = sum(self._step_times) / len(self._step_times)
             log.info(
