@@ -603,6 +603,7 @@ class PPOTrainer:
                     )
         finally:
             bar.close()
+            self.write_plot()  # also when interrupted: the plot shows the steps that finished
         if self._step_times and self.is_main:
             mean = sum(self._step_times) / len(self._step_times)
             log.info(

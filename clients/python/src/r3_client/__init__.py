@@ -9,6 +9,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     InternalServerError,
+    InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
     R3Error,
@@ -16,6 +17,7 @@ from ._exceptions import (
     RequestTooLargeError,
     ServiceUnavailableError,
     UnprocessableEntityError,
+    UnsupportedMediaTypeError,
 )
 from ._types import (
     ClassifyResult,
@@ -44,6 +46,7 @@ __all__ = [
     "Client",
     "Info",
     "InternalServerError",
+    "InvalidInputError",
     "Limits",
     "Message",
     "NotFoundError",
@@ -60,5 +63,6 @@ __all__ = [
     "RewardResult",
     "ServiceUnavailableError",
     "UnprocessableEntityError",
+    "UnsupportedMediaTypeError",
     "__version__",
 ]

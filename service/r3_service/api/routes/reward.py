@@ -92,7 +92,7 @@ async def relevance(
     """Raw relevance (the profile's similarity) of each text to its anchor."""
     settings = state.settings
     check_items("anchor", body.anchor, settings)
-    check_same_length("text", body.text, len(body.anchor))
+    check_same_length("text", body.text, len(body.anchor), against="anchor")
     check_texts("anchor", body.anchor, settings)
     check_texts("text", body.text, settings)
     scores = await engine.relevance(body.anchor, body.text)
