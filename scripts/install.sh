@@ -59,6 +59,9 @@ extras="$(echo "${installed},${extras}" | tr ',' '\n' | sed '/^$/d' | sort -u | 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 . .venv/bin/activate
 pip_install() { python -m pip install --quiet --disable-pip-version-check "$@"; }
+# The pip that venv seeds can be old (23.x here): its resolver backtracked for over 50 minutes
+# on the `all` extras, where a current pip resolves them in about a minute.
+pip_install --upgrade pip
 rm -f "$stamp"
 
 needs_torch=no
