@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from r3_service.data import ALPACAFARM_QTYPE
+
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = 8
 
@@ -116,9 +118,7 @@ def start_server(model: Path | None, port: int, log: Path) -> subprocess.Popen[b
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=None, help="default: the embedded export")
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/alpacafarm_qtype.json"
-    )
+    parser.add_argument("--data", type=Path, default=ALPACAFARM_QTYPE)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=48, help="prompts per mode and round")
     parser.add_argument("--clients", type=int, default=16)

@@ -26,6 +26,7 @@ from r3_service.classifier.adapter import load_adapter, save_adapter
 from r3_service.classifier.build import build_classifier, shipped_adapter_path
 from r3_service.classifier.runtime import EnsembleEncoder, read_config
 from r3_service.classifier.splits import load_rows
+from r3_service.data import ALPACAFARM_QTYPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,9 +48,7 @@ def member_logits(folder: Path, texts: list[str]) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--adapter", type=Path, default=shipped_adapter_path())
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/alpacafarm_qtype.json"
-    )
+    parser.add_argument("--data", type=Path, default=ALPACAFARM_QTYPE)
     parser.add_argument("--classifier", type=Path, default=None, help="built classifier folder")
     parser.add_argument("--logits", type=Path, default=None, help="cached member logits (.npy)")
     parser.add_argument("--out", type=Path, default=None, help="default: overwrite --adapter")

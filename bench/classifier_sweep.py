@@ -44,6 +44,7 @@ from r3_service.classifier import calibration as C  # noqa: E402
 from r3_service.classifier import finetune as F  # noqa: E402
 from r3_service.classifier.adapter import save_adapter  # noqa: E402
 from r3_service.classifier.splits import group_folds, load_rows, task_family  # noqa: E402
+from r3_service.data import ALPACAFARM_QTYPE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,9 +104,7 @@ def summarize(y: np.ndarray, ood_y: np.ndarray, logits: dict[str, np.ndarray]) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", type=Path, required=True, help="base encoder (HF folder)")
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/alpacafarm_qtype.json"
-    )
+    parser.add_argument("--data", type=Path, default=ALPACAFARM_QTYPE)
     parser.add_argument("--ood", type=Path, default=ROOT / "bench/data/qtype_handmade_ood.json")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--members", type=int, default=3, help="members trained and evaluated")

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 from r3_trainer.data import Example, load_examples
 
 __all__ = ["label", "launch_command", "main", "write_prompts"]
@@ -38,9 +38,9 @@ def write_prompts(examples: Sequence[Example], path: str | Path) -> Path:
     return path
 
 
-def launch_command(prompt_file: str, reward_url: str, cfg: TrainConfig | None = None) -> str:
+def launch_command(prompt_file: str, reward_url: str, cfg: PPOConfig | None = None) -> str:
     """An OpenRLHF PPO command with the paper's settings (check flags against your version)."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or PPOConfig()
     url = reward_url.rstrip("/") + "/openrlhf/reward"
     flags = [
         ("--pretrain", "YOUR_SFT_MODEL"),

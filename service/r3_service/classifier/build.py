@@ -4,8 +4,9 @@ Each ensemble member's LoRA factors are merged into the base weights with numpy
 (:mod:`r3_service.classifier.adapter`), written as a Hugging Face folder, and
 handed to an ``export`` function that turns it into an ONNX folder the service can
 open (``model.onnx`` ending in mean pooling, ``tokenizer.json``, ``r3_profile.json``).
-The default export is the torch exporter (``r3_service.encoder.export``); any
-BERT-family builder with the same contract can replace it.
+The default export is ``r3_service.encoder.export.export_encoder``, which builds a BERT
+folder's graph with ``onnx`` alone (no torch); any exporter with the same contract can
+replace it.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def shipped_adapter_path(encoder: str = "all-MiniLM-L6-v2") -> Path:
     return MODELS_DIR / f"{encoder}.qtype.safetensors"
 
 
-def torch_export(hf_dir: Path, out: Path) -> None:
-    """Export with the torch/optimum exporter (the ``export`` extra)."""
+def default_export(hf_dir: Path, out: Path) -> None:
+    """Export with ``export_encoder``: torch-free for a BERT folder (``bert_onnx``)."""
     from r3_service.encoder.export import export_encoder
 
     export_encoder(str(hf_dir), out, profile="minilm", local_files_only=True)
@@ -76,7 +77,7 @@ def classifier_config(
 
 
 def build_classifier(
-    base_dir: Path | str, adapter: Path | str, out: Path | str, export: ExportFn = torch_export
+    base_dir: Path | str, adapter: Path | str, out: Path | str, export: ExportFn = default_export
 ) -> Path:
     """Merge every member of ``adapter`` into ``base_dir``'s weights and export it to ``out``.
 

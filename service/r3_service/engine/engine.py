@@ -30,8 +30,9 @@ from r3_service.reward.formula import (
 )
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
+    Cut,
     copies_query_tokens,
-    cut_at_stop_strings,
+    cut_response,
     wordpunct_tokenize,
 )
 
@@ -92,6 +93,8 @@ class RewardBatch:
     branch: list[Branch] = field(default_factory=list)
     #: Whether each response mostly repeats its query (see ``copies_query``).
     copies_query: list[bool] = field(default_factory=list)
+    #: Where each response was cut before scoring (character offsets).
+    cuts: list[Cut] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
 
 
@@ -99,13 +102,15 @@ class RewardBatch:
 class _Prepared:
     response: str
     tokens: list[str]
+    cut: Cut
 
 
 def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Prepared]:
     prepared = []
     for text in responses:
-        cut = cut_at_stop_strings(text, stop_strings)
-        prepared.append(_Prepared(cut, wordpunct_tokenize(cut)))
+        cut = cut_response(text, stop_strings)
+        scored = cut.text(text)
+        prepared.append(_Prepared(scored, wordpunct_tokenize(scored), cut))
     return prepared
 
 
@@ -261,7 +266,7 @@ class RewardEngine:
         """R^3 rewards for ``items``; untyped items are typed by the classifier first
         (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
         options = options or RewardOptions()
-        if self.classifier is None or not options.reward_branching:
+        if self.classifier is None or not options.branching:
             return await self._score_typed(items, options, stop_strings)
         plan = await plan_qtypes(self.classifier, self, items, options)
         return fold(await self._score_typed(plan.items, options, stop_strings), plan)
@@ -341,4 +346,5 @@ class RewardEngine:
             result.copies_query.append(  # the response's tokens are those LI and RP used
                 copies_query_tokens(wordpunct_tokenize(items[index].query), prepared[index].tokens)
             )
+            result.cuts.append(prepared[index].cut)
         return result

@@ -61,14 +61,15 @@ def test_earlier_export_without_classifier_gets_one(
 
     target = models.default_export_dir(tmp_path)
     target.mkdir(parents=True)
-    (target / PROFILE_FILE).write_text("{}")
+    models.EncoderProfile(name="all-MiniLM-L6-v2").save(target)
+    assert (target / PROFILE_FILE).is_file()
     built: list[Path] = []
 
-    def build(folder: Path) -> None:
+    def build(folder: Path, profile: object) -> None:
         (folder / CLASSIFIER_DIR).mkdir()
         built.append(folder)
 
-    monkeypatch.setattr(models, "install_default_classifier", build)
+    monkeypatch.setattr(models, "install_classifier", build)
     assert models.ensure_default_model(tmp_path) == target
     assert models.ensure_default_model(tmp_path) == target
     assert built == [target]
