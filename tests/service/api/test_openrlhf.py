@@ -203,3 +203,11 @@ def test_length_mismatch_is_422(live_server: str) -> None:
     answer = post(live_server, "/openrlhf/reward", {"query": ["a", "b"], "prompts": ["a"]})
     assert answer.status_code == 422
     assert answer.json()["error"]["details"][0]["field"] == "prompts"
+
+
+def test_split_of_cut_repetitive_prompts() -> None:
+    """Only places that can fit are tried: repetitive prompts split right (and stay cheap)."""
+    assert response_of("a" * 49_000 + "b", "a" * 50_000) == "b"
+    assert response_of("a" * 30_000 + "RESP", "x" * 20 + "a" * 49_980) == "RESP"
+    prompt = "Repeat after me. " * 40 + "<|im_start|>assistant\n"
+    assert response_of(prompt[301:] + "Done.", prompt) == "Done."

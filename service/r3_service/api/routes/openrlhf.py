@@ -34,6 +34,8 @@ LABEL_KEYS = ("reference", "qtype")
 _CUT_SLACK_CHARS = 8
 #: Characters of the sequence start that must be found in the prompt to call it a cut prompt.
 _CUT_PROBE_CHARS = 32
+#: Places in the prompt tried per start offset.
+_CUT_CANDIDATES = 16
 
 
 def _label_depth(label: Any) -> int:
@@ -131,15 +133,20 @@ def parse_label(label: Any, index: int) -> tuple[str | None, QueryType | None]:
 def _cut_prompt_end(sequence: str, prompt: str) -> int | None:
     """Where the prompt ends in ``sequence`` when the trainer cut the prompt from the left.
 
-    The sequence then starts (after at most a few characters of a partly decoded
-    token) with a suffix of the prompt: find the longest such suffix.
+    The sequence then starts (after at most a few characters of a partly decoded token)
+    with a suffix of the prompt: the longest such suffix is taken. Only the first few places
+    where the sequence's start occurs in the prompt are tried, so repetitive text costs
+    little (and falls back to the plain split).
     """
     for start in range(min(_CUT_SLACK_CHARS, len(sequence)) + 1):
         probe = sequence[start : start + min(_CUT_PROBE_CHARS, len(prompt))]
         if not probe:
             return None
-        found = prompt.find(probe, 1)
-        while found >= 0:
+        # prompt[found:] must fit in what follows ``start`` in the sequence
+        found = prompt.find(probe, max(1, len(prompt) - (len(sequence) - start)))
+        for _ in range(_CUT_CANDIDATES):
+            if found < 0:
+                break
             if sequence.startswith(prompt[found:], start):
                 return start + len(prompt) - found
             found = prompt.find(probe, found + 1)
