@@ -16,7 +16,10 @@ scorer profits from another's work):
 Prints rewards/s, the ratio to direct (median of per-round ratios) and the largest reward
 difference from direct (speed must not change a reward).
 
-    python bench/bench_adapters.py [--items 256] [--rounds 3] [--model DIR] [--data PATH]
+Short answers (``--words``, default 32) keep the server fast enough for the adapters' own
+costs (one request per sample, batching windows, thread hops) to show.
+
+    python bench/bench_adapters.py [--items 256] [--rounds 5] [--words 32] [--model DIR]
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ log = logging.getLogger("bench_adapters")
 Item = dict[str, Any]
 
 
-def load_items(path: Path, n: int) -> list[Item]:
-    """Plain queries (the Alpaca input block joined in), dataset answers as responses."""
+def load_items(path: Path, n: int, words: int) -> list[Item]:
+    """Plain queries (the Alpaca input block joined in), dataset answers (their first
+    ``words`` words) as responses and references."""
     if path.is_file():
         rows = json.loads(path.read_text())[:n]
     else:
@@ -250,12 +254,13 @@ def trl_scorer(url: str, asynchronous: bool) -> Callable[[list[Item]], list[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default=None, help="exported model folder (default: embedded)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--words", type=int, default=32, help="words kept of each answer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    items = load_items(args.data, args.items * args.rounds)
+    items = load_items(args.data, args.items * args.rounds, args.words)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])

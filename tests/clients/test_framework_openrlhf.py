@@ -219,7 +219,12 @@ def test_full_queue_every_sample_gets_its_reward(
     reason: str,
 ) -> None:
     """The queue is held full; every OpenRLHF sample still ends with its reward."""
+    import time
+
+    import r3_client._client
     from r3_service.encoder import load_encoder
+
+    monkeypatch.setattr(r3_client._client, "_sleep", time.sleep)  # Retry-After for real
 
     encoder = GatedEncoder(load_encoder(minilm_dir))
     settings = {"model": minilm_dir, "max_queue_texts": 4, "request_timeout_s": timeout_s}
