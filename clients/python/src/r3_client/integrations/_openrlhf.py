@@ -9,7 +9,12 @@ from typing import Any
 
 from r3_client._base import Batch
 from r3_client._client import Client
-from r3_client._exceptions import BadRequestError, R3Error, UnprocessableEntityError
+from r3_client._exceptions import (
+    BadRequestError,
+    InvalidInputError,
+    R3Error,
+    UnprocessableEntityError,
+)
 from r3_client.integrations._batching import ThreadBatcher
 from r3_client.integrations._common import (
     BATCH_MAX_ENV,
@@ -88,6 +93,8 @@ def _send(items: Sequence[tuple[Any, Any, Any]]) -> list[_Item]:
         if len(items) == 1:
             return _failed(exc, 1)
         return [one for item in items for one in _send([item])]
+    except InvalidInputError:  # a local mistake, not a service failure
+        raise
     except R3Error as exc:
         return _failed(exc, len(items))
 
