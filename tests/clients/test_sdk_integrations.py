@@ -379,3 +379,15 @@ def test_openrlhf_fail_soft(
     monkeypatch.setenv("R3_ON_ERROR", "0")
     out = _openrlhf.reward_func(["p r-3"], ["p"], ["x"])
     assert out["rewards"] == [0.0] and out["extra_logs"]["r3_failed"] == [1.0]
+
+
+def test_local_input_errors_are_never_fail_soft(server: FakeServer) -> None:
+    """A mistake in the caller's input raises even with a fail-soft value set."""
+    from r3_client import InvalidInputError
+    from r3_client.integrations._common import Sample, score_samples
+
+    with Client(base_url=BASE) as client:
+        bad = [Sample(query=5, response="c-1")]  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            score_samples(client, bad, None, 0.0, "test")
+    assert server.bodies("/reward") == []
