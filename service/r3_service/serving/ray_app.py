@@ -218,8 +218,9 @@ def _store_app(folder: Path) -> Application:
     return store.bind(str(folder))
 
 
-def build_app(args: RayServeArgs) -> Application:
+def build_app(args: RayServeArgs | dict[str, Any]) -> Application:
     """The Serve application: ``R3Reward`` replicas (and the model store when shipping)."""
+    args = RayServeArgs.model_validate(args)  # config files and `serve run` pass a dict
     settings = Settings(**{**args.settings, **({"model": args.model} if args.model else {})})
     # Resolved (the default exported) once, here on the building node.
     folder = resolve_model_dir(settings.model, settings.cache_dir)
