@@ -163,3 +163,20 @@ def test_pool_spreads_fails_over_and_readmits(
                 break
         assert pool.stats()[0].healthy and pool.stats()[0].requests > before
         assert all(s.in_flight == 0 for s in pool.stats())
+
+
+def test_adapters_take_several_base_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from r3_client.integrations import verl
+    from r3_client.integrations.trl import R3Reward
+
+    reward = R3Reward(base_url=["http://a:1", "http://b:2"])
+    assert reward.client.endpoints is not None
+    assert reward.client.endpoints.urls == ["http://a:1", "http://b:2"]
+    reward.close()
+    monkeypatch.setenv("R3_BASE_URL", "http://a:1,http://b:2")
+    verl.set_client(None)
+    try:
+        pool = verl.get_client().endpoints
+        assert pool is not None and pool.urls == ["http://a:1", "http://b:2"]
+    finally:
+        verl.set_client(None)

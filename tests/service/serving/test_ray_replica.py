@@ -85,3 +85,30 @@ def test_a_node_copy_is_written_once_and_atomically(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unsafe"):
         write_copy(root, "other", {"../escape": b""})
+
+
+def test_build_app_maps_the_arguments_onto_serve(minilm_dir: Path) -> None:
+    from r3_service.serving.ray_app import build_app
+
+    fixed = build_app({"model": str(minilm_dir), "ship_model": False, "num_replicas": 3})
+    deployment = fixed._bound_deployment  # the R3Reward deployment Serve will run
+    assert deployment.name == "R3Reward" and deployment.num_replicas == 3
+    assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert fixed._bound_deployment.init_args[0]["model"] == str(minilm_dir)
+    scaled = build_app(
+        {
+            "model": str(minilm_dir),
+            "ship_model": False,
+            "min_replicas": 0,
+            "max_replicas": 6,
+            "target_ongoing_requests": 4,
+            "num_cpus": 0.5,
+            "num_gpus": 0.25,
+        }
+    )._bound_deployment
+    autoscaling = scaled._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (0, 6)
+    assert autoscaling.target_ongoing_requests == 4
+    assert scaled.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 0.25}
+    # Replica counts stay out of the replicas' arguments: rescaling restarts none.
+    assert "num_replicas" not in scaled.init_args[0]
