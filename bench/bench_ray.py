@@ -81,9 +81,11 @@ def drive(
 def start_server(folder: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "R3_LOG_LEVEL": "warning", "R3_INTRA_OP_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "r3_service", "--model", str(folder), "--port", str(port)]
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     with Client(base_url=f"http://127.0.0.1:{port}") as client:
         client.wait_until_ready(timeout=120, interval=0.2)
+    log.info("r3-serve ready in %.1f s", time.perf_counter() - start)
     return proc
 
 
@@ -103,13 +105,19 @@ def start_ray(folder: Path, cache: Path) -> str:
     from r3_service.serving.ray_app import RayServeArgs, build_app
 
     port = free_port()
+    start = time.perf_counter()
     # 3 logical CPUs for 3 replicas; only the measured app's replicas are busy at a time.
     ray.init(num_cpus=3, include_dashboard=False, namespace="serve", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    log.info("Ray cluster and Serve up in %.1f s", time.perf_counter() - start)
     base = {"model": str(folder), "num_cpus": 1, "settings": {"cache_dir": str(cache)}}
     for name, replicas in (("one", 1), ("two", 2)):
         args = RayServeArgs.model_validate({**base, "num_replicas": replicas})
+        start = time.perf_counter()
         serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+        log.info(
+            "app %r (%d replicas) running in %.1f s", name, replicas, time.perf_counter() - start
+        )
     return f"http://127.0.0.1:{port}"
 
 
@@ -141,7 +149,8 @@ def main() -> None:
             order = list(clients)[rnd % 4 :] + list(clients)[: rnd % 4]
             for key in order:  # fresh texts: no cache hits, same work for every setup
                 results[key].append(drive(clients[key], fresh(items, f"{rnd}-{key}"))[0])
-            log.info("round %d: %s", rnd, {k: round(v[-1], 1) for k, v in results.items()})
+            rates = {k: round(v[-1], 1) for k, v in results.items()}
+            log.info("round %d: %s (load average %.1f)", rnd, rates, os.getloadavg()[0])
     finally:
         for proc in procs:
             proc.terminate()
