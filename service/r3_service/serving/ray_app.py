@@ -114,12 +114,12 @@ class ReplicaHeader:
     """ASGI middleware adding ``X-R3-Replica`` to every answer."""
 
     def __init__(self, app: Any, replica: str) -> None:
-        self.r3_app = app
+        self.app = app
         self.value = replica.encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.r3_app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
 
         async def tagged(message: dict[str, Any]) -> None:
@@ -129,7 +129,7 @@ class ReplicaHeader:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.r3_app(scope, receive, tagged)
+        await self.app(scope, receive, tagged)
 
 
 class R3Replica:
