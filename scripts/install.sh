@@ -91,8 +91,10 @@ case ",${extras}," in
 esac
 case ",${extras}," in
   *,all,*|*,test,*)
-    # veRL's reward loader, for the adapter test; its deps (ray, vllm) are not needed,
-    # and newer releases would upgrade transformers past what optimum-onnx supports.
-    pip_install --no-deps "verl==0.8.0" ;;
+    # The frameworks whose own code the adapter tests run. Without their deps: those pull
+    # vllm, deepspeed, flash-attn and pin transformers/torch; what the tested modules import
+    # is in the test extra, plus tensordict (veRL's DataProto), pyvers and codetiming here.
+    pip_install --no-deps "verl==0.8.0" "openrlhf==0.11.2" \
+      "tensordict==0.10.0" "pyvers==0.1.0" "codetiming==1.4.0" ;;
 esac
 printf '%s\n%s\n' "$hash" "$extras" > "$stamp"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from r3_service.reward.formula import Branch, QueryType
 from r3_service.reward.text import DEFAULT_STOP_STRINGS
@@ -23,6 +23,15 @@ class ChatMessage(_Strict):
 
 #: A query: plain text, or a conversation whose user turns make the query.
 Query = str | list[ChatMessage]
+
+
+def _upper(value: object) -> object:
+    """Query types are case-insensitive: ``"constrained"`` is ``CONSTRAINED``."""
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+#: A query type as sent by callers: OPENENDED or CONSTRAINED, in any case.
+QTypeIn = Annotated[QueryType, BeforeValidator(_upper)]
 
 
 class RewardOptionsModel(_Strict):
@@ -55,7 +64,9 @@ class RewardRequest(_Strict):
     query: list[Query]
     response: list[str]
     reference: list[str | None] | None = None
-    qtype: list[QueryType | None] | None = None
+    qtype: list[QTypeIn | None] | None = Field(
+        default=None, description="OPENENDED or CONSTRAINED, any case; null lets the server decide."
+    )
     options: RewardOptionsModel | None = None
 
 
@@ -164,28 +175,28 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class OpenRLHFLabel(_Strict):
-    """A structured OpenRLHF label: the reference answer and, optionally, the query type."""
-
-    reference: str | None = None
-    qtype: QueryType | None = None
-
-
 class OpenRLHFRequest(BaseModel):
-    """The body OpenRLHF's ``--remote_rm_url`` client POSTs (openrlhf 0.11.2,
+    """The body OpenRLHF's remote reward client POSTs (openrlhf 0.11.2,
     ``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``):
     ``query`` is prompt + response as decoded, ``prompts`` the rendered prompts,
-    ``labels`` the dataset's label column (a reference answer, or a JSON object
-    with ``reference`` and ``qtype``)."""
+    ``labels`` the dataset's label column, any JSON type (see docs/integrations.md)."""
 
     query: list[str]
     prompts: list[str]
-    labels: list[str | OpenRLHFLabel | None] | None = None
+    labels: list[Any] | None = Field(
+        default=None,
+        description="Per item: null, a reference answer (string or number), an object "
+        '{"reference", "qtype"} (or that object as JSON text), or a list (its first element).',
+    )
 
 
 class OpenRLHFResponse(BaseModel):
-    """The shape OpenRLHF reads: ``rewards``, ``scores`` and ``extra_logs``."""
+    """The shape OpenRLHF reads: ``rewards`` (raw R^3), ``scores`` in [0, 1], ``extra_logs``."""
 
     rewards: list[float]
-    scores: list[float]
-    extra_logs: dict[str, list[float]]
+    scores: list[float] = Field(
+        description="reward / (max_sequence_length / 100), the top of F, clipped to [0, 1]."
+    )
+    extra_logs: dict[str, list[float]] | None = Field(
+        default=None, description="Reward components; left out with ?extra_logs=false."
+    )

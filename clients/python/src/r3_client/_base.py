@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from ._endpoints import BaseURL, Endpoints
 from ._exceptions import APIResponseValidationError, InvalidInputError
 from ._types import Info, Query, RewardOptions
 from ._version import __version__
@@ -189,7 +190,7 @@ class BaseClient:
 
     def __init__(
         self,
-        base_url: str | None,
+        base_url: BaseURL | None,
         api_key: str | None,
         timeout: float | httpx.Timeout | None,
         max_retries: int,
@@ -203,8 +204,12 @@ class BaseClient:
             raise InvalidInputError("max_concurrency must be >= 1")
         if max_items_per_request is not None and max_items_per_request < 1:
             raise InvalidInputError("max_items_per_request must be >= 1")
-        url = base_url or os.environ.get("R3_BASE_URL") or DEFAULT_BASE_URL
-        self.base_url = url.rstrip("/")
+        # Several URLs or a Ray Serve handle: see _endpoints.py.
+        self._endpoints = Endpoints.parse(
+            base_url or os.environ.get("R3_BASE_URL") or DEFAULT_BASE_URL
+        )
+        self.base_url = self._endpoints.base_url
+        self.endpoints = self._endpoints.pool
         key = api_key if api_key is not None else os.environ.get("R3_API_KEY")
         self.api_key = key or None
         self.timeout = timeout
