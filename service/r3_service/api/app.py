@@ -25,7 +25,7 @@ from r3_service.api.state import ServiceState
 from r3_service.config import Settings
 from r3_service.encoder.base import Encoder
 from r3_service.engine import EngineConfig, RewardEngine
-from r3_service.models import resolve_model_dir
+from r3_service.models import is_exported, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +124,13 @@ def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) 
         ["decision"],
         registry=state.metrics.registry,
     )
+    classifier.register_metrics(state.metrics.registry)
     classifier.start()
     engine.classifier = classifier
     state.classifier_info = {**classifier.info(), "untyped_items": "classified"}
-    logger.info("query-type classifier loaded: %s", state.classifier_info)
+    logger.info(
+        "query-type classifier loaded from %s: %s", classifier.source, state.classifier_info
+    )
 
 
 def create_app(
@@ -152,7 +155,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if settings.model is not None and encoder_factory is None:
+        if settings.model is not None and encoder_factory is None and is_exported(settings.model):
             # Refuse to start (before the port opens) without a usable classifier.
             await asyncio.to_thread(_check_classifier, settings, Path(settings.model))
         task = asyncio.create_task(load())

@@ -78,11 +78,13 @@ class QueryClassifier(abc.ABC):
             if uncertain:
                 self.counter.labels("uncertain").inc()
 
+    def register_metrics(self, registry: Any) -> None:  # noqa: B027 - optional hook
+        """Add this classifier's own Prometheus series to ``registry`` (none by default)."""
+
     def info(self) -> dict[str, Any]:
-        """What /v1/info shows."""
+        """What /v1/info shows: the same on every replica serving the same files."""
         return {
             "kind": self.kind,
-            "source": self.source,
             "threshold": self.threshold,
             "abstain_band": list(self.band),
             "metrics": self.metrics,
@@ -138,6 +140,7 @@ class FineTunedClassifier(QueryClassifier):
         folder = Path(folder)
         config = read_config(folder)
         self.source = str(folder)
+        self.adapter_sha256 = str(config.get("adapter_sha256", ""))
         self.temperature = float(config["temperature"])
         self.threshold = float(config.get("threshold", 0.5))
         self.band = (float(config["abstain_band"][0]), float(config["abstain_band"][1]))
@@ -164,14 +167,37 @@ class FineTunedClassifier(QueryClassifier):
     async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
         return sigmoid(await self.logits(queries) / self.temperature)
 
+    def register_metrics(self, registry: Any) -> None:
+        registry.register(_CacheCollector(self.engine.cache))
+
     def info(self) -> dict[str, Any]:
-        cache = self.engine.cache
         return {
             **super().info(),
             "members": self.members,
             "temperature": round(self.temperature, 4),
-            "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+            "adapter_sha256": self.adapter_sha256,
         }
+
+
+class _CacheCollector:
+    """``r3_qtype_cache_{hits,misses}_total``, read from the classifier's cache at scrape time."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "r3_qtype_cache_hits",
+            "Query-type classifications answered from the per-query cache.",
+            value=self.cache.hits,
+        )
+        yield CounterMetricFamily(
+            "r3_qtype_cache_misses",
+            "Query-type classifications that ran the classifier.",
+            value=self.cache.misses,
+        )
 
 
 class HeadClassifier(QueryClassifier):

@@ -33,38 +33,27 @@ def test_info_names_the_classifier(live_server: str) -> None:
     assert classifier["untyped_items"] == "classified"
     assert classifier["threshold"] == 0.5 and classifier["abstain_band"] == [0.35, 0.65]
     assert classifier["metrics"]["alpacafarm_shifted_5fold_accuracy"]["shifted"] > 0.8
-    assert classifier["cache"]["misses"] >= 0
+    assert len(classifier["adapter_sha256"]) == 64
+
+
+def _sample(metrics: str, name: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
 
 
 def test_decisions_are_counted_and_cached(live_server: str) -> None:
     query = "Summarize the plot of a film you like in one line, then rate it."
     body = {"query": [query] * 8, "response": ["ok"] * 8, "reference": ["fine"] * 8}
-    before = httpx.get(live_server + "/v1/info").json()["classifier"]["cache"]
+    before = httpx.get(live_server + "/metrics").text
     assert httpx.post(live_server + "/reward", json=body).status_code == 200
     assert httpx.post(live_server + "/reward", json=body).status_code == 200
-    after = httpx.get(live_server + "/v1/info").json()["classifier"]["cache"]
-    assert after["misses"] - before["misses"] == 1  # a GRPO group and its repeat pay once
-    metrics = httpx.get(live_server + "/metrics").text
-    assert "r3_qtype_decisions_total" in metrics
-
-
-def test_reward_uses_head_for_untyped_items_and_given_qtype_wins(live_server: str) -> None:
-    body = {
-        "query": [SENTIMENT, SENTIMENT, STORY],
-        "response": ["Positive", "Positive", "Once upon a time a dragon slept."],
-        "reference": ["Positive", "Positive", None],
-        "qtype": [None, "OPENENDED", None],
-    }
-    data = httpx.post(live_server + "/reward", json=body).json()
-    assert data["qtype"] == ["CONSTRAINED", "OPENENDED", "OPENENDED"]
-    assert data["components"]["branch"] == ["CONSTRAINED", "OPENENDED", "OPENENDED"]
-    # response == reference under cosine: F(1) = 5.12
-    assert data["rewards"][0] == pytest.approx(5.12, abs=1e-3)
-    omitted = httpx.post(
-        live_server + "/reward",
-        json={"query": [SENTIMENT], "response": ["Positive"], "reference": ["Positive"]},
-    ).json()
-    assert omitted["rewards"] == pytest.approx(data["rewards"][:1])
+    after = httpx.get(live_server + "/metrics").text
+    misses = "r3_qtype_cache_misses_total"
+    assert _sample(after, misses) - _sample(before, misses) == 1  # a group and its repeat pay once
+    assert _sample(after, "r3_qtype_cache_hits_total") > _sample(
+        before, "r3_qtype_cache_hits_total"
+    )
+    assert "r3_qtype_decisions_total{decision=" in after
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def test_finetune_writes_classifier_next_to_encoder_and_server_uses_it(
     server = server_factory(user_model, env={"R3_ALLOW_NO_CLASSIFIER": "false"})
     server.wait_ready(timeout=120)
     info = httpx.get(server.url + "/v1/info").json()["classifier"]
-    assert info["kind"] == "finetuned" and info["source"] == str(folder)
+    assert info["kind"] == "finetuned" and info["adapter_sha256"] == config["adapter_sha256"]
     answer = httpx.post(server.url + "/classify", json={"query": ["Write a poem.", "x"]}).json()
     assert len(answer["qtype"]) == len(answer["uncertain"]) == 2
 
