@@ -91,7 +91,14 @@ class LiveServer:
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "R3_LOG_LEVEL": "warning", **(env or {})}
+        # Servers on models without a classifier (tiny BERT) may score untyped items as
+        # OPENENDED; tests of the refusal set R3_ALLOW_NO_CLASSIFIER=false.
+        full_env = {
+            **os.environ,
+            "R3_LOG_LEVEL": "warning",
+            "R3_ALLOW_NO_CLASSIFIER": "true",
+            **(env or {}),
+        }
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         model_args = ["--model", str(model)] if model is not None else []

@@ -142,9 +142,9 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--classifier-data",
         type=Path,
-        help="labelled prompts (JSON list of {input, qtype}) to train the query-type "
-        "classifier on (default: the shipped head for the embedded encoder, else the packaged "
-        "AlpacaFarm prompts)",
+        help="labelled prompts (JSON list of {input, qtype}) to train the query-type head on "
+        "(default: the shipped fine-tuned classifier for the embedded encoder, else a head "
+        "trained on the packaged AlpacaFarm prompts)",
     )
     parser.add_argument(
         "--no-classifier",

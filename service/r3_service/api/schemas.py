@@ -120,6 +120,8 @@ class ClassifyRequest(_Strict):
 class ClassifyResponse(BaseModel):
     qtype: list[QueryType]
     prob_openended: list[float]
+    #: P(OPENENDED) inside the classifier's abstain band: /reward blends both formulas.
+    uncertain: list[bool]
     model: str
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from r3_service.classifier.decide import fold, plan_qtypes
+from r3_service.classifier.runtime import QueryClassifier
 from r3_service.encoder.base import Encoder, relevance
 from r3_service.encoder.profile import EncoderProfile
 from r3_service.engine.batching import Batcher, BatchStats, Work
@@ -39,9 +41,6 @@ logger = logging.getLogger(__name__)
 #: Above this many response characters, stop-string cutting and token counting
 #: leave the event loop (small batches are cheaper inline than a thread hop).
 _INLINE_PREPARE_CHARS = 20_000
-
-#: P(OPENENDED) for each query, from the query embeddings and texts.
-QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
 
 class RequestTimeoutError(Exception):
@@ -129,7 +128,7 @@ class RewardEngine:
         encoder: Encoder,
         config: EngineConfig | None = None,
         *,
-        classifier: QtypeClassifier | None = None,
+        classifier: QueryClassifier | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.encoder = encoder
@@ -158,6 +157,8 @@ class RewardEngine:
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)
+        if self.classifier is not None:
+            self.classifier.stop(timeout)
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
     async def embed(
@@ -254,8 +255,7 @@ class RewardEngine:
         """P(OPENENDED) per query; 1.0 everywhere when no classifier is loaded."""
         if self.classifier is None or not queries:
             return np.ones(len(queries))
-        vectors = await self.embed(queries)
-        return np.asarray(self.classifier(vectors, queries), dtype=np.float64)
+        return await self.classifier.probabilities(queries, self)
 
     async def score(
         self,
@@ -263,8 +263,21 @@ class RewardEngine:
         options: RewardOptions | None = None,
         stop_strings: Sequence[str] | None = None,
     ) -> RewardBatch:
-        """R^3 rewards for ``items``; untyped items are classified, or OPENENDED without a head."""
+        """R^3 rewards for ``items``; untyped items are typed by the classifier first
+        (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
         options = options or RewardOptions()
+        if self.classifier is None or not options.branching:
+            return await self._score_typed(items, options, stop_strings)
+        plan = await plan_qtypes(self.classifier, self, items, options)
+        return fold(await self._score_typed(plan.items, options, stop_strings), plan)
+
+    async def _score_typed(
+        self,
+        items: Sequence[RewardItem],
+        options: RewardOptions,
+        stop_strings: Sequence[str] | None,
+    ) -> RewardBatch:
+        """R^3 rewards; an item without a qtype is scored as OPENENDED."""
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
         responses = [i.response for i in items]
         if sum(len(r) for r in responses) > _INLINE_PREPARE_CHARS:
@@ -284,26 +297,16 @@ class RewardEngine:
             texts.append(text)
             cacheable.append(cache)
 
-        use_head = self.classifier is not None and options.branching
-        classify_rows = [i for i, item in enumerate(items) if item.qtype is None and use_head]
-        branches: list[Branch | None] = []
+        branches: list[Branch] = []
         for index, item in enumerate(items):
             slot: dict[str, int] = {}
-            if item.qtype is None and use_head:
-                # The query is needed to classify, and is the OPENENDED anchor; a
-                # reference is embedded in a second round, only if the type needs it.
-                branches.append(None)
-                need("query", item.query, True, slot)
-            else:
-                branch = choose_branch(
-                    item.qtype or QueryType.OPENENDED, bool(item.reference), options
-                )
-                branches.append(branch)
-                if options.relevance:
-                    if branch.uses_reference:
-                        need("reference", item.reference or "", True, slot)
-                    else:
-                        need("query", item.query, True, slot)
+            branch = choose_branch(item.qtype or QueryType.OPENENDED, bool(item.reference), options)
+            branches.append(branch)
+            if options.relevance:
+                if branch.uses_reference:
+                    need("reference", item.reference or "", True, slot)
+                else:
+                    need("query", item.query, True, slot)
             if options.relevance:
                 need("response", prepared[index].response, False, slot)
             slots.append(slot)
@@ -311,28 +314,11 @@ class RewardEngine:
         vectors = await self.embed(texts, cacheable, timing) if texts else np.empty((0, 0))
 
         qtypes = [item.qtype or QueryType.OPENENDED for item in items]
-        if classify_rows:
-            assert self.classifier is not None
-            rows = [slots[i]["query"] for i in classify_rows]
-            probs = self.classifier(vectors[rows], [items[i].query for i in classify_rows])
-            late: list[str] = []
-            for i, p in zip(classify_rows, probs):
-                qtypes[i] = QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED
-                branches[i] = choose_branch(qtypes[i], bool(items[i].reference), options)
-                if options.relevance and branches[i] is Branch.CONSTRAINED:
-                    slots[i]["reference"] = len(vectors) + len(late)
-                    late.append(items[i].reference or "")
-            if late:
-                extra = await self.embed(late, [True] * len(late), timing)
-                vectors = np.concatenate([vectors, extra])
-
         result = RewardBatch(timing=timing)
         similarity = self.profile.similarity
         for index in range(len(items)):
             qtype = qtypes[index]
-            chosen = branches[index]
-            assert chosen is not None
-            branch = chosen
+            branch = branches[index]
             slot = slots[index]
             rel = 1.0
             if options.relevance:

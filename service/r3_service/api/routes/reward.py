@@ -107,8 +107,12 @@ async def classify(body: ClassifyRequest, engine: EngineDep, state: StateDep) ->
     queries = query_texts(body.query, state.settings)
     probs = await engine.classify(queries)
     state.metrics.items.labels("/classify").inc(len(queries))
+    classifier = engine.classifier
+    openended = classifier.is_openended(probs) if classifier else [True] * len(queries)
+    uncertain = classifier.uncertain(probs) if classifier else [False] * len(queries)
     return ClassifyResponse(
-        qtype=[QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED for p in probs],
+        qtype=[QueryType.OPENENDED if o else QueryType.CONSTRAINED for o in openended],
         prob_openended=[float(p) for p in probs],
+        uncertain=[bool(u) for u in uncertain],
         model=state.model_name,
     )
