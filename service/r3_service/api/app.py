@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from r3_service import __version__
+from r3_service.api.docs import install_docs
 from r3_service.api.errors import install_error_handlers
 from r3_service.api.middleware import (
     AuthMiddleware,
@@ -130,7 +131,10 @@ def create_app(
         version=__version__,
         description="Regularized Relevance Reward (arXiv 2402.03469) for preference-free RLHF.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from packaged assets
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.r3 = state
     install_error_handlers(app)
     app.include_router(reward.router)

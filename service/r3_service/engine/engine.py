@@ -28,8 +28,9 @@ from r3_service.reward.formula import (
 )
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
+    Cut,
     copies_query_tokens,
-    cut_at_stop_strings,
+    cut_response,
     wordpunct_tokenize,
 )
 
@@ -93,6 +94,8 @@ class RewardBatch:
     branch: list[Branch] = field(default_factory=list)
     #: Whether each response mostly repeats its query (see ``copies_query``).
     copies_query: list[bool] = field(default_factory=list)
+    #: Where each response was cut before scoring (character offsets).
+    cuts: list[Cut] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
 
 
@@ -100,13 +103,15 @@ class RewardBatch:
 class _Prepared:
     response: str
     tokens: list[str]
+    cut: Cut
 
 
 def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Prepared]:
     prepared = []
     for text in responses:
-        cut = cut_at_stop_strings(text, stop_strings)
-        prepared.append(_Prepared(cut, wordpunct_tokenize(cut)))
+        cut = cut_response(text, stop_strings)
+        scored = cut.text(text)
+        prepared.append(_Prepared(scored, wordpunct_tokenize(scored), cut))
     return prepared
 
 
@@ -279,7 +284,7 @@ class RewardEngine:
             texts.append(text)
             cacheable.append(cache)
 
-        use_head = self.classifier is not None and options.reward_branching
+        use_head = self.classifier is not None and options.branching
         classify_rows = [i for i, item in enumerate(items) if item.qtype is None and use_head]
         branches: list[Branch | None] = []
         for index, item in enumerate(items):
@@ -355,4 +360,5 @@ class RewardEngine:
             result.copies_query.append(  # the response's tokens are those LI and RP used
                 copies_query_tokens(wordpunct_tokenize(items[index].query), prepared[index].tokens)
             )
+            result.cuts.append(prepared[index].cut)
         return result

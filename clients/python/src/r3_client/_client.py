@@ -28,6 +28,7 @@ from ._base import (
     relevance_batch,
     reward_batch,
 )
+from ._endpoints import BaseURL, is_gateway_error
 from ._exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -80,7 +81,7 @@ class Client(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -100,9 +101,11 @@ class Client(BaseClient):
             default_headers,
         )
         self._owns_http = http_client is None
+        if http_client is not None and self._endpoints.custom:
+            raise ValueError("give either several base URLs / a Serve handle or http_client")
         self._http = http_client or httpx.Client(
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max(10, max_concurrency)),
+            **self._endpoints.httpx_options(httpx.Limits(max_connections=max(10, max_concurrency))),
         )
         self._lock = threading.Lock()
 
@@ -145,7 +148,7 @@ class Client(BaseClient):
                 if response.is_success:
                     return parse_json(response)
                 delay = None
-                if response.status_code in RETRYABLE_STATUS:
+                if response.status_code in RETRYABLE_STATUS or is_gateway_error(response):
                     delay = self._retry_delay(attempt, response)
                 if delay is None:
                     raise make_status_error(response, _retry_after(response))
@@ -251,7 +254,7 @@ class AsyncClient(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -271,9 +274,11 @@ class AsyncClient(BaseClient):
             default_headers,
         )
         self._owns_http = http_client is None
+        if http_client is not None and self._endpoints.custom:
+            raise ValueError("give either several base URLs / a Serve handle or http_client")
+        limits = httpx.Limits(max_connections=max(10, max_concurrency))
         self._http = http_client or httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max(10, max_concurrency)),
+            timeout=timeout, **self._endpoints.async_httpx_options(limits)
         )
         self._lock: asyncio.Lock | None = None
 
@@ -316,7 +321,7 @@ class AsyncClient(BaseClient):
                 if response.is_success:
                     return parse_json(response)
                 delay = None
-                if response.status_code in RETRYABLE_STATUS:
+                if response.status_code in RETRYABLE_STATUS or is_gateway_error(response):
                     delay = self._retry_delay(attempt, response)
                 if delay is None:
                     raise make_status_error(response, _retry_after(response))

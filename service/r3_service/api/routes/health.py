@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from r3_service.api.errors import error_response
-from r3_service.api.state import StateDep
+from r3_service.api.state import ServiceState, StateDep
 
 router = APIRouter(tags=["health"])
 
@@ -22,23 +22,37 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def not_ready_reason(state: ServiceState) -> str | None:
+    """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
+    if not state.ready or state.engine is None:
+        return state.load_error or "model is loading"
+    batcher = state.engine.batcher
+    if not batcher.alive:
+        return "inference worker died"
+    if batcher.queued == 0 and time.monotonic() - batcher.last_beat > WATCHDOG_S:
+        return "inference worker stalled"
+    return None
+
+
 @router.get("/readyz", response_model=None)
 async def readyz(state: StateDep) -> Response | dict[str, str]:
     """The model is loaded and warmed, and the inference worker is alive."""
-    if not state.ready or state.engine is None:
-        reason = state.load_error or "model is loading"
-        return error_response(503, f"not ready: {reason}", headers={"Retry-After": "5"})
-    batcher = state.engine.batcher
-    if not batcher.alive:
-        return error_response(503, "not ready: inference worker died")
-    if batcher.queued == 0 and time.monotonic() - batcher.last_beat > WATCHDOG_S:
-        return error_response(503, "not ready: inference worker stalled")
+    reason = not_ready_reason(state)
+    if reason is not None:
+        headers = {"Retry-After": "5"} if not state.ready else None
+        return error_response(503, f"not ready: {reason}", headers=headers)
     return {"status": "ready"}
 
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
     """Prometheus text exposition."""
+    refresh_metrics(state)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def refresh_metrics(state: ServiceState) -> None:
+    """Copy the engine's queue and cache counters into the metrics registry."""
     engine = state.engine
     if engine is not None:
         state.metrics.sync(
@@ -48,4 +62,3 @@ async def metrics(state: StateDep) -> Response:
             cache_bytes=engine.cache.bytes,
             dedup=engine.dedup_hits,
         )
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
