@@ -180,3 +180,18 @@ def test_adapters_take_several_base_urls(monkeypatch: pytest.MonkeyPatch) -> Non
         assert pool is not None and pool.urls == ["http://a:1", "http://b:2"]
     finally:
         verl.set_client(None)
+
+
+def test_a_reward_made_from_a_pool_client_pickles_with_every_url() -> None:
+    import pickle
+
+    from r3_client.integrations.trl import R3Reward
+
+    with Client(base_url=["http://a:1", "http://b:2"]) as client:
+        reward = R3Reward(client)
+        copy = pickle.loads(pickle.dumps(reward))
+    try:
+        assert copy.client.endpoints is not None
+        assert copy.client.endpoints.urls == ["http://a:1", "http://b:2"]
+    finally:
+        copy.close()

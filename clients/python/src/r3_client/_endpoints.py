@@ -378,6 +378,15 @@ class Endpoints:
     def custom(self) -> bool:
         return self.pool is not None or self.handle is not None
 
+    @property
+    def spec(self) -> BaseURL:
+        """What ``parse`` takes to make these endpoints again (e.g. in another process)."""
+        if self.handle is not None:
+            return self.handle
+        if self.pool is not None:
+            return self.pool.urls
+        return self.base_url
+
     def httpx_options(self, limits: httpx.Limits) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client``."""
         if self.handle is not None:

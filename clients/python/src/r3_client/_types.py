@@ -247,6 +247,8 @@ class ClassifyResult:
     qtype: list[str]
     prob_openended: list[float]
     model: str = ""
+    #: P(OPENENDED) inside the server's abstain band (None from servers that don't say).
+    uncertain: list[bool] | None = None
 
     @classmethod
     def from_json(cls, data: Any, n: int | None = None) -> ClassifyResult:
@@ -258,17 +260,24 @@ class ClassifyResult:
             prob_openended=_floats(d, "prob_openended", where),
             model=str(d.get("model", "")),
         )
+        if "uncertain" in d:
+            res.uncertain = _bools(d, "uncertain", where)
         if n is not None:
             _check_len(where, n, qtype=res.qtype, prob_openended=res.prob_openended)
+            if res.uncertain is not None:
+                _check_len(where, n, uncertain=res.uncertain)
         return res
 
     @classmethod
     def concat(cls, parts: Sequence[ClassifyResult], model: str = "") -> ClassifyResult:
         """Join chunk results in order."""
+        flags = [p.uncertain for p in parts]
+        uncertain = None if any(f is None for f in flags) else [x for f in flags for x in f or []]
         return cls(
             qtype=[x for p in parts for x in p.qtype],
             prob_openended=[x for p in parts for x in p.prob_openended],
             model=parts[0].model if parts else model,
+            uncertain=uncertain,
         )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from r3_client._client import AsyncClient, Client
+from r3_client._endpoints import BaseURL
 from r3_client._types import RewardOptions
 from r3_client.integrations._common import (
     AsyncClientPerLoop,
@@ -51,7 +52,7 @@ class _R3RewardBase:
     def __init__(
         self,
         *,
-        base_url: str | None = None,
+        base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | None = None,
         options: RewardOptions | Mapping[str, Any] | None = None,
@@ -135,7 +136,7 @@ class R3Reward(_R3RewardBase):
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:
         if client is not None:
             kwargs = {
-                "base_url": client.base_url,
+                "base_url": client._endpoints.spec,  # all URLs of a pool, or the handle
                 "api_key": client.api_key,
                 "timeout": client.timeout,
                 **kwargs,
