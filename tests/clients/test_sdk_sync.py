@@ -18,6 +18,8 @@ from r3_client import (
     Client,
     Info,
     InternalServerError,
+    InvalidInputError,
+    R3Error,
     RelevanceResult,
     RewardResult,
 )
@@ -266,17 +268,24 @@ def test_empty_batch_sends_nothing(server: FakeServer) -> None:
     ],
 )
 def test_length_mismatch_is_value_error(server: FakeServer, kwargs: dict[str, Any]) -> None:
-    with Client(base_url=BASE) as client, pytest.raises(ValueError, match="same length"):
+    with Client(base_url=BASE) as client, pytest.raises(InvalidInputError, match="one entry") as e:
         client.reward(**kwargs)
+    assert isinstance(e.value, R3Error) and isinstance(e.value, ValueError)
     assert not server.router.calls
 
 
 def test_bare_string_is_type_error(server: FakeServer) -> None:
+    """Local input errors are the documented R3Error subclass (and still Type/ValueErrors)."""
     with Client(base_url=BASE) as client:
-        with pytest.raises(TypeError):
+        with pytest.raises(InvalidInputError, match="query must be a list, got str") as e:
             client.reward(query="a", response=["x"])
-        with pytest.raises(ValueError):
+        assert isinstance(e.value, R3Error) and isinstance(e.value, TypeError)
+        with pytest.raises(InvalidInputError, match="anchor=1, text=2"):
             client.relevance(anchor=["a"], text=["x", "y"])
+        with pytest.raises(InvalidInputError, match="chat messages must be mappings"):
+            client.reward(query=[["not a message"]], response=["x"])
+        with pytest.raises(InvalidInputError, match="options must be a mapping"):
+            client.reward(query=["q"], response=["x"], options=[1])  # type: ignore[arg-type]
     assert not server.router.calls
 
 
@@ -308,9 +317,9 @@ def test_user_http_client_not_closed(server: FakeServer) -> None:
 
 
 def test_constructor_validation() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError, match="max_retries"):
         Client(max_retries=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError, match="max_concurrency"):
         Client(max_concurrency=0)
     assert "r3.test" in repr(Client(base_url=BASE, api_key="secret"))
     assert "secret" not in repr(Client(base_url=BASE, api_key="secret"))

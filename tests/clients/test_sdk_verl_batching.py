@@ -1,10 +1,15 @@
-"""veRL calls compute_score per sample from threads; the adapter batches them into few requests."""
+"""Per-sample veRL calls from threads and from coroutines share batched requests.
+
+No timing is involved: a batch goes out when ``max_items`` calls wait (the window is longer
+than any test) or, with a zero window, on the event loop's next pass; request counts are exact.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from r3_client import Client
@@ -12,36 +17,70 @@ from r3_client.integrations import verl
 
 pytestmark = pytest.mark.integration
 
+SAMPLES = [(f"Answer number {i} about cats.", f"Tell me fact {i} about cats.") for i in range(24)]
+
 
 def reward_requests(url: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("r3_requests_total{") and 'route="/reward"' in line
-    )
+    from adapters_support import metric
+
+    return metric(url, "r3_requests_total", route="/reward")
 
 
-def test_concurrent_compute_score_calls_share_requests(live_server: str) -> None:
+@pytest.fixture
+def adapter(live_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("R3_BASE_URL", live_server)
     verl.set_client(Client(base_url=live_server))
-    try:
-        samples = [
-            (f"Answer number {i} about cats.", f"Tell me fact {i} about cats.") for i in range(24)
-        ]
-        before = reward_requests(live_server)
-        with ThreadPoolExecutor(max_workers=24) as pool:
-            got = list(
-                pool.map(
-                    lambda s: verl.compute_score("src", s[0], None, {"question": s[1]}), samples
-                )
+    yield live_server
+    verl.get_client().close()
+    verl.set_client(None)
+    verl.configure()
+
+
+def direct(url: str) -> list[float]:
+    with Client(base_url=url) as client:
+        return client.reward(
+            query=[q for _, q in SAMPLES], response=[r for r, _ in SAMPLES]
+        ).rewards
+
+
+@pytest.mark.parametrize(("max_items", "requests"), [(24, 1), (8, 3)])
+def test_threads_share_requests(adapter: str, max_items: int, requests: int) -> None:
+    verl.configure(window_ms=600_000, max_items=max_items)
+    before = reward_requests(adapter)
+    with ThreadPoolExecutor(max_workers=len(SAMPLES)) as pool:
+        got = list(
+            pool.map(
+                lambda s: verl.compute_score_sync("src", s[0], None, {"question": s[1]}), SAMPLES
             )
-        sent = reward_requests(live_server) - before
-        direct = Client(base_url=live_server).reward(
-            query=[q for _, q in samples], response=[r for r, _ in samples]
         )
-        assert got == pytest.approx(direct.rewards, abs=1e-9)
-        assert 1 <= sent <= 4  # 24 calls, gathered into a few requests
-        with pytest.raises(ValueError, match="needs the query"):
-            verl.compute_score("src", "x", None, {})
-    finally:
-        verl.set_client(None)
+    assert reward_requests(adapter) - before == requests
+    assert [g["score"] for g in got] == pytest.approx(direct(adapter), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("max_items", "window_ms", "requests"),
+    # 24 coroutines submit in one pass of the event loop: two full batches of 10, then the
+    # window (0: the loop's next pass) sends the last 4.
+    [(24, 600_000, 1), (10, 0, 3)],
+)
+def test_coroutines_share_requests(
+    adapter: str, max_items: int, window_ms: int, requests: int
+) -> None:
+    verl.configure(window_ms=window_ms, max_items=max_items)
+
+    async def main() -> list[dict[str, float]]:
+        return list(
+            await asyncio.gather(
+                *(verl.compute_score("src", r, None, {"question": q}) for r, q in SAMPLES)
+            )
+        )
+
+    before = reward_requests(adapter)
+    got = asyncio.run(main())
+    assert reward_requests(adapter) - before == requests
+    assert [g["score"] for g in got] == pytest.approx(direct(adapter), abs=1e-9)
+
+
+def test_sample_without_query_fails_alone(adapter: str) -> None:
+    with pytest.raises(ValueError, match="needs the query"):
+        verl.compute_score_sync("src", "x", None, {})

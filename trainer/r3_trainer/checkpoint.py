@@ -9,13 +9,17 @@
 - ``trainer_state.json``: step, data position, KL controller, score statistics, config;
 - ``rng_state_<rank>.pt``: Python, NumPy and torch (CPU and CUDA) random states per process.
 
-A checkpoint is written to a temporary folder and renamed, so a crash never leaves a torn one.
+A checkpoint is written to ``step-NNNNNN.tmp``, synced to disk and renamed into place, so a
+crash never leaves a torn one. Replacing a checkpoint of the same step first renames the old
+one to ``step-NNNNNN.old``, and deletes it only once the new one is in place; :func:`recover`
+(run when a trainer starts) finishes or undoes a swap that a crash interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -26,18 +30,23 @@ import numpy as np
 import torch
 
 __all__ = [
+    "begin",
     "checkpoint_dir",
+    "commit",
     "find_latest",
     "get_rng_state",
     "list_checkpoints",
     "load_rng_state",
     "prune_checkpoints",
     "read_trainer_state",
+    "recover",
 ]
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d+)$")
+_OLD = ".old"
+_TMP = ".tmp"
 STATE_FILE = "trainer_state.json"
 
 
@@ -105,15 +114,60 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 def begin(output_dir: str | Path, step: int) -> tuple[Path, Path]:
     """``(temporary folder, final folder)`` for the checkpoint of ``step``."""
     final = checkpoint_dir(output_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(final.name + _TMP)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp, final
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders themselves, to disk."""
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def commit(tmp: Path, final: Path) -> None:
-    """Move a finished temporary checkpoint into place (replacing an older one of that step)."""
+    """Move a finished temporary checkpoint into place.
+
+    Each step leaves a state that :func:`recover` turns into a complete checkpoint:
+    ``final`` (if any) is renamed to ``final.old``, ``tmp`` to ``final``, then
+    ``final.old`` is deleted. Renames within one folder are atomic.
+    """
+    _fsync_tree(tmp)
+    old = final.with_name(final.name + _OLD)
     if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_tree(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint saved: %s", final)
+
+
+def recover(output_dir: str | Path) -> None:
+    """Undo what a crash during :func:`begin` / :func:`commit` left behind.
+
+    A ``step-N.old`` whose ``step-N`` is missing goes back into place (the crash came
+    between the two renames); one whose ``step-N`` exists is deleted (the crash came after
+    them). Leftover ``.tmp`` folders are deleted: they were never committed.
+    """
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        stem, suffix = child.name[: -len(_OLD)], child.name[-len(_OLD) :]
+        if suffix == _OLD and _NAME.match(stem):
+            final = child.with_name(stem)
+            if final.exists():
+                shutil.rmtree(child)
+            else:
+                os.replace(child, final)
+                log.warning("restored %s after an interrupted checkpoint save", final)
+    for child in root.iterdir():
+        if child.name.endswith(_TMP) and _NAME.match(child.name[: -len(_TMP)]):
+            shutil.rmtree(child)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from r3_trainer.config import TrainConfig, config_from_args
+from r3_trainer.config import PPOConfig, config_from_args
 
 __all__ = ["main"]
 
@@ -27,7 +27,7 @@ EXIT_BAD_SETUP = 2
 EXIT_REWARD_UNAVAILABLE = 3
 
 
-def _setup_logging(cfg: TrainConfig, is_main: bool) -> None:
+def _setup_logging(cfg: PPOConfig, is_main: bool) -> None:
     level = logging.INFO if is_main else logging.WARNING
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()

@@ -1,7 +1,8 @@
-"""The trainer's one config: a dataclass whose fields carry their own one-line docs.
+"""The trainer's one config: a dataclass whose fields carry their own one-line help.
 
-Defaults follow the paper's PPO setup (R3_SPEC.md, "PPO setup"; TRL-style PPO). Values come
-from the defaults, then a YAML/JSON file (``--config``), then command-line flags.
+Defaults follow the paper's PPO setup (docs/reward.md, "The paper's PPO setup"; TRL-style PPO).
+Values come from the defaults, then a YAML/JSON file (``--config``), then command-line flags.
+The flags are made by transformers' ``HfArgumentParser`` from the dataclass.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from r3_service.reward.text import DEFAULT_STOP_STRINGS
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
 
 __all__ = [
-    "TrainConfig",
+    "PPOConfig",
     "build_parser",
     "config_from_args",
     "config_table",
@@ -27,18 +29,21 @@ __all__ = [
     "load_config_file",
 ]
 
+#: Values of ``query_format``: how the service reads each row's input as the query.
+QUERY_FORMATS = ("alpaca", "text")
+
 
 def _f(default: Any, doc: str) -> Any:
-    """A dataclass field with a default and a one-line doc (shown by ``--help``)."""
+    """A dataclass field with a default and a one-line help (shown by ``--help``)."""
     if isinstance(default, (list, dict)):
         value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: type(value)(value), metadata={"help": doc})
+    return field(default=default, metadata={"help": doc})
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of ``r3-train``; each field's ``metadata["doc"]`` says what it does."""
+class PPOConfig:
+    """Every setting of ``r3-train``; each field's ``metadata["help"]`` says what it does."""
 
     # -- model and LoRA ---------------------------------------------------
     model: str | None = _f(
@@ -62,6 +67,9 @@ class TrainConfig:
     eval_size: int = _f(16, "Rows held out of --dataset for evaluation when no eval_dataset.")
     system_prompt: str | None = _f(None, "System message put before each prompt, if any.")
     use_chat_template: bool = _f(True, "Wrap prompts in the tokenizer's chat template.")
+    alpaca_template: bool = _f(
+        False, "Wrap prompts in the Alpaca template (the authors' SFT format) instead."
+    )
     max_prompt_length: int = _f(512, "Prompt tokens kept (the end is kept when longer).")
 
     # -- reward service -----------------------------------------------------
@@ -69,6 +77,9 @@ class TrainConfig:
     api_key: str | None = _f(None, "API key for the service; unset = R3_API_KEY if set.")
     reward_options: dict[str, Any] = _f(
         {}, 'Options of POST /reward, e.g. {"relevance": false} (JSON on the command line).'
+    )
+    query_format: str = _f(
+        "alpaca", "How the service reads each input as the query: alpaca (the authors') or text."
     )
     reward_timeout: float = _f(120.0, "Seconds one HTTP request to the service may take.")
     reward_max_retries: int = _f(3, "Quick retries inside the HTTP client per request.")
@@ -82,8 +93,8 @@ class TrainConfig:
     temperature: float = _f(1.0, "Sampling temperature.")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
     top_k: int = _f(0, "Top-k sampling (0 = off).")
-    stop_strings: list[str] = _f(
-        list(DEFAULT_STOP_STRINGS), "Rollouts are cut after the first of these strings."
+    stop_strings: list[str] | None = _f(
+        None, "Strings the service cuts responses at; unset = the service's defaults."
     )
     generation_batch_size: int | None = _f(None, "Prompts sampled at once; unset = batch_size.")
     forward_batch_size: int = _f(4, "Rollouts per no-grad forward pass (log-probs, values).")
@@ -135,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"kl_penalty must be kl, abs or mse, not {self.kl_penalty!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.query_format not in QUERY_FORMATS:
+            raise ValueError(f"query_format must be alpaca or text, not {self.query_format!r}")
         if self.batch_size % self.mini_batch_size:
             raise ValueError("batch_size must be a multiple of mini_batch_size")
         for name in ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps"):
@@ -142,46 +155,56 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        for name in ("stop_strings", "query_format"):
+            if name in self.reward_options:
+                raise ValueError(f"set {name} as its own setting, not in reward_options")
 
     @property
     def backward_batch_size(self) -> int:
         """Rollouts per optimizer step: mini_batch_size x gradient_accumulation_steps."""
         return self.mini_batch_size * self.gradient_accumulation_steps
 
+    def service_options(self) -> dict[str, Any]:
+        """The ``options`` of each ``POST /reward``: reward_options, query_format, stop_strings."""
+        options = {**self.reward_options, "query_format": self.query_format}
+        if self.stop_strings is not None:
+            options["stop_strings"] = list(self.stop_strings)
+        return options
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able values."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> TrainConfig:
+    def replace(self, **changes: Any) -> PPOConfig:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> PPOConfig:
         """Build from a mapping; keys may use dashes; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        clean = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(clean) - names)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**clean)
+        return cls(**_clean_keys(data))
+
+
+def _clean_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with dashes in keys turned into underscores; unknown keys are an error."""
+    clean = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(clean) - {f.name for f in dataclasses.fields(PPOConfig)})
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+    return clean
 
 
 def field_docs() -> dict[str, str]:
-    """``{field name: one-line doc}`` in declaration order."""
-    return {f.name: str(f.metadata["doc"]) for f in dataclasses.fields(TrainConfig)}
+    """``{field name: one-line help}`` in declaration order."""
+    return {f.name: str(f.metadata["help"]) for f in dataclasses.fields(PPOConfig)}
 
 
 def config_table() -> str:
-    """The Markdown table of all settings (flag, default, doc), as in docs/trainer.md."""
-    defaults = TrainConfig()
+    """The Markdown table of all settings (flag, default, help), as in docs/trainer.md."""
+    defaults = PPOConfig()
     lines = ["| setting / flag | default | what it does |", "|---|---|---|"]
     for name, doc in field_docs().items():
-        value = getattr(defaults, name)
-        if name == "stop_strings":
-            shown = "the service's stop strings"
-        else:
-            shown = json.dumps(value)
+        shown = json.dumps(getattr(defaults, name))
         flag = "--" + name.replace("_", "-")
         lines.append(f"| `{name}` / `{flag}` | `{shown}` | {doc.replace('|', '/')} |")
     return "\n".join(lines)
@@ -201,33 +224,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_HINTS: dict[str, Any] | None = None
-
-
-def _hints() -> dict[str, Any]:
-    global _HINTS
-    if _HINTS is None:
-        _HINTS = typing.get_type_hints(TrainConfig)
-    return _HINTS
-
-
-def _base_type(hint: Any) -> tuple[Any, bool]:
-    """(the non-None type, whether None is allowed) of a field's annotation."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
-
-
-def _parse_json_object(text: str) -> dict[str, Any]:
+def _json_object(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
 
 
-def _optional(convert: Any) -> Any:
+def _nullable(convert: Any) -> Any:
+    """``convert``, except that none/null/an empty string give None."""
+
     def parse(text: str) -> Any:
         return None if text.lower() in ("none", "null", "") else convert(text)
 
@@ -235,57 +241,70 @@ def _optional(convert: Any) -> Any:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _is_nullable(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _parser_class() -> type[HfArgumentParser]:
+    """HfArgumentParser, with the few flag shapes it has no type for."""
+    from transformers import HfArgumentParser
+
+    hints = typing.get_type_hints(PPOConfig)
+
+    class ConfigParser(HfArgumentParser):
+        """Adds JSON objects, ``none`` for optional values, empty lists and a bare --resume."""
+
+        def add_argument(self, *flags: Any, **kwargs: Any) -> argparse.Action:
+            dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+            hint = hints.get(dest)
+            if dest == "resume":
+                kwargs.update(nargs="?", const="latest", metavar="CHECKPOINT")
+            elif typing.get_origin(hint) is dict:
+                kwargs.update(type=_json_object, metavar="JSON")
+            elif kwargs.get("nargs") == "+":
+                kwargs["nargs"] = "*"  # "--stop-strings" alone: an empty list
+            elif _is_nullable(hint) and kwargs.get("type") in (int, float, str):
+                kwargs["type"] = _nullable(kwargs["type"])
+            if flags[0].startswith("--no_"):
+                kwargs["help"] = f"Set {dest} to false."
+            elif hint is not None and kwargs.get("help"):
+                kwargs["help"] = kwargs["help"].replace("%", "%%") + " (default: %(default)r)"
+            return super().add_argument(*flags, **kwargs)
+
+    return ConfigParser
+
+
+def build_parser() -> HfArgumentParser:
     """The ``r3-train`` argument parser: ``--config`` plus one flag per config field."""
-    parser = argparse.ArgumentParser(
+    parser = _parser_class()(
+        PPOConfig,  # type: ignore[arg-type]  # transformers types it as a NewType
         prog="r3-train",
+        formatter_class=argparse.HelpFormatter,  # defaults are in each help, not on --no-* flags
         description="PPO (TRL-style, as in arXiv 2402.03469) with rewards from an R^3 service.",
     )
     parser.add_argument("--config", help="YAML or JSON file of settings (flags override it).")
     parser.add_argument(
         "--print-config", action="store_true", help="Print the resolved config as YAML and exit."
     )
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        doc = str(f.metadata["doc"])
-        default = getattr(defaults, f.name)
-        help_text = f"{doc} (default: {default!r})".replace("%", "%%")
-        base, nullable = _base_type(_hints()[f.name])
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.name == "resume":
-            parser.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", **kwargs)
-        elif base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(base) is list:
-            parser.add_argument(flag, nargs="*", metavar="STR", **kwargs)
-        elif typing.get_origin(base) is dict:
-            parser.add_argument(flag, type=_parse_json_object, metavar="JSON", **kwargs)
-        else:
-            convert = base if base in (int, float, str) else str
-            parser.add_argument(
-                flag,
-                type=_optional(convert) if nullable else convert,
-                metavar=f.name.upper(),
-                **kwargs,
-            )
     return parser
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    """Resolve defaults, then ``--config FILE``, then flags; return the config and the args."""
+def config_from_args(argv: Sequence[str] | None = None) -> tuple[PPOConfig, argparse.Namespace]:
+    """Resolve defaults, then ``--config FILE``, then flags; return the config and the rest.
+
+    The file's values become the parser's defaults, so any flag given overrides them.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    known, _ = parser.parse_known_args(argv)
     try:
-        return TrainConfig.from_dict(values), args
+        if known.config:
+            parser.set_defaults(**_clean_keys(load_config_file(known.config)))
+        cfg, rest = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except (TypeError, ValueError) as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+    return cfg, rest
 
 
 if __name__ == "__main__":  # python -m r3_trainer.config: the settings table of the docs

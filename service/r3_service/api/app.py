@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from r3_service import __version__
+from r3_service.api.docs import install_docs
 from r3_service.api.errors import install_error_handlers
 from r3_service.api.middleware import (
     AuthMiddleware,
@@ -24,7 +25,7 @@ from r3_service.api.state import ServiceState
 from r3_service.config import Settings
 from r3_service.encoder.base import Encoder
 from r3_service.engine import EngineConfig, RewardEngine
-from r3_service.models import resolve_model_dir
+from r3_service.models import is_exported, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -60,28 +61,68 @@ def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
     return engine
 
 
-def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) -> None:
-    """Load the folder's query-type head; without a usable one, untyped items are OPENENDED."""
-    from r3_service.classifier.head import HEAD_FILE, load_head
+def _check_classifier(settings: Settings, folder: Path) -> None:
+    """Raise RuntimeError when the classifier is missing or unusable and that is not allowed."""
+    from r3_service.classifier.runtime import check_classifier
 
-    path = folder / HEAD_FILE
-    if not path.is_file():
-        logger.warning(
-            "no query-type classifier in %s (train one with r3-train-classifier): "
-            "items without a qtype are scored as OPENENDED",
-            folder,
-        )
+    if settings.allow_no_classifier:
         return
     try:
-        head = load_head(path, encoder=engine.profile.name, embedding_dim=engine.encoder.dim)
-    except (ValueError, KeyError, OSError) as exc:
-        logger.error(
-            "query-type classifier %s unusable (%s): untyped items are OPENENDED", path, exc
+        check_classifier(folder, settings.classifier)
+    except Exception as exc:
+        raise RuntimeError(
+            f"query-type classifier unusable: {exc}. Refusing to start; set "
+            "R3_ALLOW_NO_CLASSIFIER=true to score untyped items as OPENENDED"
+        ) from exc
+
+
+def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) -> None:
+    """Load the query-type classifier; without one, refuse unless allow_no_classifier.
+
+    A missing or unusable classifier would score every untyped item as OPENENDED, a
+    different reward formula: that needs ``R3_ALLOW_NO_CLASSIFIER=true``.
+    """
+    from prometheus_client import Counter
+
+    from r3_service.classifier.runtime import find_classifier, load_classifier
+
+    settings = state.settings
+    path = find_classifier(folder, settings.classifier)
+    try:
+        if path is None:
+            raise FileNotFoundError(
+                f"no query-type classifier in {folder} (train one with r3-train-classifier, "
+                "or set R3_CLASSIFIER)"
+            )
+        classifier = load_classifier(
+            path,
+            engine.encoder,
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
         )
+    except Exception as exc:
+        if not settings.allow_no_classifier:
+            raise RuntimeError(
+                f"query-type classifier unusable: {exc}. Refusing to start; set "
+                "R3_ALLOW_NO_CLASSIFIER=true to score untyped items as OPENENDED"
+            ) from exc
+        logger.error("%s: untyped items are scored as OPENENDED (R3_ALLOW_NO_CLASSIFIER)", exc)
+        state.classifier_info = {"kind": "none", "untyped_items": "OPENENDED", "error": str(exc)}
         return
-    engine.classifier = head
-    state.classifier_info = head.info()
-    logger.info("query-type classifier loaded: %s", state.classifier_info)
+    classifier.counter = Counter(
+        "r3_qtype_decisions",
+        "Query types decided by the classifier for untyped items; 'uncertain' counts those "
+        "inside the abstain band (scored by the blend rule).",
+        ["decision"],
+        registry=state.metrics.registry,
+    )
+    classifier.register_metrics(state.metrics.registry)
+    classifier.start()
+    engine.classifier = classifier
+    state.classifier_info = {**classifier.info(), "untyped_items": "classified"}
+    logger.info(
+        "query-type classifier loaded from %s: %s", classifier.source, state.classifier_info
+    )
 
 
 def create_app(
@@ -106,6 +147,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.model is not None and encoder_factory is None and is_exported(settings.model):
+            # Refuse to start (before the port opens) without a usable classifier.
+            await asyncio.to_thread(_check_classifier, settings, Path(settings.model))
         task = asyncio.create_task(load())
         try:
             yield
@@ -122,7 +166,10 @@ def create_app(
         version=__version__,
         description="Regularized Relevance Reward (arXiv 2402.03469) for preference-free RLHF.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from packaged assets
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.r3 = state
     install_error_handlers(app)
     app.include_router(reward.router)

@@ -59,10 +59,16 @@ class APIError(Exception):
 
 def validation_error(field: str, index: int | None, message: str) -> APIError:
     """A 422 for one field (and item index)."""
-    where = field if index is None else f"{field}[{index}]"
-    return APIError(
-        422, f"{where}: {message}", [ErrorDetail(field=field, index=index, message=message)]
-    )
+    detail = ErrorDetail(field=field, index=index, message=message)
+    return APIError(422, f"{where(detail)}: {message}", [detail])
+
+
+def _not_json(reason: str, error: dict[str, Any] | None = None) -> JSONResponse:
+    """400 for a body that is not JSON (or not UTF-8), with where it broke."""
+    loc = (error or {}).get("loc", ())
+    where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+    message = f"body is not valid JSON: {reason}{where}; send UTF-8 JSON"
+    return error_response(400, message, [ErrorDetail(field="body", message=message)])
 
 
 def error_response(
@@ -82,6 +88,10 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+#: How a query is written, for messages about a malformed one.
+QUERY_FORMS = 'a string, or a list of chat messages {"role": "user", "content": "..."}'
+
+
 def _detail_from_pydantic(error: dict[str, Any]) -> ErrorDetail:
     loc = [part for part in error.get("loc", ()) if part != "body"]
     field = str(loc[0]) if loc else "body"
@@ -90,7 +100,46 @@ def _detail_from_pydantic(error: dict[str, Any]) -> ErrorDetail:
     # Union branches appear in loc as type names; keep only real sub-fields.
     rest = [p for p in rest if p in {"role", "content"} or (field == "options" and p)]
     name = ".".join([field, *rest[:1]]) if rest else field
-    return ErrorDetail(field=name, index=index, message=str(error.get("msg", "invalid")))
+    message = str(error.get("msg", "invalid"))
+    if "list[ChatMessage]" in loc:
+        message = _chat_message_error(loc, error, message)
+    elif field == "query" and index is not None and "str" in loc:
+        message = f"expected {QUERY_FORMS}"
+    elif error.get("type") == "extra_forbidden":
+        message += _known_fields(field)
+    return ErrorDetail(field=name, index=index, message=message)
+
+
+def _chat_message_error(loc: list[Any], error: dict[str, Any], message: str) -> str:
+    """Say which message of a conversation is wrong and what a message looks like."""
+    after = loc[loc.index("list[ChatMessage]") + 1 :]
+    turn = next((p for p in after if isinstance(p, int)), None)
+    if turn is None:
+        return f"expected {QUERY_FORMS}"
+    key = next((p for p in after if isinstance(p, str)), None)
+    if error.get("type") == "missing" and key:
+        what = f"has no '{key}'"
+    elif key:
+        what = f"'{key}': {message}"
+    else:
+        what = "is not an object"
+    return f'message {turn} {what}; a chat message is {{"role": "user", "content": "..."}}'
+
+
+def _known_fields(field: str) -> str:
+    if field == "options":
+        from r3_service.api.schemas import RewardOptionsModel
+
+        return f"; options are {sorted(RewardOptionsModel.model_fields)}"
+    return "; this route's fields are listed at /docs"
+
+
+def where(detail: ErrorDetail) -> str:
+    """``field[index]``, or ``field[index].sub`` for a sub-field such as ``query.content``."""
+    if detail.index is None:
+        return detail.field
+    base, _, sub = detail.field.partition(".")
+    return f"{base}[{detail.index}]" + (f".{sub}" if sub else "")
 
 
 def _dedupe(details: list[ErrorDetail]) -> list[ErrorDetail]:
@@ -104,6 +153,19 @@ def _dedupe(details: list[ErrorDetail]) -> list[ErrorDetail]:
     return unique
 
 
+def _prefer_specific(details: list[ErrorDetail]) -> list[ErrorDetail]:
+    """For a query that failed as both a string and a conversation, keep the conversation's
+    errors when there are any (the client meant a conversation)."""
+    specific = {
+        (d.field.split(".")[0], d.index) for d in details if d.message.startswith("message ")
+    }
+    return [
+        d
+        for d in details
+        if d.message.startswith("message ") or (d.field.split(".")[0], d.index) not in specific
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception to the one error shape; internals never leak."""
 
@@ -112,20 +174,34 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(
-                400, "body is not valid JSON", [ErrorDetail(field="body", message="invalid JSON")]
+            bad = next(e for e in errors if e.get("type") == "json_invalid")
+            return _not_json(str((bad.get("ctx") or {}).get("error", "invalid JSON")), bad)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not media.endswith("json") and any(len(e.get("loc", ())) <= 1 for e in errors):
+            got = f"'{media}'" if media else "none"
+            message = (
+                f"body: expected JSON with the header 'Content-Type: application/json' "
+                f"(got content-type {got})"
             )
-        details = _dedupe([_detail_from_pydantic(e) for e in errors])
+            return error_response(415, message, [ErrorDetail(field="body", message=message)])
+        details = _prefer_specific(_dedupe([_detail_from_pydantic(e) for e in errors]))
         first = details[0] if details else ErrorDetail(field="body", message="invalid")
-        where = first.field if first.index is None else f"{first.field}[{first.index}]"
-        return error_response(422, f"{where}: {first.message}", details[:20])
+        return error_response(422, f"{where(first)}: {first.message}", details[:20])
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            try:
+                (await request.body()).decode("utf-8")
+            except UnicodeDecodeError as err:
+                return _not_json(
+                    f"not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start})"
+                )
+            return _not_json("could not be parsed")
         return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     def count_rejected(request: Request, reason: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from r3_service.reward.formula import Branch, QueryType
+from r3_service.reward.text import DEFAULT_STOP_STRINGS
 
 
 class _Strict(BaseModel):
@@ -24,6 +25,15 @@ class ChatMessage(_Strict):
 Query = str | list[ChatMessage]
 
 
+def _upper(value: object) -> object:
+    """Query types are case-insensitive: ``"constrained"`` is ``CONSTRAINED``."""
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+#: A query type as sent by callers: OPENENDED or CONSTRAINED, in any case.
+QTypeIn = Annotated[QueryType, BeforeValidator(_upper)]
+
+
 class RewardOptionsModel(_Strict):
     """The paper's ablation switches, stop strings and F's scale."""
 
@@ -36,6 +46,16 @@ class RewardOptionsModel(_Strict):
         | None
     ) = Field(default=None, description="Replaces the default stop strings when given.")
     max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    query_format: Literal["text", "alpaca"] = Field(
+        default="text",
+        description=(
+            "How each query's text is read. `text`: as given (a chat's user turns joined). "
+            "`alpaca`: normalised as the R^3 authors did for their Alpaca prompts: the "
+            'template dropped, "### Input:\\n" turned into a space, "</s>" and " : " '
+            'removed, "\\n", ":" and " " stripped from both ends, whitespace collapsed '
+            "(docs/reward.md)."
+        ),
+    )
 
 
 class RewardRequest(_Strict):
@@ -44,7 +64,9 @@ class RewardRequest(_Strict):
     query: list[Query]
     response: list[str]
     reference: list[str | None] | None = None
-    qtype: list[QueryType | None] | None = None
+    qtype: list[QTypeIn | None] | None = Field(
+        default=None, description="OPENENDED or CONSTRAINED, any case; null lets the server decide."
+    )
     options: RewardOptionsModel | None = None
 
 
@@ -57,10 +79,27 @@ class RewardComponents(BaseModel):
     branch: list[Branch]
 
 
+class ResponseCuts(BaseModel):
+    """Where each response was cut, in characters (Unicode code points) of the response sent.
+
+    The reward saw ``response[start:end]``; ``stop_end`` is just past the stop string that
+    ended the response, or its length when none did: train on ``response[:stop_end]``.
+    """
+
+    start: list[int]
+    end: list[int]
+    stop_end: list[int]
+
+
 class RewardResponse(BaseModel):
     rewards: list[float]
     qtype: list[QueryType]
     components: RewardComponents
+    cut: ResponseCuts
+    copies_query: list[bool] = Field(
+        description="Whether each scored response mostly repeats its query (the reward hack "
+        "of relevance alone: most of its word trigrams occur in the query)."
+    )
     model: str
 
 
@@ -81,6 +120,8 @@ class ClassifyRequest(_Strict):
 class ClassifyResponse(BaseModel):
     qtype: list[QueryType]
     prob_openended: list[float]
+    #: P(OPENENDED) inside the classifier's abstain band: /reward blends both formulas.
+    uncertain: list[bool]
     model: str
 
 
@@ -110,6 +151,10 @@ class InfoResponse(BaseModel):
     profile: ProfileInfo
     limits: LimitsInfo
     classifier: dict[str, object] | None = None
+    stop_strings: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STOP_STRINGS),
+        description="The stop strings /reward cuts responses at when a request sets none.",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -130,28 +175,28 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class OpenRLHFLabel(_Strict):
-    """A structured OpenRLHF label: the reference answer and, optionally, the query type."""
-
-    reference: str | None = None
-    qtype: QueryType | None = None
-
-
 class OpenRLHFRequest(BaseModel):
-    """The body OpenRLHF's ``--remote_rm_url`` client POSTs (openrlhf 0.11.2,
+    """The body OpenRLHF's remote reward client POSTs (openrlhf 0.11.2,
     ``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``):
     ``query`` is prompt + response as decoded, ``prompts`` the rendered prompts,
-    ``labels`` the dataset's label column (a reference answer, or a JSON object
-    with ``reference`` and ``qtype``)."""
+    ``labels`` the dataset's label column, any JSON type (see docs/integrations.md)."""
 
     query: list[str]
     prompts: list[str]
-    labels: list[str | OpenRLHFLabel | None] | None = None
+    labels: list[Any] | None = Field(
+        default=None,
+        description="Per item: null, a reference answer (string or number), an object "
+        '{"reference", "qtype"} (or that object as JSON text), or a list (its first element).',
+    )
 
 
 class OpenRLHFResponse(BaseModel):
-    """The shape OpenRLHF reads: ``rewards``, ``scores`` and ``extra_logs``."""
+    """The shape OpenRLHF reads: ``rewards`` (raw R^3), ``scores`` in [0, 1], ``extra_logs``."""
 
     rewards: list[float]
-    scores: list[float]
-    extra_logs: dict[str, list[float]]
+    scores: list[float] = Field(
+        description="reward / (max_sequence_length / 100), the top of F, clipped to [0, 1]."
+    )
+    extra_logs: dict[str, list[float]] | None = Field(
+        default=None, description="Reward components; left out with ?extra_logs=false."
+    )

@@ -20,11 +20,25 @@ def check_items(field: str, values: Sequence[object], settings: Settings) -> Non
         )
 
 
-def check_same_length(field: str, values: Sequence[object] | None, expected: int) -> None:
-    if values is not None and len(values) != expected:
+def check_same_length(
+    field: str, values: Sequence[object] | None, expected: int, *, against: str = "query"
+) -> None:
+    """``values`` has one entry per item of ``against``; the error names an index that exists."""
+    if values is None or len(values) == expected:
+        return
+    if len(values) < expected:
         raise validation_error(
-            field, min(len(values), expected), f"has {len(values)} items, expected {expected}"
+            field,
+            None,
+            f"has {len(values)} items, {against} has {expected}: {against}[{len(values)}] "
+            f"has no {field}; send one {field} per {against} item",
         )
+    raise validation_error(
+        field,
+        expected,
+        f"has {len(values)} items, {against} has {expected}: this {field} has no {against}; "
+        f"send one {field} per {against} item",
+    )
 
 
 def check_text(field: str, index: int, text: str, settings: Settings) -> None:
@@ -55,7 +69,14 @@ def query_texts(queries: Sequence[Query], settings: Settings) -> list[str]:
             if not query:
                 raise validation_error("query", index, "conversation has no messages")
             if not any(isinstance(m, ChatMessage) and m.role == "user" for m in query):
-                raise validation_error("query", index, "conversation has no user turn")
+                roles = sorted({m.role for m in query})
+                raise validation_error(
+                    "query",
+                    index,
+                    f"conversation has no message with role 'user' (roles given: {roles}); "
+                    "the query is made of the 'user' messages, and 'system', 'assistant' "
+                    "and other roles are ignored",
+                )
             for message in query:
                 check_text("query", index, message.content, settings)
             text = query_text([m.model_dump() for m in query])

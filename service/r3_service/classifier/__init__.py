@@ -1,12 +1,14 @@
-"""Query-type classifier (OPENENDED vs CONSTRAINED) on the query embedding the service computes.
+"""Query-type classifier (OPENENDED vs CONSTRAINED).
 
-Runtime (``head``, ``features``) needs numpy only; ``train`` adds the
-``r3-train-classifier`` command.
+The shipped classifier is all-MiniLM-L6-v2 fine-tuned end to end (LoRA adapters and a
+linear head, :mod:`~r3_service.classifier.finetune`), stored as a small adapter file,
+merged and exported to ONNX at first start (:mod:`~r3_service.classifier.build`) and
+served by :mod:`~r3_service.classifier.runtime`. A logistic head on the reward
+encoder's own embeddings (:mod:`~r3_service.classifier.head`) serves other encoders.
 """
 
 from __future__ import annotations
 
-from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     CONSTRAINED,
     HEAD_FILE,
@@ -14,20 +16,6 @@ from r3_service.classifier.head import (
     OPENENDED,
     QTypeHead,
     load_head,
-    load_shipped_head,
-    shipped_head_path,
 )
 
-__all__ = [
-    "CONSTRAINED",
-    "FEATURE_NAMES",
-    "HEAD_FILE",
-    "LABELS",
-    "OPENENDED",
-    "QTypeHead",
-    "load_head",
-    "load_shipped_head",
-    "shipped_head_path",
-    "split_query",
-    "text_features",
-]
+__all__ = ["CONSTRAINED", "HEAD_FILE", "LABELS", "OPENENDED", "QTypeHead", "load_head"]

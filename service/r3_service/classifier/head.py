@@ -25,8 +25,6 @@ FORMAT_VERSION = 1
 OPENENDED = "OPENENDED"
 CONSTRAINED = "CONSTRAINED"
 LABELS: tuple[str, str] = (CONSTRAINED, OPENENDED)
-#: Folder of the heads that ship with the package, one per default encoder.
-HEADS_DIR = Path(__file__).resolve().parent / "heads"
 
 
 def prepare_embeddings(embeddings: np.ndarray, norm: str) -> np.ndarray:
@@ -186,16 +184,3 @@ def load_head(
             f"the encoder gives {embedding_dim}"
         )
     return head
-
-
-def shipped_head_path(encoder: str = "all-MiniLM-L6-v2") -> Path:
-    """Path of the head that ships with the package for ``encoder``."""
-    return HEADS_DIR / f"{encoder}.json"
-
-
-def load_shipped_head(encoder: str = "all-MiniLM-L6-v2") -> QTypeHead:
-    """The head that ships with the package for ``encoder`` (FileNotFoundError if none)."""
-    path = shipped_head_path(encoder)
-    if not path.is_file():
-        raise FileNotFoundError(f"no shipped query-type head for encoder {encoder!r}")
-    return load_head(path)

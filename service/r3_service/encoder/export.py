@@ -1,4 +1,4 @@
-"""Export a Hugging Face encoder to a self-contained ONNX folder (needs the `export` extra).
+"""Export an encoder to a self-contained ONNX folder (torch-free for BERT folders, see bert_onnx).
 
 The folder holds ``model.onnx``, ``tokenizer.json`` and ``r3_profile.json``.
 
@@ -12,11 +12,14 @@ forces it, e.g. for fp32 on a GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Literal
 
 from r3_service.encoder.profile import ONNX_FILE, TOKENIZER_FILE, Dtype, EncoderProfile, preset_for
 
@@ -29,6 +32,20 @@ SENTENCE_EMBEDDING = "sentence_embedding"
 _FUSABLE = {"bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "electra", "deberta-v2"}
 
 
+Backend = Literal["auto", "onnx", "torch"]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the export needs to know about the source model, whichever backend read it."""
+
+    model_type: str
+    hidden_size: int
+    num_attention_heads: int
+    max_position_embeddings: int
+    pad_token_id: int
+
+
 def export_encoder(
     model: str,
     out: Path,
@@ -38,59 +55,49 @@ def export_encoder(
     optimize: bool | None = None,
     max_length: int = 512,
     local_files_only: bool = False,
+    backend: Backend = "auto",
 ) -> EncoderProfile:
     """Export ``model`` (hub id or local folder) to ``out`` and return the written profile.
 
     ``optimize``: fuse the graph offline; ``None`` (default) fuses for fp16 only.
+    ``backend``: ``onnx`` builds a BERT graph from safetensors with ``onnx`` alone (no torch;
+    same graph as the torch export); ``torch`` goes through optimum/torch (any architecture, hub
+    ids); ``auto`` takes ``onnx`` for a local BERT folder that it can read, else ``torch``.
     """
     if optimize is None:
         optimize = dtype == "fp16"
-    from optimum.exporters.onnx import main_export
-    from transformers import AutoConfig, AutoTokenizer
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(model, local_files_only=local_files_only)
-    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{model}: a fast tokenizer (tokenizer.json) is required")
-
+    chosen = choose_backend(model, backend)
     with tempfile.TemporaryDirectory(prefix="r3-export-") as tmp:
-        logger.info("exporting %s to ONNX", model)
-        main_export(
-            model,
-            output=tmp,
-            task="feature-extraction",
-            library_name="transformers",
-            opset=17,
-            device="cpu",
-            local_files_only=local_files_only,
-            do_validation=False,
-        )
         raw = Path(tmp) / "model.onnx"
+        logger.info("exporting %s to ONNX (%s backend)", model, chosen)
+        if chosen == "onnx":
+            info = _export_with_onnx(Path(model), raw, out)
+        else:
+            info = _export_with_torch(model, raw, out, local_files_only=local_files_only)
         staged = Path(tmp) / "staged.onnx"
-        _optimize(raw, staged, config, dtype=dtype, optimize=optimize)
+        _optimize(raw, staged, info, dtype=dtype, optimize=optimize)
         if dtype == "int8":
             quantized = Path(tmp) / "quantized.onnx"
             _quantize_int8(staged, quantized)
             staged = quantized
         add_mean_pooling(staged, out / ONNX_FILE)
-
-    tokenizer.save_pretrained(out)
     if not (out / TOKENIZER_FILE).exists():
         raise RuntimeError(f"{model}: the tokenizer did not write {TOKENIZER_FILE}")
-    limit = min(max_length, int(getattr(config, "max_position_embeddings", max_length)))
+    limit = min(max_length, info.max_position_embeddings)
     result = replace(
         preset_for(model, profile),
         max_length=limit,
         dtype=dtype,
-        hidden_size=int(config.hidden_size),
-        pad_token_id=int(tokenizer.pad_token_id or 0),
+        hidden_size=info.hidden_size,
+        pad_token_id=info.pad_token_id,
         source=str(model),
         extra={
-            "model_type": config.model_type,
+            "model_type": info.model_type,
             "graph_optimized": optimize,
             "output": SENTENCE_EMBEDDING,
+            "backend": chosen,
         },
     )
     result.save(out)
@@ -98,9 +105,106 @@ def export_encoder(
     return result
 
 
-def _optimize(src: Path, dst: Path, config: object, *, dtype: Dtype, optimize: bool) -> None:
+def choose_backend(model: str, backend: Backend = "auto") -> Literal["onnx", "torch"]:
+    """``onnx`` for a local BERT folder with safetensors and tokenizer.json, else ``torch``."""
+    if backend != "auto":
+        return backend
+    folder = Path(model)
+    if not (folder / "config.json").is_file() or not (folder / TOKENIZER_FILE).is_file():
+        return "torch"
+    from r3_service.encoder.bert_onnx import check_config
+
+    config = json.loads((folder / "config.json").read_text())
+    try:
+        check_config(config)
+    except (ValueError, KeyError):
+        return "torch"
+    has_weights = (folder / "model.safetensors").is_file() or (
+        folder / "model.safetensors.index.json"
+    ).is_file()
+    return "onnx" if has_weights else "torch"
+
+
+def _export_with_onnx(folder: Path, raw: Path, out: Path) -> SourceInfo:
+    """Build the BERT graph from the folder's safetensors; copy its tokenizer.json."""
+    from r3_service.encoder.bert_onnx import build_bert_onnx, load_folder_weights
+
+    config = json.loads((folder / "config.json").read_text())
+    build_bert_onnx(load_folder_weights(folder), config, raw, pooling=False)
+    source_tokenizer = folder / TOKENIZER_FILE
+    if not source_tokenizer.is_file():
+        raise FileNotFoundError(f"{folder}: no {TOKENIZER_FILE} (export with --backend torch)")
+    shutil.copyfile(source_tokenizer, out / TOKENIZER_FILE)
+    return SourceInfo(
+        model_type=str(config["model_type"]),
+        hidden_size=int(config["hidden_size"]),
+        num_attention_heads=int(config["num_attention_heads"]),
+        max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+        pad_token_id=_pad_token_id(folder, config),
+    )
+
+
+def _pad_token_id(folder: Path, config: dict[str, Any]) -> int:
+    """The tokenizer's padding token id (``tokenizer_config.json``), else the config's, else 0."""
+    from tokenizers import Tokenizer
+
+    settings = folder / "tokenizer_config.json"
+    pad = json.loads(settings.read_text()).get("pad_token") if settings.is_file() else None
+    if isinstance(pad, dict):
+        pad = pad.get("content")
+    if isinstance(pad, str):
+        token_id = Tokenizer.from_file(str(folder / TOKENIZER_FILE)).token_to_id(pad)
+        if token_id is not None:
+            return int(token_id)
+    return int(config.get("pad_token_id") or 0)
+
+
+def _export_with_torch(model: str, raw: Path, out: Path, *, local_files_only: bool) -> SourceInfo:
+    """optimum's ``main_export`` (the ``export`` extra); tokenizer by transformers."""
+    import transformers
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model}: a fast tokenizer (tokenizer.json) is required")
+    # Quiet the notes that optimum's own calls trigger (torch_dtype deprecation, "opset 17 is
+    # lower than recommended": 17 is deliberate, the graph bert_onnx.py reproduces).
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    optimum_logger = logging.getLogger("optimum")
+    optimum_level = optimum_logger.level
+    optimum_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.onnx tracer warnings
+            main_export(
+                model,
+                output=raw.parent,
+                task="feature-extraction",
+                library_name="transformers",
+                opset=17,
+                device="cpu",
+                local_files_only=local_files_only,
+                do_validation=False,
+            )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        optimum_logger.setLevel(optimum_level)
+    tokenizer.save_pretrained(out)
+    return SourceInfo(
+        model_type=str(config.model_type),
+        hidden_size=int(config.hidden_size),
+        num_attention_heads=int(getattr(config, "num_attention_heads", 0)),
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 512)),
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+    )
+
+
+def _optimize(src: Path, dst: Path, info: SourceInfo, *, dtype: Dtype, optimize: bool) -> None:
     """Fuse attention/LayerNorm/GELU with ORT's transformer optimizer; fp16 if asked."""
-    model_type = getattr(config, "model_type", "")
+    model_type = info.model_type
     if not optimize or model_type not in _FUSABLE:
         if dtype == "fp16":
             raise ValueError(f"fp16 needs graph optimisation, unsupported for {model_type!r}")
@@ -111,8 +215,8 @@ def _optimize(src: Path, dst: Path, config: object, *, dtype: Dtype, optimize: b
     optimized = optimize_model(
         str(src),
         model_type="bert",
-        num_heads=int(getattr(config, "num_attention_heads", 0)),
-        hidden_size=int(getattr(config, "hidden_size", 0)),
+        num_heads=info.num_attention_heads,
+        hidden_size=info.hidden_size,
         opt_level=0,
         use_gpu=dtype == "fp16",
     )
@@ -123,7 +227,14 @@ def _optimize(src: Path, dst: Path, config: object, *, dtype: Dtype, optimize: b
 
 
 def add_mean_pooling(src: Path, dst: Path) -> None:
-    """Append mean pooling over non-padding tokens to the graph, in fp32.
+    """Append mean pooling to the graph in file ``src``; write it to ``dst``."""
+    import onnx
+
+    onnx.save(append_mean_pooling(onnx.load(str(src))), str(dst))
+
+
+def append_mean_pooling(model: Any) -> Any:
+    """Append mean pooling over non-padding tokens to an ONNX ``ModelProto``, in fp32.
 
     The graph then outputs ``sentence_embedding`` (batch, hidden) instead of the
     hidden states (batch, seq, hidden): on a GPU, only the pooled vectors leave the
@@ -132,7 +243,6 @@ def add_mean_pooling(src: Path, dst: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(src))
     graph = model.graph
     hidden = graph.output[0].name
     nodes = [
@@ -158,7 +268,7 @@ def add_mean_pooling(src: Path, dst: Path) -> None:
         helper.make_tensor_value_info(SENTENCE_EMBEDDING, TensorProto.FLOAT, ["batch", "hidden"])
     )
     onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    return model
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
@@ -166,10 +276,16 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        # Fused contrib ops defeat shape inference; their tensors are fp32.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" note, logged on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            # Fused contrib ops defeat shape inference; their tensors are fp32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from r3_service.classifier.decide import fold, plan_qtypes
+from r3_service.classifier.runtime import QueryClassifier
 from r3_service.encoder.base import Encoder, relevance
 from r3_service.encoder.profile import EncoderProfile
 from r3_service.engine.batching import Batcher, BatchStats
@@ -36,8 +38,9 @@ from r3_service.reward.formula import (
 )
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
+    Cut,
     copies_query_tokens,
-    cut_at_stop_strings,
+    cut_response,
     wordpunct_tokenize,
 )
 
@@ -50,9 +53,6 @@ TOKENIZE_CHUNK_CHARS = 64_000
 #: Characters per token when guessing a request's cost before tokenising it (on the low
 #: side, so that the guess refuses only what the exact admission would refuse too).
 PRECHECK_CHARS_PER_TOKEN = 6
-
-#: P(OPENENDED) for each query, from the query embeddings and texts.
-QtypeClassifier = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
 #: When the current request arrived (monotonic seconds); set by the HTTP layer so that a
 #: request's deadline counts from its arrival. Unset: from when the engine is called.
@@ -95,6 +95,8 @@ class RewardBatch:
     branch: list[Branch] = field(default_factory=list)
     #: Whether each response mostly repeats its query (see ``copies_query``).
     copies_query: list[bool] = field(default_factory=list)
+    #: Where each response was cut before scoring (character offsets).
+    cuts: list[Cut] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
 
 
@@ -102,13 +104,15 @@ class RewardBatch:
 class _Prepared:
     response: str
     tokens: list[str]
+    cut: Cut
 
 
 def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Prepared]:
     prepared = []
     for text in responses:
-        cut = cut_at_stop_strings(text, stop_strings)
-        prepared.append(_Prepared(cut, wordpunct_tokenize(cut)))
+        cut = cut_response(text, stop_strings)
+        scored = cut.text(text)
+        prepared.append(_Prepared(scored, wordpunct_tokenize(scored), cut))
     return prepared
 
 
@@ -118,13 +122,10 @@ class _Plan:
 
     texts: list[str] = field(default_factory=list)
     cacheable: list[bool] = field(default_factory=list)
-    #: Per item: row of its "query", "reference" and "response" vectors.
+    #: Per item: row of its "query" or "reference" (the anchor) and "response" vectors.
     slots: list[dict[str, int]] = field(default_factory=list)
     qtypes: list[QueryType] = field(default_factory=list)
-    #: None until the classifier has decided the item's type.
-    branches: list[Branch | None] = field(default_factory=list)
-    #: Items the classifier types.
-    untyped: list[int] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
 
     def need(self, slot: dict[str, int], kind: str, text: str, cacheable: bool) -> None:
         slot[kind] = len(self.texts)
@@ -133,54 +134,23 @@ class _Plan:
 
 
 def plan_embeddings(
-    items: Sequence[RewardItem],
-    prepared: Sequence[_Prepared],
-    options: RewardOptions,
-    use_head: bool,
+    items: Sequence[RewardItem], prepared: Sequence[_Prepared], options: RewardOptions
 ) -> _Plan:
-    """The texts to embed in one round. An untyped item (with a head) needs its query to be
-    classified; its reference is embedded in a second round, only if the type needs it."""
+    """The texts to embed, in one round; an item without a qtype is OPENENDED."""
     plan = _Plan()
     for index, item in enumerate(items):
         slot: dict[str, int] = {}
         plan.qtypes.append(item.qtype or QueryType.OPENENDED)
-        if item.qtype is None and use_head:
-            plan.untyped.append(index)
-            plan.branches.append(None)
-            plan.need(slot, "query", item.query, True)
-        else:
-            branch = choose_branch(plan.qtypes[-1], bool(item.reference), options)
-            plan.branches.append(branch)
-            if options.relevance:
-                if branch.uses_reference:
-                    plan.need(slot, "reference", item.reference or "", True)
-                else:
-                    plan.need(slot, "query", item.query, True)
+        branch = choose_branch(plan.qtypes[-1], bool(item.reference), options)
+        plan.branches.append(branch)
         if options.relevance:
+            if branch.uses_reference:
+                plan.need(slot, "reference", item.reference or "", True)
+            else:
+                plan.need(slot, "query", item.query, True)
             plan.need(slot, "response", prepared[index].response, False)
         plan.slots.append(slot)
     return plan
-
-
-def decide_untyped(
-    plan: _Plan,
-    items: Sequence[RewardItem],
-    probs: np.ndarray,
-    options: RewardOptions,
-    threshold: float,
-    first_row: int,
-) -> list[str]:
-    """Type the untyped items from P(OPENENDED); returns the references still to embed
-    (their rows start at ``first_row``)."""
-    late: list[str] = []
-    for i, p in zip(plan.untyped, probs):
-        plan.qtypes[i] = QueryType.OPENENDED if p >= threshold else QueryType.CONSTRAINED
-        branch = choose_branch(plan.qtypes[i], bool(items[i].reference), options)
-        plan.branches[i] = branch
-        if options.relevance and branch.uses_reference:
-            plan.slots[i]["reference"] = first_row + len(late)
-            late.append(items[i].reference or "")
-    return late
 
 
 def assemble(
@@ -192,8 +162,7 @@ def assemble(
     profile: EncoderProfile,
 ) -> RewardBatch:
     """Rewards from the embeddings and the prepared responses (pure CPU work)."""
-    branches = [b for b in plan.branches if b is not None]
-    assert len(branches) == len(items), "every item has a branch by now"
+    branches = plan.branches
     rels = np.ones(len(items))
     if options.relevance and items:
         anchor_kind = ["reference" if b.uses_reference else "query" for b in branches]
@@ -218,6 +187,7 @@ def assemble(
         result.copies_query.append(  # the response's tokens are those LI and RP used
             copies_query_tokens(wordpunct_tokenize(item.query), prepared[index].tokens)
         )
+        result.cuts.append(prepared[index].cut)
     return result
 
 
@@ -268,7 +238,7 @@ class RewardEngine:
         encoder: Encoder,
         config: EngineConfig | None = None,
         *,
-        classifier: QtypeClassifier | None = None,
+        classifier: QueryClassifier | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.encoder = encoder
@@ -294,6 +264,8 @@ class RewardEngine:
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)
+        if self.classifier is not None:
+            self.classifier.stop(timeout)
         self._cpu_pool.shutdown(wait=False, cancel_futures=True)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -471,15 +443,7 @@ class RewardEngine:
         """P(OPENENDED) per query; 1.0 everywhere when no classifier is loaded."""
         if self.classifier is None or not queries:
             return np.ones(len(queries))
-        vectors = await self.embed(queries)
-        weight = sum(len(q) for q in queries)
-        probs = await self._cpu(weight, self.classifier, vectors, list(queries))
-        return np.asarray(probs, dtype=np.float64)
-
-    @property
-    def threshold(self) -> float:
-        """P(OPENENDED) at or above which a query is OPENENDED (the head's stored threshold)."""
-        return float(getattr(self.classifier, "threshold", 0.5))
+        return await self.classifier.probabilities(queries, self)
 
     async def score(
         self,
@@ -487,44 +451,35 @@ class RewardEngine:
         options: RewardOptions | None = None,
         stop_strings: Sequence[str] | None = None,
     ) -> RewardBatch:
-        """R^3 rewards for ``items``; untyped items are classified, or OPENENDED without a head."""
+        """R^3 rewards for ``items``; untyped items are typed by the classifier first
+        (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
         options = options or RewardOptions()
-        stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
         deadline = self.deadline()
         self.precheck(_texts_of(items, options), deadline)
+        if self.classifier is None or not options.branching:
+            return await self._score_typed(items, options, stop_strings, deadline)
+        plan = await plan_qtypes(self.classifier, self, items, options)
+        result = await self._score_typed(plan.items, options, stop_strings, deadline)
+        return fold(result, plan)
+
+    async def _score_typed(
+        self,
+        items: Sequence[RewardItem],
+        options: RewardOptions,
+        stop_strings: Sequence[str] | None,
+        deadline: float,
+    ) -> RewardBatch:
+        """R^3 rewards; an item without a qtype is scored as OPENENDED."""
+        stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
         weight = sum(len(i.query) + len(i.response) for i in items)
         prepared = await self._cpu(weight, _prepare, [i.response for i in items], stops)
-        use_head = self.classifier is not None and options.reward_branching
-        plan = plan_embeddings(items, prepared, options, use_head)
+        plan = plan_embeddings(items, prepared, options)
         timing = Timing()
         vectors = np.empty((0, self.encoder.dim), dtype=np.float32)
         if plan.texts:
             vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline)
-        if plan.untyped:
-            vectors = await self._classify_untyped(items, plan, vectors, options, timing, deadline)
         result = await self._cpu(
             weight, assemble, items, prepared, plan, vectors, options, self.profile
         )
         result.timing = timing
         return result
-
-    async def _classify_untyped(
-        self,
-        items: Sequence[RewardItem],
-        plan: _Plan,
-        vectors: np.ndarray,
-        options: RewardOptions,
-        timing: Timing,
-        deadline: float,
-    ) -> np.ndarray:
-        """Type the untyped items; embed the references CONSTRAINED ones need (2nd round)."""
-        assert self.classifier is not None
-        rows = [plan.slots[i]["query"] for i in plan.untyped]
-        queries = [items[i].query for i in plan.untyped]
-        weight = sum(len(q) for q in queries)
-        probs = await self._cpu(weight, self.classifier, vectors[rows], queries)
-        late = decide_untyped(plan, items, probs, options, self.threshold, len(vectors))
-        if not late:
-            return vectors
-        extra = await self.embed(late, [True] * len(late), timing, deadline)
-        return np.concatenate([vectors, extra])

@@ -1,4 +1,4 @@
-"""Pure R^3 reward math: no I/O, no model. See R3_SPEC.md."""
+"""Pure R^3 reward math: no I/O, no model. The method: docs/reward.md."""
 
 from r3_service.reward.formula import (
     Branch,
@@ -12,7 +12,10 @@ from r3_service.reward.formula import (
 )
 from r3_service.reward.text import (
     DEFAULT_STOP_STRINGS,
+    Cut,
+    alpaca_query,
     cut_at_stop_strings,
+    cut_response,
     query_text,
     trigrams,
     wordpunct_tokenize,
@@ -21,10 +24,13 @@ from r3_service.reward.text import (
 __all__ = [
     "DEFAULT_STOP_STRINGS",
     "Branch",
+    "Cut",
     "QueryType",
     "RewardOptions",
+    "alpaca_query",
     "choose_branch",
     "cut_at_stop_strings",
+    "cut_response",
     "interpolate_relevance",
     "length_incentive",
     "query_text",

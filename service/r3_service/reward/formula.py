@@ -1,11 +1,12 @@
-"""The R^3 formula (R3_SPEC.md, "The reward").
+"""The R^3 formula (docs/reward.md, "The reward").
 
     R3(x, y, y_hat) = r_x * LI(y_hat) * RP(y_hat)   if T(x) = OPENENDED
                     = F(r_y) * RP(y_hat)            otherwise
 
 with LI = #tokens / 100, RP = #unique trigrams / #trigrams (1.0 with no trigram)
 and F the linear map from the encoder's relevance range onto
-[0, max_sequence_length / 100], not clipped.
+[0, max_sequence_length / 100], not clipped. With relevance off there is no
+branching: every item is r * LI * RP with r = 1 (docs/reward.md, "Ablations").
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Branch(str, enum.Enum):
     CONSTRAINED = "CONSTRAINED"
     #: A CONSTRAINED query without a reference answer: scored by the OPENENDED formula.
     CONSTRAINED_NO_REFERENCE = "CONSTRAINED_NO_REFERENCE"
-    #: reward_branching is off: every query is scored by the OPENENDED formula (R_OE).
+    #: reward_branching or relevance is off: every query is scored by the OPENENDED
+    #: formula (R_OE; with relevance off, LI * RP).
     UNBRANCHED = "UNBRANCHED"
 
     @property
@@ -49,6 +51,15 @@ class RewardOptions:
     relevance: bool = True
     reward_branching: bool = True
     max_sequence_length: int = 512
+
+    @property
+    def branching(self) -> bool:
+        """Whether the query type picks the formula: needs both branching and relevance.
+
+        The CONSTRAINED formula is a relevance (to the reference), so with relevance off
+        every item is scored LI * RP, as in the reference implementation.
+        """
+        return self.reward_branching and self.relevance
 
 
 def length_incentive(tokens: Sequence[str]) -> float:
@@ -76,7 +87,7 @@ def interpolate_relevance(
 
 def choose_branch(qtype: QueryType, has_reference: bool, options: RewardOptions) -> Branch:
     """Pick the formula for one item before any relevance is computed."""
-    if not options.reward_branching:
+    if not options.branching:
         return Branch.UNBRANCHED
     if qtype is QueryType.OPENENDED:
         return Branch.OPENENDED
@@ -105,14 +116,14 @@ def r3_reward(
     """R^3 for one item.
 
     ``relevance`` is r_y for the CONSTRAINED branch and r_x otherwise. Switched-off
-    factors are 1: relevance off sets r = 1 (R3_SPEC.md, "Ablations"). The returned
-    ``length_incentive`` is LI(y_hat) for every branch, although only the
-    OPENENDED formula multiplies by it.
+    factors are 1: relevance off sets r = 1 and scores every item r * LI * RP, whatever
+    its branch (docs/reward.md, "Ablations"). The returned ``length_incentive`` is
+    LI(y_hat) for every branch, although only the OPENENDED formula multiplies by it.
     """
     r = relevance if options.relevance else 1.0
     rp = repetition_penalty(response_tokens) if options.repetition_penalty else 1.0
     li = length_incentive(response_tokens) if options.length_incentive else 1.0
-    if branch.uses_reference:
+    if branch.uses_reference and options.relevance:
         reward = interpolate_relevance(r, relevance_range, options.max_sequence_length) * rp
     else:
         reward = r * li * rp

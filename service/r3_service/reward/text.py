@@ -1,9 +1,13 @@
-"""Text handling for R^3: tokens, trigrams, stop strings, query extraction."""
+"""Text handling for R^3: tokens, trigrams, stop strings, query extraction.
+
+The rules are stated in docs/reward.md ("Text before scoring").
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import regex
 
@@ -14,8 +18,21 @@ import regex
 _WORDPUNCT = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)
 _WHITESPACE = re.compile(r"\s+")
 
+#: The markers of the Alpaca prompt template (the authors' SFT format).
+ALPACA_INSTRUCTION = "### Instruction:"
+ALPACA_INPUT = "### Input:"
+ALPACA_RESPONSE = "### Response:"
+#: The Alpaca template's opening sentences, with and without an input block.
+ALPACA_PREAMBLES: tuple[str, ...] = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.",
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.",
+)
+
 #: Stop strings applied to a rollout before scoring: role markers of common chat
-#: templates, and the paragraph-break markers of the reference implementation.
+#: templates, the Alpaca template's markers, and the paragraph-break markers of the
+#: reference implementation.
 DEFAULT_STOP_STRINGS: tuple[str, ...] = (
     "\n\n\n\n",
     "\n\n--",
@@ -31,10 +48,12 @@ DEFAULT_STOP_STRINGS: tuple[str, ...] = (
     "</s>",
     "### Human:",
     "### Assistant:",
-    "### Instruction:",
+    ALPACA_INSTRUCTION,
+    ALPACA_RESPONSE,
 )
 
-# Characters stripped around a cut rollout: newlines and spaces, as the reference does.
+# Characters stripped around a rollout before it is cut: newlines and spaces, as the
+# reference does.
 _STRIP_CHARS = "\n "
 
 
@@ -48,16 +67,56 @@ def trigrams(tokens: Sequence[str]) -> list[str]:
     return [" ".join(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
 
 
-def cut_at_stop_strings(text: str, stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS) -> str:
-    """Cut ``text`` at the earliest stop string, then strip surrounding newlines and spaces."""
-    cut = len(text)
+@dataclass(frozen=True)
+class Cut:
+    """Where a response was cut, as character offsets into the response as sent.
+
+    The reward sees ``response[start:end]``. ``stop_end`` is just past the stop string
+    that ended the response, or ``len(response)`` when none occurs: a trainer keeps the
+    tokens of ``response[:stop_end]``, so the tokens it trains on spell the text scored
+    and the stop string that ended it.
+    """
+
+    start: int
+    end: int
+    stop_end: int
+
+    def text(self, response: str) -> str:
+        """The part of ``response`` the reward sees."""
+        return response[self.start : self.end]
+
+
+def find_stop(text: str, stop_strings: Iterable[str]) -> tuple[int, int] | None:
+    """``(start, end)`` of the earliest stop string in ``text`` (the longest on a tie), or None."""
+    best: tuple[int, int] | None = None
     for stop in stop_strings:
         if not stop:
             continue
         pos = text.find(stop)
-        if 0 <= pos < cut:
-            cut = pos
-    return text[:cut].strip(_STRIP_CHARS)
+        if pos < 0:
+            continue
+        if best is None or pos < best[0] or (pos == best[0] and pos + len(stop) > best[1]):
+            best = (pos, pos + len(stop))
+    return best
+
+
+def cut_response(response: str, stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS) -> Cut:
+    """Strip surrounding newlines and spaces, then cut at the earliest stop string.
+
+    The order is the reference implementation's: a response that starts with a stop
+    string made of newlines (``"\\n\\n\\n\\nText"``) keeps its text.
+    """
+    start = len(response) - len(response.lstrip(_STRIP_CHARS))
+    stripped = response.strip(_STRIP_CHARS)
+    stop = find_stop(stripped, stop_strings)
+    if stop is None:
+        return Cut(start, start + len(stripped), len(response))
+    return Cut(start, start + stop[0], start + stop[1])
+
+
+def cut_at_stop_strings(text: str, stop_strings: Iterable[str] = DEFAULT_STOP_STRINGS) -> str:
+    """The text of ``text`` the reward sees (see :func:`cut_response`)."""
+    return cut_response(text, stop_strings).text(text)
 
 
 def collapse_whitespace(text: str) -> str:
@@ -103,21 +162,53 @@ _TEMPLATES: tuple[tuple[re.Pattern[str], int, int], ...] = (
 _LLAMA2 = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)
 _SYS_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.S)
 _SPECIAL = re.compile(r"<s>|</s>|<\|begin_of_text\|>|<\|endoftext\|>")
+# Special tokens other than "</s>", which the Alpaca normalisation removes itself.
+_SPECIAL_BUT_EOS = re.compile(r"<s>|<\|begin_of_text\|>|<\|endoftext\|>")
+
+
+def is_alpaca(text: str) -> bool:
+    """Whether ``text`` carries the Alpaca template: an instruction marker or an input block."""
+    return ALPACA_INSTRUCTION in text or ALPACA_INPUT + "\n" in text
+
+
+def alpaca_query(text: str) -> str:
+    """The query of an Alpaca prompt, normalised exactly as the reference implementation does.
+
+    In this order: the template (its opening sentence, ``### Instruction:`` and
+    ``### Response:``) is dropped; ``"### Input:\\n"`` becomes a space; ``"</s>"`` and
+    ``" : "`` are removed; newlines, colons and spaces are stripped from both ends; runs
+    of whitespace become one space. It applies to any text, template or not, so
+    ``"Sort these.\\n\\n### Input:\\n3, 1, 2"`` becomes ``"Sort these. 3, 1, 2"``.
+    """
+    for marker in (*ALPACA_PREAMBLES, ALPACA_INSTRUCTION, ALPACA_RESPONSE):
+        text = text.replace(marker, "")
+    text = text.replace(ALPACA_INPUT + "\n", " ")
+    text = text.replace("</s>", "").replace(" : ", "")
+    return collapse_whitespace(text.strip("\n: "))
+
+
+def _user_turn(text: str) -> str:
+    return alpaca_query(text) if is_alpaca(text) else text
 
 
 def user_text_from_prompt(prompt: str) -> str:
-    """The user turns of a prompt rendered with a chat template, joined by spaces.
+    """The user turns of a rendered prompt, joined by spaces, whitespace collapsed.
 
-    Knows ChatML, Llama 3, Tulu/Zephyr and Llama 2 ``[INST]``; a prompt in none
-    of them is returned with whitespace collapsed.
+    Knows ChatML, Llama 3, Tulu/Zephyr, Llama 2 ``[INST]`` and Alpaca. A user turn (or a
+    prompt in none of the chat templates) that carries the Alpaca template is normalised
+    by :func:`alpaca_query`; any other prompt is returned with whitespace collapsed.
     """
     for pattern, role_group, content_group in _TEMPLATES:
         turns = [(m.group(role_group), m.group(content_group)) for m in pattern.finditer(prompt)]
         if turns:
-            return query_text([{"role": r, "content": c} for r, c in turns])
+            return query_text(
+                [{"role": r, "content": _user_turn(c) if r == "user" else c} for r, c in turns]
+            )
     inst = _LLAMA2.findall(prompt)
     if inst:
-        return collapse_whitespace(" ".join(_SYS_BLOCK.sub(" ", t) for t in inst))
+        return collapse_whitespace(" ".join(_user_turn(_SYS_BLOCK.sub(" ", t)) for t in inst))
+    if is_alpaca(prompt):
+        return alpaca_query(_SPECIAL_BUT_EOS.sub(" ", prompt))
     return collapse_whitespace(_SPECIAL.sub(" ", prompt))
 
 

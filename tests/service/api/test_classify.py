@@ -1,11 +1,14 @@
-"""The query-type classifier over HTTP: /classify, its use by /reward, /v1/info, no head."""
+"""The query-type classifier over HTTP: /classify, its use by /reward, /v1/info, refusal."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
+
+from r3_service.classifier.runtime import CLASSIFIER_DIR, CONFIG_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -19,33 +22,38 @@ def test_classify_obvious_cases(live_server: str) -> None:
     assert answer.status_code == 200, answer.text
     data = answer.json()
     assert data["qtype"] == ["OPENENDED", "CONSTRAINED", "OPENENDED"]
-    assert data["prob_openended"][0] > 0.5 > data["prob_openended"][1]
+    assert data["prob_openended"][0] > 0.65 > 0.35 > data["prob_openended"][1]
+    assert data["uncertain"] == [False, False, False]
     assert data["prob_openended"][2] == pytest.approx(data["prob_openended"][0])
 
 
 def test_info_names_the_classifier(live_server: str) -> None:
     classifier = httpx.get(live_server + "/v1/info").json()["classifier"]
-    assert classifier["encoder"] == "all-MiniLM-L6-v2"
-    assert classifier["shifted_split_accuracy"] > 0.75
+    assert classifier["kind"] == "finetuned" and classifier["members"] == 1
+    assert classifier["untyped_items"] == "classified"
+    assert classifier["threshold"] == 0.5 and classifier["abstain_band"] == [0.35, 0.65]
+    assert classifier["metrics"]["alpacafarm_shifted_5fold_accuracy"]["shifted"] > 0.8
+    assert len(classifier["adapter_sha256"]) == 64
 
 
-def test_reward_uses_head_for_untyped_items_and_given_qtype_wins(live_server: str) -> None:
-    body = {
-        "query": [SENTIMENT, SENTIMENT, STORY],
-        "response": ["Positive", "Positive", "Once upon a time a dragon slept."],
-        "reference": ["Positive", "Positive", None],
-        "qtype": [None, "OPENENDED", None],
-    }
-    data = httpx.post(live_server + "/reward", json=body).json()
-    assert data["qtype"] == ["CONSTRAINED", "OPENENDED", "OPENENDED"]
-    assert data["components"]["branch"] == ["CONSTRAINED", "OPENENDED", "OPENENDED"]
-    # response == reference under cosine: F(1) = 5.12
-    assert data["rewards"][0] == pytest.approx(5.12, abs=1e-3)
-    omitted = httpx.post(
-        live_server + "/reward",
-        json={"query": [SENTIMENT], "response": ["Positive"], "reference": ["Positive"]},
-    ).json()
-    assert omitted["rewards"] == pytest.approx(data["rewards"][:1])
+def _sample(metrics: str, name: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_decisions_are_counted_and_cached(live_server: str) -> None:
+    query = "Summarize the plot of a film you like in one line, then rate it."
+    body = {"query": [query] * 8, "response": ["ok"] * 8, "reference": ["fine"] * 8}
+    before = httpx.get(live_server + "/metrics").text
+    assert httpx.post(live_server + "/reward", json=body).status_code == 200
+    assert httpx.post(live_server + "/reward", json=body).status_code == 200
+    after = httpx.get(live_server + "/metrics").text
+    misses = "r3_qtype_cache_misses_total"
+    assert _sample(after, misses) - _sample(before, misses) == 1  # a group and its repeat pay once
+    assert _sample(after, "r3_qtype_cache_hits_total") > _sample(
+        before, "r3_qtype_cache_hits_total"
+    )
+    assert "r3_qtype_decisions_total{decision=" in after
 
 
 @pytest.mark.parametrize(
@@ -67,19 +75,31 @@ def test_classify_validation_errors(
     assert (detail["field"], detail["index"]) == (field, index)
 
 
-def test_folder_without_head_serves_untyped_as_openended(
-    server_factory, tiny_bert_dir: Path
+def test_folder_without_classifier_refuses_to_start(server_factory, tiny_bert_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(tiny_bert_dir, env={"R3_ALLOW_NO_CLASSIFIER": "false"})
+    assert server.proc.wait(timeout=60) != 0
+    assert "Refusing to start" in server.log_path.read_text()
+
+
+def test_broken_classifier_refuses_unless_allowed(
+    server_factory, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    assert not (tiny_bert_dir / "qtype_head.json").exists()
-    server = server_factory(tiny_bert_dir)
-    server.wait_ready()
-    assert httpx.get(server.url + "/v1/info").json()["classifier"] is None
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / CLASSIFIER_DIR).mkdir()
+    (folder / CLASSIFIER_DIR / CONFIG_FILE).write_text('{"format_version": 2, "kind": "fin')
+    refused = server_factory(folder, env={"R3_ALLOW_NO_CLASSIFIER": "false"})
+    assert refused.proc.wait(timeout=60) != 0
+    assert "Refusing to start" in refused.log_path.read_text()
+
+    allowed = server_factory(folder, env={"R3_ALLOW_NO_CLASSIFIER": "true"})
+    allowed.wait_ready()
+    info = httpx.get(allowed.url + "/v1/info").json()["classifier"]
+    assert info["kind"] == "none" and info["untyped_items"] == "OPENENDED"
     data = httpx.post(
-        server.url + "/reward",
+        allowed.url + "/reward",
         json={"query": [SENTIMENT], "response": ["Positive"], "reference": ["Positive"]},
     ).json()
     assert data["qtype"] == ["OPENENDED"]
-    classified = httpx.post(server.url + "/classify", json={"query": [SENTIMENT]}).json()
-    assert classified["qtype"] == ["OPENENDED"]
-    log = server.log_path.read_text()
-    assert "no query-type classifier" in log
+    classified = httpx.post(allowed.url + "/classify", json={"query": [SENTIMENT]}).json()
+    assert classified["qtype"] == ["OPENENDED"] and classified["uncertain"] == [False]

@@ -58,7 +58,7 @@ HOSTILE = [
         '{"query": ["q"], "response": ["x"], "options": {"max_sequence_length": -5}}',
         422,
     ),
-    ("bad qtype case", '{"query": ["q"], "response": ["x"], "qtype": ["openended"]}', 422),
+    ("bad qtype", '{"query": ["q"], "response": ["x"], "qtype": ["closed"]}', 422),
 ]
 
 

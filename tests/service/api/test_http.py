@@ -168,7 +168,7 @@ def error_of(answer: httpx.Response) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("body", "field", "index"),
     [
-        ({"query": ["a", "b"], "response": ["x"]}, "response", 1),
+        ({"query": ["a", "b"], "response": ["x"]}, "response", None),  # query[1] has no response
         ({"query": ["a"], "response": ["x"], "reference": ["r", "s"]}, "reference", 1),
         ({"query": ["a", 3], "response": ["x", "y"]}, "query", 1),
         ({"query": ["a"], "response": [None]}, "response", 0),
@@ -177,7 +177,7 @@ def error_of(answer: httpx.Response) -> dict[str, object]:
             "qtype",
             2,
         ),
-        ({"query": [[{"role": "user"}]], "response": ["x"]}, "query", 0),
+        ({"query": [[{"role": "user"}]], "response": ["x"]}, "query.content", 0),
         ({"query": [[{"role": "assistant", "content": "hi"}]], "response": ["x"]}, "query", 0),
         ({"query": [[]], "response": ["x"]}, "query", 0),
         (

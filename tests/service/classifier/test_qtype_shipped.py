@@ -1,23 +1,19 @@
-"""The head that ships for the embedded default encoder (all-MiniLM-L6-v2)."""
+"""The classifier shipped for the default encoder: a small adapter, built at first start."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from r3_service.classifier.features import FEATURE_NAMES
-from r3_service.classifier.head import (
-    HEAD_FILE,
-    OPENENDED,
-    load_head,
-    load_shipped_head,
-    shipped_head_path,
-)
+import pytest
+
+from r3_service.classifier.adapter import load_adapter
+from r3_service.classifier.build import shipped_adapter_path
+from r3_service.classifier.runtime import CLASSIFIER_DIR, FineTunedClassifier
 
 OBVIOUS = [
     ("Write a story about a dragon.", "OPENENDED"),
-    ("Write a poem about the ocean at night.", "OPENENDED"),
     ("Can you suggest some fun activities for a rainy weekend?", "OPENENDED"),
+    ("Explain in detail why the sky is blue.", "OPENENDED"),
     ("Classify the sentiment: I loved it.", "CONSTRAINED"),
     ("Translate 'good morning' into French.", "CONSTRAINED"),
     ("What is the capital of Australia?", "CONSTRAINED"),
@@ -25,33 +21,55 @@ OBVIOUS = [
 ]
 
 
-def test_shipped_head_file() -> None:
-    path = shipped_head_path()
-    assert path.is_file()
-    assert path.stat().st_size < 300_000
-    data = json.loads(path.read_text())
-    for key in ("format_version", "encoder", "embedding_dim", "data_sha256", "labels",
-                "metrics", "threshold", "coef", "feature_names"):  # fmt: skip
-        assert key in data
-    assert data["encoder"] == "all-MiniLM-L6-v2"
-    assert data["embedding_dim"] == 384
-    assert len(data["data_sha256"]) == 64
-    assert data["feature_names"] == list(FEATURE_NAMES)
-    head = load_shipped_head()
-    metrics = head.metrics
-    assert metrics["shifted_split"]["accuracy"] >= 0.8
-    assert metrics["random_split"]["accuracy"] >= 0.8
-    assert sum(map(sum, metrics["shifted_split"]["confusion_matrix"])) == 2000
+def test_shipped_adapter_is_small_and_describes_itself() -> None:
+    path = shipped_adapter_path()
+    assert path.stat().st_size < 1_000_000
+    members, info = load_adapter(path)
+    assert len(members) == info["members"] == 1 and info["ensemble_of"] == 3
+    assert info["base"] == "all-MiniLM-L6-v2" and info["lora_rank"] == 8
+    assert info["threshold"] == 0.5 and info["abstain_band"] == [0.35, 0.65]
+    assert 1.0 < info["temperature"] < 5.0
+    assert info["metrics"]["alpacafarm_shifted_5fold_accuracy"]["shifted"] >= 0.84
+    assert info["metrics"]["out_of_source"]["n"] >= 300
+    member = members[0]
+    assert member["head.weight"].shape == (1, 384)
+    assert sum(k.endswith(".lora_A") for k in member) == 6 * 6
 
 
-def test_shipped_head_classifies_obvious_cases(minilm_dir: Path) -> None:
-    """Through the real export: the service's ONNX encoder and the head copied next to it."""
-    from r3_service.encoder import load_encoder
-
-    assert (minilm_dir / HEAD_FILE).is_file()
-    encoder = load_encoder(minilm_dir)
-    head = load_head(minilm_dir, encoder=encoder.profile.name, embedding_dim=encoder.dim)
-    texts = [text for text, _ in OBVIOUS]
-    proba = head.predict_proba(encoder.encode(texts), texts)
+async def test_built_classifier_classifies_obvious_cases(minilm_dir: Path) -> None:
+    """Through the real first-start build: merged weights, ONNX export, ONNX Runtime."""
+    classifier = FineTunedClassifier(minilm_dir / CLASSIFIER_DIR)
+    classifier.start()
+    try:
+        texts = [text for text, _ in OBVIOUS]
+        proba = await classifier.probabilities(texts, classifier.engine)
+        again = await classifier.probabilities(texts, classifier.engine)
+    finally:
+        classifier.stop()
+    assert list(again) == list(proba)
+    assert classifier.engine.cache.hits >= len(texts)
     for (text, expected), p in zip(OBVIOUS, proba):
-        assert (p >= head.threshold) == (expected == OPENENDED), (text, float(p))
+        assert (p >= classifier.threshold) == (expected == "OPENENDED"), (text, float(p))
+
+
+def test_earlier_export_without_classifier_gets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache exported by an earlier version (encoder only) gets the classifier built once."""
+    from r3_service import models
+    from r3_service.encoder.profile import PROFILE_FILE
+
+    target = models.default_export_dir(tmp_path)
+    target.mkdir(parents=True)
+    models.EncoderProfile(name="all-MiniLM-L6-v2").save(target)
+    assert (target / PROFILE_FILE).is_file()
+    built: list[Path] = []
+
+    def build(folder: Path, profile: object) -> None:
+        (folder / CLASSIFIER_DIR).mkdir()
+        built.append(folder)
+
+    monkeypatch.setattr(models, "install_classifier", build)
+    assert models.ensure_default_model(tmp_path) == target
+    assert models.ensure_default_model(tmp_path) == target
+    assert built == [target]

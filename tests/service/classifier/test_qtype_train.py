@@ -8,18 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3_service.classifier import train as train_module
-from r3_service.classifier.features import FEATURE_NAMES
-from r3_service.classifier.head import HEAD_FILE, load_head
 from r3_service.classifier.train import (
     TrainConfig,
     augment,
-    file_sha256,
     fit_logistic,
     fit_temperature,
     group_folds,
     load_rows,
-    main,
     random_folds,
     task_family,
     train_head,
@@ -160,30 +155,3 @@ def test_load_rows_validates(tmp_path: Path) -> None:
     good.write_text(json.dumps([{"input": "x", "qtype": "openended"}]))
     texts, labels = load_rows(good)
     assert texts == ["x"] and labels.tolist() == [1]
-
-
-def test_cli_writes_head_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = tmp_path / "rows.json"
-    data.write_text(json.dumps(synthetic_rows(80, seed=2)))
-    monkeypatch.setattr(train_module, "reference_embedder", lambda _path: hashed_bow)
-    monkeypatch.setattr(train_module, "_bundled_minilm", lambda: tmp_path)
-    out = tmp_path / "model" / HEAD_FILE
-    assert main(["--data", str(data), "--out", str(out), "--folds", "3"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["head"] == str(out)
-    stored = json.loads(out.read_text())
-    for key in ("format_version", "encoder", "embedding_dim", "data_sha256", "labels",
-                "coef", "metrics", "threshold"):  # fmt: skip
-        assert key in stored
-    assert stored["data_sha256"] == file_sha256(data)
-    assert stored["metrics"]["shifted_split"]["confusion_matrix"]
-    assert "accuracy" in stored["metrics"]["random_split"]
-    assert len(stored["coef"]) == DIM + len(FEATURE_NAMES)
-    assert load_head(out.parent).encoder == "all-MiniLM-L6-v2"
-
-
-def test_cli_requires_out_without_model(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main(["--data", str(tmp_path / "rows.json")])

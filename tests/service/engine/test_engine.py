@@ -145,11 +145,17 @@ async def test_score_with_ablations(engine) -> None:  # type: ignore[no-untyped-
 
 
 async def test_classifier_hook_decides_untyped_items(encoder) -> None:  # type: ignore[no-untyped-def]
-    def head(vectors: np.ndarray, texts: list[str]) -> np.ndarray:
-        assert vectors.shape == (len(texts), encoder.dim)
-        return np.array([0.0 if "Classify" in t else 1.0 for t in texts])
+    from r3_service.classifier.runtime import QueryClassifier
 
-    engine = RewardEngine(encoder, classifier=head)
+    class Rule(QueryClassifier):
+        metrics: dict[str, object] = {}
+
+        async def probabilities(self, queries, engine):  # type: ignore[no-untyped-def]
+            vectors = await engine.embed(list(queries))
+            assert vectors.shape == (len(queries), encoder.dim)
+            return np.array([0.0 if "Classify" in t else 1.0 for t in queries])
+
+    engine = RewardEngine(encoder, classifier=Rule())
     engine.start()
     try:
         items = [

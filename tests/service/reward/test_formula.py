@@ -53,6 +53,15 @@ def test_choose_branch() -> None:
     assert choose_branch(QueryType.CONSTRAINED, True, off) is Branch.UNBRANCHED
 
 
+def test_relevance_off_means_no_branching() -> None:
+    """The CONSTRAINED formula is a relevance, so without relevance every item is LI * RP."""
+    no_rel = RewardOptions(relevance=False)
+    assert not no_rel.branching and RewardOptions().branching
+    for qtype in QueryType:
+        for has_reference in (True, False):
+            assert choose_branch(qtype, has_reference, no_rel) is Branch.UNBRANCHED
+
+
 def _tokens(n_unique: int) -> list[str]:
     return [f"w{i}" for i in range(n_unique)]
 
@@ -126,10 +135,16 @@ def test_ablation_switches() -> None:
     assert r3_reward(
         branch=Branch.OPENENDED, relevance=2.0, options=li_only, **kwargs
     ).reward == pytest.approx(0.1)
+    # Even if a caller hands it the CONSTRAINED branch, relevance off is LI * RP (not F(1) * RP).
     constrained_no_rel = r3_reward(
         branch=Branch.CONSTRAINED, relevance=2.0, options=RewardOptions(relevance=False), **kwargs
     )
-    assert constrained_no_rel.reward == pytest.approx(1 / 3.5 * 5.12 * rp)
+    assert constrained_no_rel.reward == pytest.approx(0.1 * rp)
+    # The paper's "LI only": relevance and RP off give LI = 10 / 100 for every query type.
+    for qtype in QueryType:
+        branch = choose_branch(qtype, True, li_only)
+        parts = r3_reward(branch=branch, relevance=2.0, options=li_only, **kwargs)
+        assert (parts.reward, parts.branch) == (pytest.approx(0.1), Branch.UNBRANCHED)
 
 
 def test_max_sequence_length_scales_f() -> None:

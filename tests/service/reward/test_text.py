@@ -5,10 +5,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r3_service.reward.text import (
+    ALPACA_PREAMBLES,
     DEFAULT_STOP_STRINGS,
+    Cut,
+    alpaca_query,
     cut_at_stop_strings,
+    cut_response,
+    find_stop,
+    is_alpaca,
     query_text,
     trigrams,
+    user_text_from_prompt,
     wordpunct_tokenize,
 )
 
@@ -51,20 +58,59 @@ def test_trigrams() -> None:
         ("Answer.\n\n\n\nmore", "Answer."),
         ("  Answer.\n\n-- sig", "Answer."),
         ("Answer.\n\n____\nfoot", "Answer."),
-        ("\n Answer <|user|> next turn", "Answer"),
+        # stripped first, then cut: what precedes the stop string is kept as it is
+        ("\n Answer <|user|> next turn", "Answer "),
         ("Answer.\n\nSecond paragraph.", "Answer.\n\nSecond paragraph."),
-        ("first \n\n-- then\n\n\n\nlater", "first"),
+        ("first \n\n-- then\n\n\n\nlater", "first "),
         ("no stop here", "no stop here"),
+        ("Paris.\n\n### Response: Paris.", "Paris.\n\n"),
+        ("Paris.\n### Instruction:\nName a city.", "Paris.\n"),
     ],
 )
 def test_cut_at_default_stop_strings(text: str, expected: str) -> None:
     assert cut_at_stop_strings(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\n\n\n\nAnswer.", "Answer."),
+        ("\n\n-- Answer.", "-- Answer."),
+        ("\n\n____Answer.", "____Answer."),
+        (" \n\n\n\n \nAnswer.\n\n\n\nmore", "Answer."),
+    ],
+)
+def test_leading_newlines_are_stripped_before_the_cut(text: str, expected: str) -> None:
+    """A response that starts with a newline stop string keeps its text (the authors' order)."""
+    assert cut_at_stop_strings(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("  Hi\n\n\n\nmore", Cut(2, 4, 8)),
+        ("  Hi \n", Cut(2, 4, 6)),
+        ("\n \n", Cut(3, 3, 3)),
+        ("", Cut(0, 0, 0)),
+        ("\nA<|im_end|>B", Cut(1, 2, 12)),
+    ],
+)
+def test_cut_offsets(text: str, cut: Cut) -> None:
+    got = cut_response(text)
+    assert got == cut
+    assert got.text(text) == cut_at_stop_strings(text)
+
+
+def test_find_stop_earliest_then_longest() -> None:
+    assert find_stop("abc--def\n\nx", ["\n\n", "--"]) == (3, 5)
+    assert find_stop("abcd", ["ab", "abc", ""]) == (0, 3)
+    assert find_stop("abc", ["", "z"]) is None
+
+
 def test_cut_uses_earliest_stop_and_custom_list() -> None:
-    assert cut_at_stop_strings("a STOP b END c", ["END", "STOP"]) == "a"
+    assert cut_at_stop_strings("a STOP b END c", ["END", "STOP"]) == "a "
     assert cut_at_stop_strings("keep\n\n\n\nall", []) == "keep\n\n\n\nall"
-    assert "\n\n\n\n" in DEFAULT_STOP_STRINGS
+    assert {"\n\n\n\n", "### Instruction:", "### Response:"} <= set(DEFAULT_STOP_STRINGS)
 
 
 def test_cut_strips_only_newlines_and_spaces() -> None:
@@ -103,12 +149,57 @@ def test_query_text_joins_user_turns_and_collapses_whitespace() -> None:
         ("<|user|>\nTell me a joke\n<|assistant|>\n", "Tell me a joke"),
         ("<s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nHi there [/INST]", "Hi there"),
         ("Plain\n prompt", "Plain prompt"),
+        ("Plain : prompt </s>", "Plain : prompt"),
+        (
+            f"<s>{ALPACA_PREAMBLES[0]}\n\n### Instruction:\nWrite an if-else statement.\n\n"
+            "### Input:\nBoolean variable : x\n\n### Response:",
+            "Write an if-else statement. Boolean variablex",
+        ),
+        (
+            f"{ALPACA_PREAMBLES[1]}\n\n### Instruction:\nName three colours.\n\n### Response:\n",
+            "Name three colours.",
+        ),
+        (
+            "<|im_start|>user\nSort these.\n\n### Input:\n3, 1, 2<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            "Sort these. 3, 1, 2",
+        ),
     ],
 )
 def test_user_text_from_rendered_prompt(prompt: str, expected: str) -> None:
-    from r3_service.reward.text import user_text_from_prompt
-
     assert user_text_from_prompt(prompt) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # the template is dropped, the input block joins the instruction with a space
+        (
+            f"{ALPACA_PREAMBLES[0]}\n\n### Instruction:\nWrite an if-else statement.\n\n"
+            "### Input:\nBoolean variable : x\n\n### Response:",
+            "Write an if-else statement. Boolean variablex",
+        ),
+        # a training row as stored: instruction and input block, no template
+        (
+            "Categorize the following items.\n\n### Input:\nChair, Knife, Fork",
+            "Categorize the following items. Chair, Knife, Fork",
+        ),
+        # "</s>" and " : " removed, newlines, colons and spaces stripped at both ends
+        (": Hello </s>world :\n", "Hello world"),
+        ("a : b", "ab"),
+        ("\n:: x\t y  ::\n", "x y"),
+        # "### Input:" without a newline is not an input block
+        ("Say hi. ### Input: now", "Say hi. ### Input: now"),
+        ("", ""),
+    ],
+)
+def test_alpaca_query_hand_values(text: str, expected: str) -> None:
+    assert alpaca_query(text) == expected
+
+
+def test_is_alpaca() -> None:
+    assert is_alpaca("### Instruction:\nx") and is_alpaca("x\n\n### Input:\ny")
+    assert not is_alpaca("x ### Input: y") and not is_alpaca("plain")
 
 
 def test_split_prompt_response() -> None:

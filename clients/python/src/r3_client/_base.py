@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 
-from ._exceptions import APIResponseValidationError
+from ._endpoints import BaseURL, Endpoints
+from ._endpoints import is_gateway_error
+from ._exceptions import APIResponseValidationError, InvalidInputError
 from ._types import Info, Query, RewardOptions
 from ._version import __version__
 
@@ -107,13 +109,15 @@ class RetryBudget:
 
 def _as_list(name: str, value: Any) -> list[Any]:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+        raise InvalidInputError(f"{name} must be a list, got {type(value).__name__}")
     return list(value)
 
 
 def _message(m: Any) -> dict[str, Any]:
     if not isinstance(m, Mapping):
-        raise TypeError(f"chat messages must be mappings, got {type(m).__name__}")
+        raise InvalidInputError(
+            f"chat messages must be mappings {{'role', 'content'}}, got {type(m).__name__}"
+        )
     return dict(m)
 
 
@@ -122,7 +126,9 @@ def _query(q: Any) -> str | list[dict[str, Any]]:
         return q
     if isinstance(q, (list, tuple)):
         return [_message(m) for m in q]
-    raise TypeError(f"a query must be a str or a list of chat messages, got {type(q).__name__}")
+    raise InvalidInputError(
+        f"a query must be a str or a list of chat messages, got {type(q).__name__}"
+    )
 
 
 @dataclass
@@ -184,7 +190,7 @@ def reward_batch(
     const: dict[str, Any] = {}
     if options is not None:
         if not isinstance(options, Mapping):
-            raise TypeError("options must be a mapping")
+            raise InvalidInputError("options must be a mapping")
         const["options"] = dict(options)
     return Batch("/reward", cols, const, len(q))
 
@@ -206,7 +212,7 @@ def _same_len(cols: Mapping[str, list[Any]]) -> None:
     lengths = {k: len(v) for k, v in cols.items()}
     if len(set(lengths.values())) > 1:
         desc = ", ".join(f"{k}={n}" for k, n in lengths.items())
-        raise ValueError(f"all inputs must have the same length ({desc})")
+        raise InvalidInputError(f"all inputs must have one entry per item ({desc})")
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -231,7 +237,7 @@ class BaseClient:
 
     def __init__(
         self,
-        base_url: str | None,
+        base_url: BaseURL | None,
         api_key: str | None,
         timeout: float | httpx.Timeout | None,
         max_retries: int | None,
@@ -241,15 +247,19 @@ class BaseClient:
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         if max_retries is not None and max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+            raise InvalidInputError("max_retries must be >= 0")
         if retry_timeout < 0:
-            raise ValueError("retry_timeout must be >= 0")
+            raise InvalidInputError("retry_timeout must be >= 0")
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
+            raise InvalidInputError("max_concurrency must be >= 1")
         if max_items_per_request is not None and max_items_per_request < 1:
-            raise ValueError("max_items_per_request must be >= 1")
-        url = base_url or os.environ.get("R3_BASE_URL") or DEFAULT_BASE_URL
-        self.base_url = url.rstrip("/")
+            raise InvalidInputError("max_items_per_request must be >= 1")
+        # Several URLs or a Ray Serve handle: see _endpoints.py.
+        self._endpoints = Endpoints.parse(
+            base_url or os.environ.get("R3_BASE_URL") or DEFAULT_BASE_URL
+        )
+        self.base_url = self._endpoints.base_url
+        self.endpoints = self._endpoints.pool
         key = api_key if api_key is not None else os.environ.get("R3_API_KEY")
         self.api_key = key or None
         self.timeout = timeout
@@ -290,8 +300,11 @@ class BaseClient:
 
 
 def response_retry_delay(budget: RetryBudget, response: httpx.Response) -> float | None:
-    """Seconds to wait before retrying after ``response``, or ``None`` to raise it."""
-    if response.status_code not in RETRYABLE_STATUS:
+    """Seconds to wait before retrying after ``response``, or ``None`` to raise it.
+
+    Retried: 408, 429, 502, 503, 504, and a proxy's plain 500 (``is_gateway_error``).
+    """
+    if response.status_code not in RETRYABLE_STATUS and not is_gateway_error(response):
         return None
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     return budget.delay(retry_after, heavy=response.status_code == 504)

@@ -29,6 +29,7 @@ from ._base import (
     response_retry_delay,
     reward_batch,
 )
+from ._endpoints import BaseURL, is_gateway_error
 from ._exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -88,7 +89,7 @@ class Client(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int | None = DEFAULT_MAX_RETRIES,
@@ -110,9 +111,11 @@ class Client(BaseClient):
             retry_timeout,
         )
         self._owns_http = http_client is None
+        if http_client is not None and self._endpoints.custom:
+            raise ValueError("give either several base URLs / a Serve handle or http_client")
         self._http = http_client or httpx.Client(
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max(10, max_concurrency)),
+            **self._endpoints.httpx_options(httpx.Limits(max_connections=max(10, max_concurrency))),
         )
         self._lock = threading.Lock()
 
@@ -256,7 +259,7 @@ class AsyncClient(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int | None = DEFAULT_MAX_RETRIES,
@@ -278,9 +281,11 @@ class AsyncClient(BaseClient):
             retry_timeout,
         )
         self._owns_http = http_client is None
+        if http_client is not None and self._endpoints.custom:
+            raise ValueError("give either several base URLs / a Serve handle or http_client")
+        limits = httpx.Limits(max_connections=max(10, max_concurrency))
         self._http = http_client or httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max(10, max_concurrency)),
+            timeout=timeout, **self._endpoints.async_httpx_options(limits)
         )
         self._lock: asyncio.Lock | None = None
 

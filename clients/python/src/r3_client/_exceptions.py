@@ -14,6 +14,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "InternalServerError",
+    "InvalidInputError",
     "NotFoundError",
     "PermissionDeniedError",
     "R3Error",
@@ -21,6 +22,7 @@ __all__ = [
     "RequestTooLargeError",
     "ServiceUnavailableError",
     "UnprocessableEntityError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -32,6 +34,13 @@ class R3Error(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class InvalidInputError(R3Error, ValueError, TypeError):
+    """Arguments rejected locally, before any request (wrong type, unequal lengths, bad setting).
+
+    Also a ``ValueError`` and a ``TypeError``, so code written against those still catches it.
+    """
 
 
 class APIError(R3Error):
@@ -84,6 +93,10 @@ class BadRequestError(APIError):
 
 class UnprocessableEntityError(BadRequestError):
     """HTTP 422: the request failed validation."""
+
+
+class UnsupportedMediaTypeError(BadRequestError):
+    """HTTP 415: the body was not sent as ``application/json``."""
 
 
 class AuthenticationError(APIError):
@@ -145,6 +158,7 @@ _STATUS_ERRORS: dict[int, type[APIError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     413: RequestTooLargeError,
+    415: UnsupportedMediaTypeError,
     422: UnprocessableEntityError,
     429: RateLimitError,
     503: ServiceUnavailableError,

@@ -16,6 +16,7 @@ __all__ = [
     "Profile",
     "Query",
     "RelevanceResult",
+    "ResponseCuts",
     "RewardComponents",
     "RewardOptions",
     "RewardResult",
@@ -37,6 +38,7 @@ class RewardOptions(TypedDict, total=False):
     reward_branching: bool
     stop_strings: list[str] | None
     max_sequence_length: int
+    query_format: str
 
 
 def _field(data: Mapping[str, Any], key: str, where: str) -> Any:
@@ -85,14 +87,62 @@ class RewardComponents:
     branch: list[str]
 
 
+def _ints(data: Mapping[str, Any], key: str, where: str) -> list[int]:
+    value = _field(data, key, where)
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise APIResponseValidationError(f"{where}: {key!r} is not a list of integers")
+    return list(value)
+
+
+def _bools(data: Mapping[str, Any], key: str, where: str) -> list[bool]:
+    value = _field(data, key, where)
+    if not isinstance(value, list) or not all(isinstance(v, bool) for v in value):
+        raise APIResponseValidationError(f"{where}: {key!r} is not a list of booleans")
+    return list(value)
+
+
+@dataclass
+class ResponseCuts:
+    """Where the service cut each response, in characters of the response as sent.
+
+    The reward saw ``response[start[i]:end[i]]``; ``stop_end[i]`` is just past the stop
+    string that ended the response (its length when none did): train on
+    ``response[:stop_end[i]]``.
+    """
+
+    start: list[int]
+    end: list[int]
+    stop_end: list[int]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ResponseCuts:
+        d = _obj(data, where)
+        return cls(
+            start=_ints(d, "start", where),
+            end=_ints(d, "end", where),
+            stop_end=_ints(d, "stop_end", where),
+        )
+
+    def scored(self, responses: Sequence[str]) -> list[str]:
+        """The part of each response the reward saw."""
+        return [r[a:b] for r, a, b in zip(responses, self.start, self.end)]
+
+
 @dataclass
 class RewardResult:
-    """Result of ``reward()``; all lists are aligned with the input order."""
+    """Result of ``reward()``; all lists are aligned with the input order.
+
+    ``cut`` and ``copies_query`` are None when the server does not send them.
+    """
 
     rewards: list[float]
     qtype: list[str]
     components: RewardComponents
     model: str
+    cut: ResponseCuts | None = None
+    copies_query: list[bool] | None = None
 
     @classmethod
     def from_json(cls, data: Any, n: int | None = None) -> RewardResult:
@@ -111,6 +161,10 @@ class RewardResult:
             ),
             model=str(d.get("model", "")),
         )
+        if d.get("cut") is not None:
+            res.cut = ResponseCuts.from_json(d["cut"], where + " cut")
+        if d.get("copies_query") is not None:
+            res.copies_query = _bools(d, "copies_query", where)
         if n is not None:
             _check_len(
                 where,
@@ -121,6 +175,12 @@ class RewardResult:
                 length_incentive=res.components.length_incentive,
                 repetition_penalty=res.components.repetition_penalty,
                 branch=res.components.branch,
+                **({"copies_query": res.copies_query} if res.copies_query is not None else {}),
+                **(
+                    {"start": res.cut.start, "end": res.cut.end, "stop_end": res.cut.stop_end}
+                    if res.cut is not None
+                    else {}
+                ),
             )
         return res
 
@@ -137,6 +197,20 @@ class RewardResult:
                 branch=[x for p in parts for x in p.components.branch],
             ),
             model=parts[0].model if parts else model,
+            cut=(
+                ResponseCuts(
+                    start=[x for p in parts if p.cut for x in p.cut.start],
+                    end=[x for p in parts if p.cut for x in p.cut.end],
+                    stop_end=[x for p in parts if p.cut for x in p.cut.stop_end],
+                )
+                if parts and all(p.cut is not None for p in parts)
+                else None
+            ),
+            copies_query=(
+                [x for p in parts for x in p.copies_query or []]
+                if parts and all(p.copies_query is not None for p in parts)
+                else None
+            ),
         )
 
 
@@ -173,6 +247,8 @@ class ClassifyResult:
     qtype: list[str]
     prob_openended: list[float]
     model: str = ""
+    #: P(OPENENDED) inside the server's abstain band (None from servers that don't say).
+    uncertain: list[bool] | None = None
 
     @classmethod
     def from_json(cls, data: Any, n: int | None = None) -> ClassifyResult:
@@ -184,17 +260,24 @@ class ClassifyResult:
             prob_openended=_floats(d, "prob_openended", where),
             model=str(d.get("model", "")),
         )
+        if "uncertain" in d:
+            res.uncertain = _bools(d, "uncertain", where)
         if n is not None:
             _check_len(where, n, qtype=res.qtype, prob_openended=res.prob_openended)
+            if res.uncertain is not None:
+                _check_len(where, n, uncertain=res.uncertain)
         return res
 
     @classmethod
     def concat(cls, parts: Sequence[ClassifyResult], model: str = "") -> ClassifyResult:
         """Join chunk results in order."""
+        flags = [p.uncertain for p in parts]
+        uncertain = None if any(f is None for f in flags) else [x for f in flags for x in f or []]
         return cls(
             qtype=[x for p in parts for x in p.qtype],
             prob_openended=[x for p in parts for x in p.prob_openended],
             model=parts[0].model if parts else model,
+            uncertain=uncertain,
         )
 
 
@@ -206,6 +289,11 @@ def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
 def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
     v = d.get(key)
     return v if isinstance(v, str) else None
+
+
+def _opt_strs(d: Mapping[str, Any], key: str) -> list[str] | None:
+    v = d.get(key)
+    return list(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else None
 
 
 @dataclass
@@ -241,6 +329,8 @@ class Info:
     limits: Limits
     classifier: dict[str, Any] | None
     raw: dict[str, Any]
+    #: The stop strings ``/reward`` applies when a request sets none (None: not stated).
+    stop_strings: list[str] | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Info:
@@ -279,4 +369,5 @@ class Info:
             ),
             classifier=dict(clf) if isinstance(clf, Mapping) else None,
             raw=dict(d),
+            stop_strings=_opt_strs(d, "stop_strings"),
         )

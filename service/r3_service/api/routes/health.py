@@ -18,7 +18,7 @@ async def healthz() -> dict[str, str]:
 
 
 def not_ready_reason(state: ServiceState) -> str | None:
-    """Why the service cannot serve now (None when ready)."""
+    """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
     if not state.ready or state.engine is None:
         return state.load_error or "model is loading"
     batcher = state.engine.batcher

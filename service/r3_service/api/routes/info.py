@@ -37,5 +37,9 @@ async def info(engine: EngineDep, state: StateDep) -> InfoResponse:
             max_queue_texts=s.max_queue_texts,
             request_timeout_s=s.request_timeout_s,
         ),
-        classifier=state.classifier_info,
+        classifier=(
+            {**engine.classifier.info(), "untyped_items": "classified"}
+            if engine.classifier is not None
+            else state.classifier_info
+        ),
     )

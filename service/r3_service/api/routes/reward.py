@@ -10,6 +10,7 @@ from r3_service.api.schemas import (
     ErrorResponse,
     RelevanceRequest,
     RelevanceResponse,
+    ResponseCuts,
     RewardComponents,
     RewardRequest,
     RewardResponse,
@@ -23,6 +24,7 @@ from r3_service.api.validation import (
 )
 from r3_service.engine import RewardItem
 from r3_service.reward.formula import QueryType, RewardOptions
+from r3_service.reward.text import alpaca_query
 
 router = APIRouter(tags=["reward"])
 
@@ -49,6 +51,8 @@ async def reward(
     qtypes = body.qtype or [None] * n
 
     opts = body.options
+    if opts is not None and opts.query_format == "alpaca":
+        queries = [alpaca_query(q) for q in queries]
     options = RewardOptions(
         length_incentive=opts.length_incentive if opts else True,
         repetition_penalty=opts.repetition_penalty if opts else True,
@@ -71,6 +75,12 @@ async def reward(
             repetition_penalty=result.repetition_penalty,
             branch=result.branch,
         ),
+        cut=ResponseCuts(
+            start=[c.start for c in result.cuts],
+            end=[c.end for c in result.cuts],
+            stop_end=[c.stop_end for c in result.cuts],
+        ),
+        copies_query=result.copies_query,
         model=state.model_name,
     )
 
@@ -82,7 +92,7 @@ async def relevance(
     """Raw relevance (the profile's similarity) of each text to its anchor."""
     settings = state.settings
     check_items("anchor", body.anchor, settings)
-    check_same_length("text", body.text, len(body.anchor))
+    check_same_length("text", body.text, len(body.anchor), against="anchor")
     check_texts("anchor", body.anchor, settings)
     check_texts("text", body.text, settings)
     scores = await engine.relevance(body.anchor, body.text)
@@ -97,8 +107,12 @@ async def classify(body: ClassifyRequest, engine: EngineDep, state: StateDep) ->
     queries = query_texts(body.query, state.settings)
     probs = await engine.classify(queries)
     state.metrics.items.labels("/classify").inc(len(queries))
+    classifier = engine.classifier
+    openended = classifier.is_openended(probs) if classifier else [True] * len(queries)
+    uncertain = classifier.uncertain(probs) if classifier else [False] * len(queries)
     return ClassifyResponse(
-        qtype=[QueryType.OPENENDED if p >= 0.5 else QueryType.CONSTRAINED for p in probs],
+        qtype=[QueryType.OPENENDED if o else QueryType.CONSTRAINED for o in openended],
         prob_openended=[float(p) for p in probs],
+        uncertain=[bool(u) for u in uncertain],
         model=state.model_name,
     )

@@ -1,1 +1,2 @@
-"""Adapters for RL training frameworks (TRL, veRL); they import nothing from those."""
+"""Adapters for RL frameworks: TRL (``trl``), veRL (``verl``, ``verl_manager``) and OpenRLHF
+(``openrlhf``). Only ``verl_manager`` imports its framework; see docs/integrations.md."""

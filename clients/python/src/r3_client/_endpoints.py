@@ -1,0 +1,406 @@
+"""Several service endpoints behind one client, or a Ray Serve handle instead of a URL.
+
+``Client(base_url=["http://a:8000", "http://b:8000"])`` (or ``R3_BASE_URL="http://a:8000,
+http://b:8000"``) sends each request to the healthy endpoint with the fewest requests in
+flight (ties in turn). An endpoint that refuses or drops the connection, or answers
+502/503 or a gateway's 500, is ejected and the request goes to the next endpoint at once.
+When its ejection time is over (1 s, doubling up to 30 s while it keeps failing), a
+``GET /readyz`` probe decides whether it is taken back. When every endpoint has failed,
+the last answer goes to the client's own retry policy (backoff, ``Retry-After``).
+
+``Client(base_url=handle)`` with a Ray Serve ``DeploymentHandle`` of the ``R3Reward``
+deployment sends the same HTTP requests through ``handle.handle_request`` (Serve picks
+the replica), for code that runs inside the Ray cluster.
+
+Both are httpx transports, so the client's request path is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._exceptions import InvalidInputError
+
+#: What ``base_url`` may be: a URL, several (a list or a comma-separated string), a handle.
+BaseURL = str | Sequence[str] | Any
+
+#: The host a pooled client addresses; the transport replaces it with an endpoint's URL.
+POOL_BASE_URL = "http://r3-endpoints"
+SERVE_BASE_URL = "http://r3-serve-handle"
+FAILOVER_STATUS = frozenset({502, 503})
+EJECT_S = 1.0
+MAX_EJECT_S = 30.0
+PROBE_TIMEOUT_S = 2.0
+_FAILOVER_ERRORS = (
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+
+
+def is_gateway_error(response: httpx.Response) -> bool:
+    """A 500 without the service's JSON error envelope: a proxy's answer, safe to resend.
+
+    Ray Serve's proxy answers a plain-text 500 when the replica died during the request;
+    the service itself always answers ``{"error": ...}``. Scoring has no side effects.
+    """
+    if response.status_code != 500:
+        return False
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
+
+
+@dataclass
+class EndpointStats:
+    """What the pool knows about one endpoint."""
+
+    url: str
+    healthy: bool
+    in_flight: int
+    requests: int
+    failures: int
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    eject_s: float
+    in_flight: int = 0
+    requests: int = 0
+    failures: int = 0
+    ejected_until: float = 0.0  # 0: healthy
+    probing: bool = False
+
+
+class EndpointPool:
+    """Least-outstanding choice over endpoints, with ejection and re-probing; thread-safe."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        eject_s: float = EJECT_S,
+        max_eject_s: float = MAX_EJECT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise InvalidInputError("at least one base URL is needed")
+        self._endpoints = [_Endpoint(u.rstrip("/"), eject_s) for u in urls]
+        self._eject_s = eject_s
+        self._max_eject_s = max_eject_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._endpoints)
+
+    @property
+    def urls(self) -> list[str]:
+        return [e.url for e in self._endpoints]
+
+    def stats(self) -> list[EndpointStats]:
+        """A snapshot per endpoint, in the order given."""
+        with self._lock:
+            return [
+                EndpointStats(e.url, e.ejected_until == 0.0, e.in_flight, e.requests, e.failures)
+                for e in self._endpoints
+            ]
+
+    def pick(self, tried: set[int]) -> tuple[int, bool] | None:
+        """(endpoint index, whether to probe it first), or None when all were tried."""
+        now = self._clock()
+        n = len(self._endpoints)
+        with self._lock:
+            left = [i for i in range(n) if i not in tried]
+            if not left:
+                return None
+            due = [
+                i
+                for i in left
+                if 0.0 < self._endpoints[i].ejected_until <= now and not self._endpoints[i].probing
+            ]
+            if due:  # an ejected endpoint's time is over: probe it (this request waits)
+                self._endpoints[due[0]].probing = True
+                return due[0], True
+            healthy = [i for i in left if self._endpoints[i].ejected_until == 0.0]
+            if healthy:
+                turn = next(self._turn)
+                best = min(healthy, key=lambda i: (self._endpoints[i].in_flight, (i - turn) % n))
+                self._start(best)
+                return best, False
+            # Everything is ejected: try the one that recovers first rather than fail unheard.
+            soonest = min(left, key=lambda i: self._endpoints[i].ejected_until)
+            self._start(soonest)
+            return soonest, False
+
+    def probed(self, index: int, ok: bool) -> bool:
+        """Record a ``/readyz`` probe; a passing endpoint is healthy and takes the request."""
+        with self._lock:
+            e = self._endpoints[index]
+            e.probing = False
+            if ok:
+                e.ejected_until = 0.0
+                self._start(index)
+            else:
+                self._eject(e)
+            return ok
+
+    def finish(self, index: int, ok: bool | None) -> None:
+        """A request ended: ``ok`` True (healthy), False (eject), None (no verdict)."""
+        with self._lock:
+            e = self._endpoints[index]
+            e.in_flight -= 1
+            if ok:
+                e.ejected_until = 0.0
+                e.eject_s = self._eject_s
+            elif ok is False:
+                e.failures += 1
+                self._eject(e)
+
+    def _start(self, index: int) -> None:
+        e = self._endpoints[index]
+        e.in_flight += 1
+        e.requests += 1
+
+    def _eject(self, e: _Endpoint) -> None:
+        e.ejected_until = self._clock() + e.eject_s
+        e.eject_s = min(e.eject_s * 2.0, self._max_eject_s)
+
+    def request_for(self, index: int, request: httpx.Request, body: bytes) -> httpx.Request:
+        """``request`` addressed to endpoint ``index``."""
+        url = self._endpoints[index].url + request.url.raw_path.decode("ascii")
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
+        return httpx.Request(
+            request.method, url, headers=headers, content=body, extensions=request.extensions
+        )
+
+    def probe_request(self, index: int) -> httpx.Request:
+        timeout = {
+            "connect": PROBE_TIMEOUT_S,
+            "read": PROBE_TIMEOUT_S,
+            "write": PROBE_TIMEOUT_S,
+            "pool": PROBE_TIMEOUT_S,
+        }
+        url = self._endpoints[index].url + "/readyz"
+        return httpx.Request("GET", url, extensions={"timeout": timeout})
+
+
+def _failed(response: httpx.Response) -> bool:
+    return response.status_code in FAILOVER_STATUS or is_gateway_error(response)
+
+
+def _no_endpoint(request: httpx.Request) -> httpx.ConnectError:
+    return httpx.ConnectError("no endpoint passed its readiness probe", request=request)
+
+
+class PoolTransport(httpx.BaseTransport):
+    """Sends each request to the pool's choice, failing over to the others."""
+
+    def __init__(self, pool: EndpointPool, inner: httpx.BaseTransport) -> None:
+        self.pool = pool
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        tried: set[int] = set()
+        last: httpx.Response | Exception | None = None
+        while (choice := self.pool.pick(tried)) is not None:
+            index, probe = choice
+            tried.add(index)
+            if probe and not self.pool.probed(index, self._probe(index)):
+                continue
+            try:
+                response = self._inner.handle_request(self.pool.request_for(index, request, body))
+                response.read()
+            except _FAILOVER_ERRORS as exc:
+                self.pool.finish(index, ok=False)
+                last = exc
+                continue
+            except BaseException:
+                self.pool.finish(index, ok=None)
+                raise
+            self.pool.finish(index, ok=not _failed(response))
+            if not _failed(response):
+                return response
+            last = response
+        if isinstance(last, Exception):
+            raise last
+        return last if last is not None else _raise(_no_endpoint(request))
+
+    def _probe(self, index: int) -> bool:
+        try:
+            response = self._inner.handle_request(self.pool.probe_request(index))
+            response.read()
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncPoolTransport(httpx.AsyncBaseTransport):
+    """The asyncio twin of :class:`PoolTransport`."""
+
+    def __init__(self, pool: EndpointPool, inner: httpx.AsyncBaseTransport) -> None:
+        self.pool = pool
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        tried: set[int] = set()
+        last: httpx.Response | Exception | None = None
+        while (choice := self.pool.pick(tried)) is not None:
+            index, probe = choice
+            tried.add(index)
+            if probe and not self.pool.probed(index, await self._probe(index)):
+                continue
+            try:
+                sent = self.pool.request_for(index, request, body)
+                response = await self._inner.handle_async_request(sent)
+                await response.aread()
+            except _FAILOVER_ERRORS as exc:
+                self.pool.finish(index, ok=False)
+                last = exc
+                continue
+            except BaseException:
+                self.pool.finish(index, ok=None)
+                raise
+            self.pool.finish(index, ok=not _failed(response))
+            if not _failed(response):
+                return response
+            last = response
+        if isinstance(last, Exception):
+            raise last
+        return last if last is not None else _raise(_no_endpoint(request))
+
+    async def _probe(self, index: int) -> bool:
+        try:
+            response = await self._inner.handle_async_request(self.pool.probe_request(index))
+            await response.aread()
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _raise(exc: Exception) -> httpx.Response:
+    raise exc
+
+
+def _handle_args(
+    request: httpx.Request, body: bytes
+) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
+    return request.method, request.url.raw_path.decode("ascii"), headers, body
+
+
+def _read_timeout(request: httpx.Request) -> float | None:
+    timeout = request.extensions.get("timeout") or {}
+    value = timeout.get("read")
+    return float(value) if value is not None else None
+
+
+class ServeHandleTransport(httpx.BaseTransport):
+    """HTTP requests as calls of a Ray Serve handle's ``handle_request`` (blocking)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        args = _handle_args(request, request.read())
+        try:
+            call = self.handle.handle_request.remote(*args)
+            status, headers, content = call.result(timeout_s=_read_timeout(request))
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(f"Serve handle call timed out: {exc}", request=request) from exc
+        except Exception as exc:  # the replica died or is unavailable: retryable
+            raise httpx.ConnectError(f"Serve handle call failed: {exc}", request=request) from exc
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+class AsyncServeHandleTransport(httpx.AsyncBaseTransport):
+    """HTTP requests as awaited calls of a Ray Serve handle's ``handle_request``."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        args = _handle_args(request, await request.aread())
+        try:
+            call = self.handle.handle_request.remote(*args)
+            status, headers, content = await asyncio.wait_for(call, _read_timeout(request))
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise httpx.ReadTimeout(f"Serve handle call timed out: {exc}", request=request) from exc
+        except Exception as exc:  # the replica died or is unavailable: retryable
+            raise httpx.ConnectError(f"Serve handle call failed: {exc}", request=request) from exc
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+@dataclass
+class Endpoints:
+    """Where a client sends requests: one URL, a pool of URLs, or a Serve handle."""
+
+    base_url: str
+    pool: EndpointPool | None = None
+    handle: Any = None
+
+    @classmethod
+    def parse(cls, base_url: BaseURL) -> Endpoints:
+        """From a URL, comma-separated URLs, a list of URLs, or a Serve handle."""
+        if not isinstance(base_url, (str, Sequence)):
+            return cls(SERVE_BASE_URL, handle=base_url)
+        parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+        urls = [str(u).strip().rstrip("/") for u in parts if str(u).strip()]
+        if not urls:
+            raise InvalidInputError("base_url has no URL")
+        if len(urls) == 1:
+            return cls(urls[0])
+        return cls(POOL_BASE_URL, pool=EndpointPool(urls))
+
+    @property
+    def custom(self) -> bool:
+        return self.pool is not None or self.handle is not None
+
+    @property
+    def spec(self) -> BaseURL:
+        """What ``parse`` takes to make these endpoints again (e.g. in another process)."""
+        if self.handle is not None:
+            return self.handle
+        if self.pool is not None:
+            return self.pool.urls
+        return self.base_url
+
+    def httpx_options(self, limits: httpx.Limits) -> dict[str, Any]:
+        """Keyword arguments of ``httpx.Client``."""
+        if self.handle is not None:
+            return {"transport": ServeHandleTransport(self.handle), "trust_env": False}
+        if self.pool is not None:
+            inner = httpx.HTTPTransport(limits=limits)
+            return {"transport": PoolTransport(self.pool, inner), "trust_env": False}
+        return {"limits": limits}
+
+    def async_httpx_options(self, limits: httpx.Limits) -> dict[str, Any]:
+        """Keyword arguments of ``httpx.AsyncClient``."""
+        if self.handle is not None:
+            return {"transport": AsyncServeHandleTransport(self.handle), "trust_env": False}
+        if self.pool is not None:
+            inner = httpx.AsyncHTTPTransport(limits=limits)
+            return {"transport": AsyncPoolTransport(self.pool, inner), "trust_env": False}
+        return {"limits": limits}

@@ -1,0 +1,467 @@
+"""End to end with a real Docker engine: build the images as shipped, run the reward image,
+stop it under load, and bring up the CPU compose stack until the trainer has trained and
+Prometheus has scraped it.
+
+Runs in CI (root, Debian, no container registry). It installs and starts Docker when none
+is running (and stops the daemon it started), builds a Debian base image from Debian packages
+when the registry's base image cannot be pulled, and passes the host's CA bundle and torch
+wheel in as build inputs. When Docker cannot be made to run, the tests fail; they never skip.
+
+Set ``R3_DOCKER_FIGURES=path.json`` to keep the figures measured here (deploy/README.md).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_support import ROOT, load_yaml
+from docker_harness import (
+    DEBIAN_BASE_TAG,
+    DEFAULT_BASE_IMAGE,
+    Docker,
+    debian_base_image,
+    host_ca_bundle,
+    torch_wheel,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+logger = logging.getLogger("r3.tests.docker")
+
+PROJECT = "r3e2e"
+IMAGES = {
+    "REWARD_IMAGE_CPU": "r3-e2e-reward:cpu",
+    "TRAINER_IMAGE_CPU": "r3-e2e-trainer:cpu",
+    "PROMETHEUS_IMAGE_DEBIAN": "r3-e2e-prometheus:debian",
+}
+#: The image's HEALTHCHECK runs every 10 s; a healthy status takes at least that long.
+HEALTHY_WITHIN_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dockerfile_arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert match, f"the Dockerfile declares no default for {name}"
+    return match.group(1)
+
+
+def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def _wait_for(what: str, check: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Poll ``check()`` (a state, not a clock) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: the engine, the build inputs, the images
+
+
+@pytest.fixture(scope="module")
+def figures() -> Iterator[dict[str, Any]]:
+    """Figures measured by these tests, logged and written to $R3_DOCKER_FIGURES if set."""
+    out: dict[str, Any] = {}
+    yield out
+    logger.info("docker figures: %s", json.dumps(out, indent=2))
+    target = os.environ.get("R3_DOCKER_FIGURES")
+    if target:
+        Path(target).write_text(json.dumps(out, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def docker(tmp_path_factory: pytest.TempPathFactory, figures: dict[str, Any]) -> Iterator[Docker]:
+    engine = Docker(tmp_path_factory.mktemp("docker"))
+    figures["versions"] = engine.versions
+    figures["builder"] = "Compose v2's own BuildKit client against the daemon's BuildKit"
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def compose_env(docker: Docker, figures: dict[str, Any]) -> Iterator[dict[str, str]]:
+    """The variables `docker compose` gets: no .env, only the build inputs this host needs."""
+    env = {
+        **IMAGES,
+        # Torch from the wheel pip gives this host (copied into the build's wheelhouse); its
+        # dependencies from pip's default index.
+        "TORCH_INDEX_URL": "",
+        "TRAINER_TORCH_INDEX_URL": "",
+        "REWARD_PORT": str(_free_port()),
+        "PROMETHEUS_PORT": str(_free_port()),
+        "GRAFANA_PORT": str(_free_port()),
+    }
+    ca = host_ca_bundle()
+    if ca is not None:
+        env["BUILD_CA_BUNDLE"] = str(ca)
+    files = ["docker-compose.yml", "docker-compose.cpu.yml"]
+    started = time.monotonic()
+    if docker.pull(DEFAULT_BASE_IMAGE):
+        figures["base_image"] = DEFAULT_BASE_IMAGE
+    else:
+        made = not docker.image_exists(DEBIAN_BASE_TAG)
+        env["BASE_IMAGE"] = debian_base_image(docker)
+        files.append("docker-compose.no-registry.yml")
+        figures["base_image"] = "debootstrap bookworm (deploy/docker/debian-base.sh)"
+        if made:
+            figures["base_image_s"] = round(time.monotonic() - started, 1)
+        figures["base_image_mb"] = round(docker.image_size_mb(env["BASE_IMAGE"]))
+    env["COMPOSE_FILE"] = os.pathsep.join(str(ROOT / f) for f in files)
+    env["COMPOSE_PROJECT_NAME"] = PROJECT
+    wheels = ROOT / "deploy" / "docker" / "wheels"
+    before = set(wheels.iterdir())
+    wheel = torch_wheel(_dockerfile_arg("TORCH_VERSION"), wheels)
+    figures["torch_wheel"] = wheel.name
+    try:
+        yield env
+    finally:
+        for path in set(wheels.iterdir()) - before:
+            path.unlink()
+
+
+@pytest.fixture(scope="module")
+def images(docker: Docker, compose_env: dict[str, str], figures: dict[str, Any]) -> dict[str, str]:
+    """The CPU stack's images, built by `docker compose build` from the files as shipped."""
+    for service in ("reward", "trainer"):
+        started = time.monotonic()
+        docker(["compose", "build", "--progress", "plain", service], env=compose_env, timeout=1800)
+        figures[f"{service}_build_s"] = round(time.monotonic() - started, 1)
+    if "docker-compose.no-registry.yml" in compose_env["COMPOSE_FILE"]:
+        docker(["compose", "build", "prometheus"], env=compose_env, timeout=900)
+    built = {
+        "reward": compose_env["REWARD_IMAGE_CPU"],
+        "trainer": compose_env["TRAINER_IMAGE_CPU"],
+    }
+    for service, image in built.items():
+        figures[f"{service}_image_mb"] = round(docker.image_size_mb(image))
+    return built
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward image
+
+
+class RewardContainer:
+    def __init__(self, docker: Docker, image: str, *options: str) -> None:
+        self.docker = docker
+        self.port = _free_port()
+        self.started = time.monotonic()
+        self.id = docker(
+            ["run", "-d", "-p", f"127.0.0.1:{self.port}:8000", *options, image]
+        ).stdout.strip()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> float:
+        def ready() -> bool:
+            state = self.docker.inspect(self.id)["State"]
+            assert state["Running"], f"the container exited: {self.logs()}"
+            return _get(self.url + "/readyz")[0] == 200
+
+        _wait_for("/readyz", ready, timeout=HEALTHY_WITHIN_S)
+        return time.monotonic() - self.started
+
+    def wait_healthy(self) -> float:
+        def healthy() -> bool:
+            health = self.docker.inspect(self.id)["State"].get("Health") or {}
+            assert health.get("Status") != "unhealthy", health
+            return health.get("Status") == "healthy"
+
+        _wait_for("a healthy status", healthy, timeout=HEALTHY_WITHIN_S)
+        return time.monotonic() - self.started
+
+    def logs(self) -> str:
+        result = self.docker(["logs", "--tail", "50", self.id], check=False)
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        self.docker(["rm", "-f", self.id], check=False)
+
+
+def _readme_example() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The README's `curl .../reward -d '...'` body and the JSON answer shown after it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    request = re.search(r"curl[^\n]*/reward[^\n]*-d '(\{.*?\})'", readme, re.S)
+    assert request, "README.md has no curl example of /reward"
+    answer = re.search(r"```json\n(.*?)```", readme[request.end() :], re.S)
+    assert answer, "README.md shows no JSON answer after its /reward example"
+    return json.loads(request.group(1)), json.loads(answer.group(1))
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.status == 200
+        return dict(json.loads(response.read()))
+
+
+def test_reward_image(docker: Docker, images: dict[str, str], figures: dict[str, Any]) -> None:
+    """The CPU reward image: ready and healthy, the README's example rewards, non-root,
+    no torch, the model baked in."""
+    reward = RewardContainer(docker, images["reward"])
+    try:
+        figures["reward_ready_s"] = round(reward.wait_ready(), 1)
+        figures["reward_healthy_s"] = round(reward.wait_healthy(), 1)
+        body, shown = _readme_example()
+        answer = _post_json(reward.url + "/reward", body)
+        assert answer["model"] == shown["model"]
+        assert answer["qtype"] == shown["qtype"]
+        assert answer["rewards"] == pytest.approx(shown["rewards"], abs=1e-4)
+        for name, values in shown["components"].items():
+            if name == "branch":
+                assert answer["components"][name] == values
+            else:
+                assert answer["components"][name] == pytest.approx(values, abs=1e-4), name
+        figures["reward_idle_mib"] = round(docker.memory_mib(reward.id))
+
+        assert docker.inspect(reward.id)["Config"]["User"] == "10001:10001"
+        assert docker(["exec", reward.id, "id", "-u"]).stdout.strip() == "10001"
+        probe = (
+            "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('onnxruntime'))"
+        )
+        torch, ort = docker(["exec", reward.id, "python", "-c", probe]).stdout.split(" ", 1)
+        assert torch == "None", "torch is in the runtime image"
+        assert ort.strip() != "None"
+        env = dict(e.split("=", 1) for e in docker.inspect(reward.id)["Config"]["Env"])
+        assert env["R3_MODEL"] == "/models/default" and env["R3_HOST"] == "0.0.0.0"
+    finally:
+        reward.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Drain: `docker stop` while requests are in flight
+
+
+def _load_body(index: int, items: int) -> bytes:
+    """A /reward body of distinct, longish texts (no cache hits), OPENENDED."""
+    words = "the of sea waves wind light harbour keeper storm night boat shore".split()
+    texts = [
+        " ".join(words[(index * 7 + i * 3 + k) % len(words)] + str(k % 13) for k in range(90))
+        for i in range(items)
+    ]
+    body = {
+        "query": [f"Write about item {index}-{i}: {t[:60]}" for i, t in enumerate(texts)],
+        "response": texts,
+        "qtype": ["OPENENDED"] * items,
+    }
+    return json.dumps(body).encode()
+
+
+class InFlight(threading.Thread):
+    """One request on its own connection; ``sent`` is set once the body is on the wire."""
+
+    def __init__(self, port: int, body: bytes) -> None:
+        super().__init__(daemon=True)
+        self.port, self.body = port, body
+        self.sent = threading.Event()
+        self.status: int | None = None
+        self.rewards: list[float] | None = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        try:
+            connection.request("POST", "/reward", self.body, {"content-type": "application/json"})
+            self.sent.set()
+            response = connection.getresponse()
+            self.status = response.status
+            self.rewards = json.loads(response.read()).get("rewards")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+            self.sent.set()
+        finally:
+            self.finished_at = time.monotonic()
+            connection.close()
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["pid1", "init"])
+def test_docker_stop_answers_every_in_flight_request(
+    docker: Docker, images: dict[str, str], figures: dict[str, Any], init: bool
+) -> None:
+    """SIGTERM under load: every request already sent gets its 200; then a clean exit, with
+    status 0 when r3-serve is PID 1 and 143 under an init (`--init`, compose `init: true`)."""
+    container = RewardContainer(docker, images["reward"], *(["--init"] if init else []))
+    try:
+        container.wait_ready()
+        requests, items = 12, 48
+        load = [InFlight(container.port, _load_body(i, items)) for i in range(requests)]
+        for thread in load:
+            thread.start()
+        for thread in load:
+            assert thread.sent.wait(60), "a request could not be sent"
+        # The connections are accepted in order: once a later one is answered, all of these
+        # are in the server's hands.
+        assert _get(container.url + "/healthz")[0] == 200
+        if not init:
+            figures["reward_under_load_mib"] = round(docker.memory_mib(container.id))
+        stop_at = time.monotonic()
+        docker(["stop", "-t", "120", container.id], timeout=180)
+        stopped_in = time.monotonic() - stop_at
+        for thread in load:
+            thread.join(60)
+        errors = [(t.status, t.error) for t in load if t.status != 200]
+        assert not errors, f"in-flight requests lost on docker stop: {errors}"
+        assert all(t.rewards is not None and len(t.rewards) == items for t in load)
+        drained = sum(t.finished_at > stop_at for t in load)
+        assert drained >= 1, "every request had finished before the stop: nothing was in flight"
+        state = docker.inspect(container.id)["State"]
+        expected = 143 if init else 0
+        assert state["ExitCode"] == expected, (
+            f"exit status {state['ExitCode']} (deploy/README.md documents {expected}); "
+            f"logs: {container.logs()}"
+        )
+        key = "init" if init else "pid1"
+        figures[f"drain_{key}"] = {
+            "in_flight": requests,
+            "answered_after_stop": drained,
+            "stop_s": round(stopped_in, 1),
+            "exit_code": state["ExitCode"],
+        }
+    finally:
+        container.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU compose stack: reward + trainer + trainer-metrics + Prometheus
+
+
+def _prometheus_query(base: str, expr: str) -> dict[str, Any]:
+    query = urllib.parse.urlencode({"query": expr})
+    status, body = _get(f"{base}/api/v1/query?{query}")
+    assert status == 200, f"{expr!r}: {status} {body[:500]!r}"
+    answer = json.loads(body)
+    assert answer["status"] == "success", answer
+    return dict(answer["data"])
+
+
+def _compose_service(docker: Docker, env: dict[str, str], service: str) -> str:
+    return str(docker(["compose", "ps", "-a", "-q", service], env=env).stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker: Docker,
+    compose_env: dict[str, str],
+    images: dict[str, str],
+    figures: dict[str, Any],
+) -> Iterator[dict[str, Any]]:
+    """`docker compose up -d` of the CPU stack, until the trainer has exited."""
+    env = compose_env
+    try:
+        started = time.monotonic()
+        up = docker(["compose", "up", "-d"], env=env, timeout=900, check=False)
+        if up.returncode != 0:
+            logs = docker(["compose", "logs", "--no-color", "--tail", "60"], env=env, check=False)
+            raise AssertionError(f"compose up failed: {up.stderr[-3000:]}\n{logs.stdout}")
+        # `up` returns once the trainer has started, i.e. once the reward service is healthy.
+        figures["stack_reward_healthy_s"] = round(time.monotonic() - started, 1)
+        trainer = _compose_service(docker, env, "trainer")
+        assert trainer, "compose started no trainer"
+        code = docker(["wait", trainer], timeout=1800).stdout.strip()
+        figures["stack_train_s"] = round(time.monotonic() - started, 1)
+        logs = docker(["compose", "logs", "--no-color", "trainer"], env=env, check=False)
+        assert code == "0", f"the trainer exited {code}:\n{logs.stdout[-6000:]}"
+        yield {
+            "prometheus": f"http://127.0.0.1:{env['PROMETHEUS_PORT']}",
+            "trainer_logs": logs.stdout,
+        }
+    finally:
+        result = docker(["compose", "ps", "-a"], env=env, check=False)
+        logger.info("stack:\n%s", result.stdout)
+        docker(["compose", "--profile", "grafana", "down", "-v"], env=env, check=False, timeout=300)
+
+
+def test_compose_cpu_stack_trains_and_prometheus_scrapes(
+    docker: Docker, stack: dict[str, Any], figures: dict[str, Any]
+) -> None:
+    steps = int(load_yaml(ROOT / "deploy" / "trainer" / "train.cpu.yaml")["steps"])
+    base = stack["prometheus"]
+
+    def trained() -> list[dict[str, Any]]:
+        result = _prometheus_query(base, "r3_trainer_step")["result"]
+        return [r for r in result if float(r["value"][1]) >= steps]
+
+    _wait_for(f"r3_trainer_step >= {steps} in Prometheus", trained, timeout=120)
+    for expr in ("r3_trainer_reward_mean", "r3_trainer_kl"):
+        assert _prometheus_query(base, expr)["result"], f"{expr} was not scraped"
+    requests = _prometheus_query(base, 'sum(r3_requests_total{job="r3-reward",status="200"})')
+    assert float(requests["result"][0]["value"][1]) > 0, "the trainer's requests were not counted"
+    targets = json.loads(_get(f"{base}/api/v1/targets")[1])["data"]["activeTargets"]
+    health = {t["labels"]["job"]: t["health"] for t in targets}
+    assert health.get("r3-reward") == "up" and health.get("r3-trainer") == "up", health
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+
+        def walk(panel: dict[str, Any], dashboard_name: str = path.name) -> None:
+            for target in panel.get("targets") or []:
+                if target.get("expr"):
+                    out.append((f"{dashboard_name}: {panel.get('title')}", target["expr"]))
+            for child in panel.get("panels") or []:
+                walk(child)
+
+        for panel in dashboard.get("panels") or []:
+            walk(panel)
+    return out
+
+
+def test_grafana_dashboard_queries_run_on_the_stack_prometheus(stack: dict[str, Any]) -> None:
+    """Grafana itself cannot be had here: its dashboards' queries run on the stack's real
+    Prometheus instead (with Grafana's variables at their "All" values), and each query
+    whose metrics the service and trainer have exposed returns series."""
+    base = stack["prometheus"]
+    names = set(json.loads(_get(f"{base}/api/v1/label/__name__/values")[1])["data"])
+    assert {n for n in names if n.startswith("r3_trainer_")}, "no trainer metric was scraped"
+    exprs = _dashboard_exprs()
+    assert exprs
+    empty = []
+    for title, expr in exprs:
+        concrete = expr.replace("$__rate_interval", "5m")
+        concrete = re.sub(r"\$\{?(\w+)\}?", ".*", concrete)
+        data = _prometheus_query(base, concrete)
+        used = set(re.findall(r"\b(r3_[a-z0-9_]+)", concrete))
+        # A query that filters on a label value (errors: status=~"4..|5..") may rightly be
+        # empty; one with only Grafana's "All" variables must show the scraped series.
+        filtered = re.search(r'\w+\s*(=~|!~|=|!=)\s*"(?!\.\*")', concrete.replace("__name__", ""))
+        if used <= names and not filtered and not data["result"]:
+            empty.append((title, concrete))
+        regexes = re.findall(r'__name__=~"([^"]+)"', concrete)
+        for regex in regexes:
+            assert any(re.fullmatch(regex, n) for n in names), f"{title}: nothing matches {regex}"
+    assert not empty, f"queries on scraped metrics that return nothing: {empty}"
