@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 
-from ._endpoints import BaseURL, Endpoints
-from ._endpoints import is_gateway_error
+from ._endpoints import BaseURL, Endpoints, is_gateway_error
 from ._exceptions import APIResponseValidationError, InvalidInputError
 from ._types import Info, Query, RewardOptions
 from ._version import __version__

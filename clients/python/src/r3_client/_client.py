@@ -29,7 +29,7 @@ from ._base import (
     response_retry_delay,
     reward_batch,
 )
-from ._endpoints import BaseURL, is_gateway_error
+from ._endpoints import BaseURL
 from ._exceptions import (
     APIConnectionError,
     APITimeoutError,
