@@ -14,7 +14,6 @@ import pytest
 import r3_client._base
 from r3_client import APIConnectionError, AsyncClient, Client, ServiceUnavailableError
 from r3_client._base import DEFAULT_RETRY_TIMEOUT
-from r3_client.integrations import verl
 
 if TYPE_CHECKING:
     from conftest import FakeServer
@@ -123,9 +122,10 @@ def test_a_504_is_never_resent_at_once(
     assert sleeps == [2.0, 4.0, 8.0]
 
 
-def test_the_verl_adapter_inherits_the_client_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verl, "_client", None)
-    client = verl.get_client()
-    assert client.retry_timeout == DEFAULT_RETRY_TIMEOUT and client.max_retries is None
-    client.close()
-    monkeypatch.setattr(verl, "_client", None)
+def test_the_adapters_inherit_the_client_defaults() -> None:
+    from r3_client.integrations._common import client_options
+    from r3_client.integrations.trl import R3Reward
+
+    for client in (Client(**client_options()), R3Reward(base_url=BASE).client):
+        assert client.retry_timeout == DEFAULT_RETRY_TIMEOUT and client.max_retries is None
+        client.close()

@@ -136,8 +136,9 @@ def first_bad_string(data: Any, max_chars: int) -> BodyProblem | None:
             message = "text is not valid Unicode (lone surrogate)"
         else:
             continue
-        keys = [p for p in path if isinstance(p, str)]
-        field = ".".join(keys[:2]) or "body"  # e.g. "query", "query.content", "labels"
+        keys = [p for p in path if isinstance(p, str)] or ["body"]
+        # As the schema errors name them: "query.content", "options.stop_strings", "labels".
+        field = ".".join(keys[:2]) if keys[0] in ("query", "options") else keys[0]
         index = next((p for p in path if isinstance(p, int)), None)
         return BodyProblem(422, message, field, index)
     return None

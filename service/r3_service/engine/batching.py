@@ -105,6 +105,7 @@ class Batcher:
         self._watchdog: threading.Thread | None = None
         self._stopped = threading.Event()
         self._batch: _Running | None = None
+        self._calibration: Sequence[np.ndarray] | None = None
         self._batches = 0
         self._last_end = -1.0
         self._flagged = -1
@@ -171,11 +172,14 @@ class Batcher:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, calibration: Sequence[np.ndarray] | None = None) -> None:
+        """Start the worker; it first runs ``calibration`` (a full synthetic batch), if given,
+        to seed the drain rate (requests queue meanwhile, admitted on size alone)."""
         with self._cond:
             if self._running:
                 return
             self._running = True
+            self._calibration = calibration
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="r3-batcher", daemon=True)
         self._thread.start()
@@ -203,8 +207,9 @@ class Batcher:
             self._embed(batch)
             seconds = time.monotonic() - started
         cost = sum(len(ids) for ids in batch) + len(batch) * TEXT_OVERHEAD
-        self.scheduler.rate.observe(cost, len(batch), seconds / CALIBRATION_SHARE)
-        return self.scheduler.rate.cost_per_s
+        with self._cond:
+            self.scheduler.rate.observe(cost, len(batch), seconds / CALIBRATION_SHARE)
+            return self.scheduler.rate.cost_per_s
 
     # -- requests ------------------------------------------------------------------------
 
@@ -251,6 +256,12 @@ class Batcher:
     # -- worker --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._calibration:
+            try:
+                rate = self.calibrate(self._calibration)
+                logger.info("drain rate at start: %.0f tokens/s", rate)
+            except Exception:  # the first real batches will measure it
+                logger.warning("calibration batch failed", exc_info=True)
         while True:
             taken = self._next()
             if taken is None:

@@ -256,11 +256,9 @@ class RewardEngine:
         return self.encoder.profile
 
     def start(self, calibrate: bool = True) -> None:
-        """Start the worker; first measure the drain rate on one full synthetic batch."""
-        if calibrate:
-            rate = self.batcher.calibrate(calibration_batch(self.encoder, self.config))
-            logger.info("drain rate at start: %.0f tokens/s", rate)
-        self.batcher.start()
+        """Start the worker; its first job measures the drain rate on a full synthetic batch."""
+        batch = calibration_batch(self.encoder, self.config) if calibrate else None
+        self.batcher.start(batch)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)

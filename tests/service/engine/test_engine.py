@@ -195,29 +195,34 @@ class ThreadRecorder(Encoder):
         return self.inner.embed_tokens(batch)
 
 
-async def test_cpu_work_of_large_requests_leaves_the_event_loop(encoder) -> None:  # type: ignore[no-untyped-def]
-    head_threads: list[str] = []
+async def test_cpu_work_of_large_requests_leaves_the_event_loop(  # type: ignore[no-untyped-def]
+    encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import r3_service.engine.engine as engine_module
 
-    def head(vectors: np.ndarray, texts: list[str]) -> np.ndarray:
-        head_threads.append(threading.current_thread().name)
-        return np.ones(len(texts))
+    word_threads: list[str] = []
+    real_tokenize = engine_module.wordpunct_tokenize
 
+    def recording(text: str) -> list[str]:  # stop-string cutting, LI/RP and copy detection
+        word_threads.append(threading.current_thread().name)
+        return real_tokenize(text)
+
+    monkeypatch.setattr(engine_module, "wordpunct_tokenize", recording)
     recorder = ThreadRecorder(encoder)
-    engine = RewardEngine(recorder, classifier=head)
+    engine = RewardEngine(recorder)
     engine.start(calibrate=False)
     loop_thread = threading.current_thread().name
     try:
-        small = [RewardItem(query="a short query", response="a short answer")]
-        await engine.score(small)
-        assert head_threads == [loop_thread] and set(recorder.tokenize_threads) == {loop_thread}
-        head_threads.clear()
+        await engine.score([RewardItem(query="a short query", response="a short answer")])
+        assert set(word_threads) == {loop_thread} == set(recorder.tokenize_threads)
+        word_threads.clear()
         recorder.tokenize_threads.clear()
         big = [
             RewardItem(query=f"query {i} " + "word " * 200, response=f"answer {i} " + "x " * 300)
             for i in range(16)
         ]
         await engine.score(big)
-        assert head_threads and all(t.startswith("r3-prepare") for t in head_threads)
+        assert word_threads and all(t.startswith("r3-prepare") for t in word_threads)
         assert recorder.tokenize_threads
         assert all(t.startswith("r3-tokenize") for t in recorder.tokenize_threads)
     finally:
@@ -247,27 +252,11 @@ async def test_small_request_overtakes_a_large_one(encoder) -> None:  # type: ig
         engine.stop()
 
 
-async def test_classifier_threshold_comes_from_the_head(encoder) -> None:  # type: ignore[no-untyped-def]
-    class Head:
-        threshold = 0.9
-
-        def __call__(self, vectors: np.ndarray, texts: list[str]) -> np.ndarray:
-            return np.full(len(texts), 0.8)
-
-    engine = RewardEngine(encoder, classifier=Head())
-    engine.start(calibrate=False)
-    try:
-        result = await engine.score([RewardItem(query="q", response="r", reference="r")])
-        assert result.qtype == [QueryType.CONSTRAINED]  # 0.8 < 0.9
-        assert engine.threshold == 0.9
-    finally:
-        engine.stop()
-
-
 async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: ignore[no-untyped-def]
     engine = RewardEngine(encoder)
     engine.start()
     try:
+        await engine.embed(["after the calibration batch"])  # the worker's first job is done
         assert engine.batcher.drain_rate > 0
     finally:
         engine.stop()
