@@ -97,6 +97,7 @@ def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) 
         classifier = load_classifier(
             path,
             engine.encoder,
+            request_timeout_s=settings.request_timeout_s,
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
         )

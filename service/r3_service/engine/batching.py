@@ -213,30 +213,56 @@ class Batcher:
 
     # -- requests ------------------------------------------------------------------------
 
-    def submit(self, works: Sequence[Work], deadline: float, timeout: float) -> None:
-        """Queue all of ``works`` (one request's new texts) or none; raises if refused."""
+    def submit(
+        self,
+        works: Sequence[Work],
+        deadline: float,
+        timeout: float,
+        reservation: Job | None = None,
+    ) -> None:
+        """Queue all of ``works`` (one request's new texts) or none; raises if refused.
+
+        With a ``reservation`` (``reserve``) still held, the deadline was planned for at
+        admission: only the queue's size is checked, and the texts take the reserved place.
+        """
         if not works:
             return
         now = time.monotonic()
         with self._cond:
-            if not self._running or not self.alive:
-                raise WorkerDeadError("the inference worker is not running")
-            if self.hung:
-                raise WorkerStalledError(
-                    f"inference stalled: a batch has run for {self.running_for(now):.0f} s",
-                    retry_after=5.0,
-                )
-            self.scheduler.admit(works, deadline, timeout, now, self._busy_seconds(now))
-            margin = PROTECT_SHARE * (deadline - now)
-            self.scheduler.add(works, Job(deadline=deadline, margin=margin), now)
+            self._check_worker(now)
+            reserved = reservation is not None and reservation.reserved
+            self.scheduler.admit(
+                works, deadline, timeout, now, self._busy_seconds(now), reserved=reserved
+            )
+            if reservation is not None and reserved:
+                job = reservation
+            else:
+                job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now))
+            self.scheduler.add(works, job, now)
             self._cond.notify()
 
-    def precheck(self, count: int, cost: float, deadline: float, timeout: float) -> None:
-        """Raise now if a job of about ``cost`` would be refused (before any work on it)."""
+    def reserve(self, count: int, cost: float, deadline: float, timeout: float) -> Job:
+        """Admit a job of about ``cost`` before any work is spent on it, and hold its place
+        (``Scheduler.reserve``); raises if refused. Give it back with ``cancel``."""
         now = time.monotonic()
         with self._cond:
-            self.scheduler.admit_cost(
-                count, cost, deadline, timeout, now, self._busy_seconds(now), estimate=True
+            self._check_worker(now)
+            return self.scheduler.reserve(
+                count, cost, deadline, timeout, now, self._busy_seconds(now)
+            )
+
+    def cancel(self, reservation: Job) -> None:
+        """Give a reserved place up (a no-op once its texts were submitted)."""
+        with self._cond:
+            self.scheduler.cancel(reservation)
+
+    def _check_worker(self, now: float) -> None:
+        if not self._running or not self.alive:
+            raise WorkerDeadError("the inference worker is not running")
+        if self.hung:
+            raise WorkerStalledError(
+                f"inference stalled: a batch has run for {self.running_for(now):.0f} s",
+                retry_after=5.0,
             )
 
     def release(self) -> None:

@@ -28,7 +28,7 @@ from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
 from r3_service.engine.config import EngineConfig
 from r3_service.engine.errors import RequestTimeoutError
-from r3_service.engine.scheduler import TEXT_OVERHEAD, Work
+from r3_service.engine.scheduler import TEXT_OVERHEAD, Job, Work
 from r3_service.reward.formula import (
     Branch,
     QueryType,
@@ -50,9 +50,13 @@ logger = logging.getLogger(__name__)
 INLINE_CHARS = 8_000
 #: Large tokenisations go in chunks, so that small requests' chunks slot in between.
 TOKENIZE_CHUNK_CHARS = 64_000
-#: Characters per token when guessing a request's cost before tokenising it (on the low
-#: side, so that the guess refuses only what the exact admission would refuse too).
-PRECHECK_CHARS_PER_TOKEN = 6
+#: Characters per token when guessing a request's cost before tokenising it, until the
+#: texts tokenised so far give the ratio (English prose is about 4 to 5 on wordpiece).
+PRECHECK_CHARS_PER_TOKEN = 4.0
+#: The ratio learnt from tokenised texts stays within these bounds.
+CHARS_PER_TOKEN_BOUNDS = (2.0, 8.0)
+#: Weight of what was tokenised before, against the newest texts, in that ratio.
+CHARS_PER_TOKEN_DECAY = 0.99
 
 #: When the current request arrived (monotonic seconds); set by the HTTP layer so that a
 #: request's deadline counts from its arrival. Unset: from when the engine is called.
@@ -250,6 +254,8 @@ class RewardEngine:
         self._cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
         self.dedup_hits = 0
+        self._chars_seen = 0.0  # decayed sums of untruncated texts' characters and tokens
+        self._tokens_seen = 0.0
 
     @property
     def profile(self) -> EncoderProfile:
@@ -278,15 +284,34 @@ class RewardEngine:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, fn, *args)
 
-    def precheck(self, texts: Iterable[str], deadline: float) -> None:
-        """Refuse now (503) what admission would refuse, from a guess of the texts' cost,
-        before any work is spent on them; cached texts and texts in flight cost nothing."""
+    @property
+    def chars_per_token(self) -> float:
+        """Characters per token of the texts tokenised lately (a prior until there are some)."""
+        if self._tokens_seen < 1000:
+            return PRECHECK_CHARS_PER_TOKEN
+        low, high = CHARS_PER_TOKEN_BOUNDS
+        return min(high, max(low, self._chars_seen / self._tokens_seen))
+
+    def _learn_chars_per_token(self, texts: Sequence[str], ids: Sequence[np.ndarray]) -> None:
+        longest = self.profile.max_length
+        pairs = [(len(t), len(i)) for t, i in zip(texts, ids) if len(i) < longest]
+        if pairs:
+            d = CHARS_PER_TOKEN_DECAY ** len(pairs)
+            self._chars_seen = d * self._chars_seen + sum(c for c, _ in pairs)
+            self._tokens_seen = d * self._tokens_seen + sum(n for _, n in pairs)
+
+    def reserve(self, texts: Iterable[str], deadline: float, extra: float = 0.0) -> Job | None:
+        """Admit a request on a guess of its texts' cost before any work is spent on it
+        (typing its queries, tokenising), and hold its place in the queue; raises (503)
+        when admission refuses it. Cached texts and texts in flight cost nothing; None
+        when nothing is left to run. ``extra``: other model work the request needs on
+        this device first (typing its queries). Give the place up with ``Batcher.cancel``."""
         fresh = {t for t in texts if t not in self.cache and not self._in_flight(t)}
         if not fresh:
-            return
-        longest = self.profile.max_length
-        cost = sum(min(len(t) // PRECHECK_CHARS_PER_TOKEN, longest) + TEXT_OVERHEAD for t in fresh)
-        self.batcher.precheck(len(fresh), cost, deadline, self.config.request_timeout_s)
+            return None
+        longest, ratio = self.profile.max_length, self.chars_per_token
+        cost = extra + sum(min(int(len(t) / ratio), longest) + TEXT_OVERHEAD for t in fresh)
+        return self.batcher.reserve(len(fresh), cost, deadline, self.config.request_timeout_s)
 
     async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of ``texts``; large inputs in chunks on the tokenizer thread."""
@@ -308,8 +333,12 @@ class RewardEngine:
         cacheable: Sequence[bool] | None = None,
         timing: Timing | None = None,
         deadline: float | None = None,
+        reservation: Job | None = None,
     ) -> np.ndarray:
-        """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher."""
+        """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher.
+
+        ``reservation``: the place ``reserve`` holds for them; without one, they are
+        admitted here."""
         deadline = self.deadline() if deadline is None else deadline
         flags = list(cacheable) if cacheable is not None else [True] * len(texts)
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
@@ -319,16 +348,21 @@ class RewardEngine:
             rows_of.setdefault(text, []).append(row)
             cache_of[text] = cache_of.get(text, False) or flag
         waiting: dict[str, Work] = {}
+        owned: Job | None = None
         try:
             fresh = self._lookup(rows_of, cache_of, out, waiting, deadline)
             if fresh:
-                self.precheck(fresh, deadline)
-                await self._enqueue(fresh, cache_of, waiting, deadline)
+                if reservation is None or not reservation.reserved:
+                    reservation = owned = self.reserve(fresh, deadline)
+                await self._enqueue(fresh, cache_of, waiting, deadline, reservation)
             if waiting:
                 await self._collect(waiting, rows_of, out, deadline)
         except BaseException:
             self._release(waiting)
             raise
+        finally:
+            if owned is not None:
+                self.batcher.cancel(owned)
         if timing is not None:
             for work in waiting.values():
                 timing.add(work)
@@ -360,9 +394,11 @@ class RewardEngine:
         cache_of: dict[str, bool],
         waiting: dict[str, Work],
         deadline: float,
+        reservation: Job | None,
     ) -> None:
         """Tokenise the new texts and queue them all, or raise why not."""
         ids = await self.tokenize(fresh)
+        self._learn_chars_per_token(fresh, ids)
         loop = asyncio.get_running_loop()
         new: list[tuple[str, Work]] = []
         for text, tokens in zip(fresh, ids):
@@ -371,7 +407,8 @@ class RewardEngine:
             else:
                 work = Work(text=text, future=loop.create_future(), ids=tokens, deadline=deadline)
                 new.append((text, work))
-        self.batcher.submit([work for _, work in new], deadline, self.config.request_timeout_s)
+        timeout = self.config.request_timeout_s
+        self.batcher.submit([work for _, work in new], deadline, timeout, reservation)
         for text, work in new:
             self._inflight[text] = work
             waiting[text] = work
@@ -453,12 +490,20 @@ class RewardEngine:
         (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
         options = options or RewardOptions()
         deadline = self.deadline()
-        self.precheck(_texts_of(items, options), deadline)
-        if self.classifier is None or not options.branching:
-            return await self._score_typed(items, options, stop_strings, deadline)
-        plan = await plan_qtypes(self.classifier, self, items, options)
-        result = await self._score_typed(plan.items, options, stop_strings, deadline)
-        return fold(result, plan)
+        extra = 0.0
+        if self.classifier is not None and options.branching:
+            untyped = list({i.query for i in items if i.qtype is None})
+            extra = self.classifier.cost(untyped, self.chars_per_token)
+        place = self.reserve(_texts_of(items, options), deadline, extra)
+        try:
+            if self.classifier is None or not options.branching:
+                return await self._score_typed(items, options, stop_strings, deadline, place)
+            plan = await plan_qtypes(self.classifier, self, items, options)
+            result = await self._score_typed(plan.items, options, stop_strings, deadline, place)
+            return fold(result, plan)
+        finally:
+            if place is not None:
+                self.batcher.cancel(place)
 
     async def _score_typed(
         self,
@@ -466,6 +511,7 @@ class RewardEngine:
         options: RewardOptions,
         stop_strings: Sequence[str] | None,
         deadline: float,
+        place: Job | None = None,
     ) -> RewardBatch:
         """R^3 rewards; an item without a qtype is scored as OPENENDED."""
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
@@ -475,7 +521,7 @@ class RewardEngine:
         timing = Timing()
         vectors = np.empty((0, self.encoder.dim), dtype=np.float32)
         if plan.texts:
-            vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline)
+            vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline, place)
         result = await self._cpu(
             weight, assemble, items, prepared, plan, vectors, options, self.profile
         )

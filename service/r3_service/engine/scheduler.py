@@ -75,6 +75,9 @@ class Job:
     seq: int = 0
     admitted: float = 0.0
     works: list[Work] = field(default_factory=list)
+    #: A placeholder for a request admitted on an estimate, whose texts are not queued yet
+    #: (they are being typed by the classifier or tokenised): later admissions count it.
+    reserved: bool = False
 
 
 @dataclass(eq=False)
@@ -240,14 +243,20 @@ class Scheduler:
     # -- admission -------------------------------------------------------------------
 
     def admit(
-        self, works: Sequence[Work], deadline: float, timeout: float, now: float, busy_s: float
+        self,
+        works: Sequence[Work],
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+        reserved: bool = False,
     ) -> None:
         """Raise if ``works`` (one job) cannot be taken now.
 
         ``busy_s``: estimated seconds left of the batch that is running.
         """
         cost = sum(w.cost for w in works)
-        self.admit_cost(len(works), cost, deadline, timeout, now, busy_s)
+        self.admit_cost(len(works), cost, deadline, timeout, now, busy_s, reserved=reserved)
 
     def admit_cost(
         self,
@@ -258,10 +267,12 @@ class Scheduler:
         now: float,
         busy_s: float,
         estimate: bool = False,
+        reserved: bool = False,
     ) -> None:
         """``admit`` for a job of ``count`` texts and ``cost``; ``estimate``: the cost is a
         guess from characters (a precheck before tokenising), so only a retryable 503 or
-        the queue-size 413 can come of it."""
+        the queue-size 413 can come of it; ``reserved``: the job was admitted on its
+        estimate already (``reserve``), only its size and the queue's are checked."""
         if count > self.max_queue_texts or not estimate:
             self._check_size(count, cost, timeout)
         if self.in_flight + count > self.max_queue_texts:
@@ -271,11 +282,43 @@ class Scheduler:
                 f"limit {self.max_queue_texts})",
                 retry_after=self.rate.seconds_for_texts(excess),
             )
+        if reserved:
+            return
         if not self.rate.known or (not self._jobs and busy_s <= 0):
             return  # nothing measured yet, or idle: always try
         start = busy_s + self.rate.cautious_seconds(self.max_batch_tokens)  # one batch
         self._check_own_deadline(cost, deadline - now, start, now)
         self._check_queued_deadlines(cost, now, start)
+
+    def reserve(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+    ) -> Job:
+        """Admit a job on an estimate of its cost and hold its place until its texts come.
+
+        Admission happens once per request: the work done before its texts are queued
+        (classifying its queries, tokenising) is never spent on a request refused later,
+        and requests admitted meanwhile see the work it will bring.
+        """
+        self.admit_cost(count, cost, deadline, timeout, now, busy_s, estimate=True)
+        job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
+        job.remaining = cost
+        self._seq += 1
+        job.seq = self._seq
+        job.admitted = now
+        bisect.insort_right(self._jobs, job, key=_job_order)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Give a reserved place up (the request's texts will not come); idempotent."""
+        if job.reserved:
+            job.reserved = False
+            self._jobs = [j for j in self._jobs if j is not job]
 
     def _check_size(self, count: int, cost: float, timeout: float) -> None:
         if count > self.max_queue_texts:
@@ -344,7 +387,12 @@ class Scheduler:
     # -- queueing ----------------------------------------------------------------------
 
     def add(self, works: Sequence[Work], job: Job, now: float | None = None) -> None:
-        """Queue one admitted job's texts (``now``: when it was admitted)."""
+        """Queue one admitted job's texts (``now``: when it was admitted). A reserved job
+        (``reserve``) takes its texts in place of the estimate."""
+        reserved = job.reserved
+        if reserved:
+            self.cancel(job)
+            job.remaining = 0.0
         cost = sum(w.cost for w in works)
         if cost <= self.max_batch_tokens:
             now = time.monotonic() if now is None else now
@@ -353,9 +401,10 @@ class Scheduler:
             self._small_at = now
             if self._small_first is None:
                 self._small_first = now
-        self._seq += 1
-        job.seq = self._seq
-        job.admitted = time.monotonic() if now is None else now
+        if not reserved:  # a reserved job keeps its place in arrival order and its age
+            self._seq += 1
+            job.seq = self._seq
+            job.admitted = time.monotonic() if now is None else now
         job.works = list(works)
         for work in works:
             work.job = job
@@ -387,7 +436,7 @@ class Scheduler:
                 for work in leaving:
                     self._left(work)
         if gone:
-            self._jobs = sorted((j for j in self._jobs if j.works), key=_job_order)
+            self._jobs = sorted((j for j in self._jobs if j.works or j.reserved), key=_job_order)
         return gone
 
     def _left(self, work: Work) -> None:
@@ -408,7 +457,7 @@ class Scheduler:
             taken.expired = self._remove(lambda w: w.deadline <= now)
             deadlines = (w.deadline for job in self._jobs for w in job.works)
             self._earliest = min(deadlines, default=math.inf)
-        order = self._serving_order(now)
+        order = [job for job in self._serving_order(now) if job.works]
         if order:  # the head job runs now: its texts that cannot make it never run
             head = order[0]
             done = now + self.rate.seconds(head.remaining)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import signal
 import threading
@@ -236,18 +237,27 @@ async def test_overload_is_refused_early_not_timed_out(serve) -> None:  # type: 
     every request ran and got 504; now the excess is refused at once with Retry-After."""
     server, _ = serve(request_timeout_s=4.0)
     with server:
+        until(lambda: metric(server.url, "r3_drain_rate_tokens_per_second") > 0, what="rate")
+        # Three times what the measured drain rate gets through in the deadline (at least
+        # 64 requests): overload on a machine of any speed. A request costs about 600.
+        rate = metric(server.url, "r3_drain_rate_tokens_per_second")
+        count = max(64, math.ceil(3 * rate * 4.0 / 600))
         bodies = [
             {
                 "query": [f"overload {c} question {i} about topic {i % 7}" for i in range(10)],
                 "response": [f"answer {c} {i} " + "with some words " * 8 for i in range(10)],
             }
-            for c in range(64)
+            for c in range(count)
         ]
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        limits = httpx.Limits(max_connections=count)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
             answers = await asyncio.gather(*(client.post("/reward", json=b) for b in bodies))
         codes = [a.status_code for a in answers]
         log.info(
-            "overload: 64 x 10 items, deadline 4 s: %d x 200, %d x 503, %d x 504",
+            "overload: %d x 10 items, drain rate %.0f tokens/s, deadline 4 s: "
+            "%d x 200, %d x 503, %d x 504",
+            count,
+            rate,
             codes.count(200),
             codes.count(503),
             codes.count(504),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from r3_service.classifier.runtime import QueryClassifier
 from r3_service.encoder import Encoder, load_encoder, relevance
 from r3_service.engine import (
     DeadlineUnreachableError,
@@ -281,5 +282,54 @@ async def test_an_overloaded_engine_refuses_before_tokenising(encoder) -> None: 
         assert len(recorder.tokenize_threads) == calls  # refused before any tokenisation
         recorder.release.set()
         await busy
+    finally:
+        engine.stop()
+
+
+class CountingClassifier(QueryClassifier):
+    """Every query OPENENDED; counts the queries it was asked to type, and claims a cost."""
+
+    def __init__(self, cost_per_query: float = 0.0) -> None:
+        self.metrics = {}
+        self.typed = 0
+        self.cost_per_query = cost_per_query
+
+    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
+        self.typed += len(queries)
+        return np.ones(len(queries))
+
+    def cost(self, queries: Sequence[str], chars_per_token: float) -> float:
+        return self.cost_per_query * len(queries)
+
+
+async def test_a_refused_request_costs_no_typing_and_typing_counts_in_admission(encoder) -> None:  # type: ignore[no-untyped-def]
+    recorder = ThreadRecorder(encoder)
+    classifier = CountingClassifier()
+    config = EngineConfig(request_timeout_s=5.0, max_batch_tokens=64)
+    engine = RewardEngine(recorder, config, classifier=classifier)
+    engine.start(calibrate=False)
+    try:
+        engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 tokens/s
+        recorder.hold.set()
+        busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
+        while engine.batcher.running_for() == 0:  # the worker is inside that batch
+            assert not busy.done(), busy
+            await asyncio.sleep(0.001)
+        big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(40)]
+        with pytest.raises(DeadlineUnreachableError):
+            await engine.score(big)
+        assert classifier.typed == 0  # refused before its queries were typed
+        small = [RewardItem(query="one question", response="one short answer")]
+        classifier.cost_per_query = 400.0  # 4 s of model time to type it: past 80% of 5 s
+        with pytest.raises(DeadlineUnreachableError):
+            await engine.score(small)
+        assert classifier.typed == 0
+        classifier.cost_per_query = 0.0
+        recorder.release.set()
+        await busy
+        recorder.hold.clear()
+        assert (await engine.score(small)).qtype == [QueryType.OPENENDED]
+        assert classifier.typed == 1
+        assert engine.batcher.scheduler._jobs == []  # no place left behind
     finally:
         engine.stop()

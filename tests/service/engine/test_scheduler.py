@@ -322,3 +322,37 @@ def test_large_requests_run_one_after_the_other(loop) -> None:  # type: ignore[n
         if any(w in second for w in batch):  # only once the first has a batch or less left
             assert left <= 1024
     assert not scheduler.pending
+
+
+def test_a_reserved_place_counts_for_later_admissions_until_cancelled(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    # 6 s of work admitted on its estimate; its texts are not queued yet.
+    place = scheduler.reserve(6, 600.0, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    assert place.reserved and scheduler.pending_count == 0
+    assert not scheduler.take(now=0.0)  # a place holds no text to run
+    # 3 s of its own: it runs first (shorter) and would push the reserved job, done at
+    # 1 + 6 s, to 10 s: past its deadline less its margin.
+    later = works(loop, [100 - TEXT_OVERHEAD] * 3)
+    with pytest.raises(DeadlineUnreachableError, match="push queued"):
+        scheduler.admit(later, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    scheduler.cancel(place)
+    scheduler.cancel(place)  # idempotent
+    scheduler.admit(later, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+
+
+def test_texts_take_their_reserved_place_without_a_second_deadline_check(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    first = scheduler.reserve(4, 400.0, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    equal = queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=100.0)
+    # The request typed its queries meanwhile; its texts would now be refused on their own
+    # (4 s queued before them), but they were planned for at admission.
+    texts = works(loop, [100 - TEXT_OVERHEAD] * 4, deadline=10.0)
+    scheduler.admit(texts, 10.0, 10.0, now=1.0, busy_s=0.0, reserved=first.reserved)
+    scheduler.add(texts, first, now=1.0)
+    assert not first.reserved and first.remaining == pytest.approx(400.0)
+    assert first.seq < equal.seq  # it keeps its place in arrival order
+    assert scheduler.take(now=1.0).batch[0] in texts
+    with pytest.raises(RequestTooLargeError):  # the queue's size is still checked
+        scheduler.admit(works(loop, [5] * 5000), 10.0, 10.0, 1.0, 0.0, reserved=True)
