@@ -18,6 +18,7 @@ from r3_service.engine.errors import (
 )
 from r3_service.engine.scheduler import (
     ADMIT_SHARE,
+    SMALL_BATCH_SHARE,
     TEXT_OVERHEAD,
     Job,
     Scheduler,
@@ -356,3 +357,27 @@ def test_texts_take_their_reserved_place_without_a_second_deadline_check(loop) -
     assert scheduler.take(now=1.0).batch[0] in texts
     with pytest.raises(RequestTooLargeError):  # the queue's size is still checked
         scheduler.admit(works(loop, [5] * 5000), 10.0, 10.0, 1.0, 0.0, reserved=True)
+
+
+def test_a_small_request_with_a_long_text_left_is_not_starved_by_newer_short_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    first = works(loop, [10, 400])  # a short query and a long response
+    scheduler.add(first, Job(deadline=100.0), now=0.0)
+    assert first[0] in scheduler.take(now=0.0).batch  # its query ran; its response is left
+    for t in range(1, 4):  # a steady stream of short requests, each newer
+        scheduler.add(works(loop, [5, 5]), Job(deadline=100.0), now=float(t))
+    assert first[1] in scheduler.take(now=3.5).batch  # the oldest small request goes first
+
+
+def test_a_small_head_gets_a_short_batch_and_a_large_one_the_full_budget(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=64, max_queue_texts=4096)
+    large = works(loop, [100 - TEXT_OVERHEAD] * 40)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)
+    full = scheduler.take(now=0.0).batch
+    assert len(full) * 92 > SMALL_BATCH_SHARE * 1024  # the large head: the full budget
+    small = works(loop, [100 - TEXT_OVERHEAD])
+    scheduler.add(small, Job(deadline=100.0), now=1.0)
+    short = scheduler.take(now=1.0).batch
+    assert small[0] in short
+    assert len(short) * 92 <= SMALL_BATCH_SHARE * 1024 < len(full) * 92
