@@ -21,12 +21,16 @@ def not_ready_reason(state: ServiceState) -> str | None:
     """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
     if not state.ready or state.engine is None:
         return state.load_error or "model is loading"
-    batcher = state.engine.batcher
-    if not batcher.alive:
-        return "inference worker died"
-    if batcher.hung:
-        running = batcher.running_for()
-        return f"inference batch running for {running:.0f} s (limit {batcher.hung_after:g} s)"
+    batchers = [("inference", state.engine.batcher)]
+    typing = getattr(state.engine.classifier, "engine", None)  # a fine-tuned classifier's own
+    if typing is not None:
+        batchers.append(("query-type classifier", typing.batcher))
+    for name, batcher in batchers:
+        if not batcher.alive:
+            return f"{name} worker died"
+        if batcher.hung:
+            running = batcher.running_for()
+            return f"{name} batch running for {running:.0f} s (limit {batcher.hung_after:g} s)"
     return None
 
 
