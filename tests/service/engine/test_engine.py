@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,17 +264,24 @@ async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: igno
         engine.stop()
 
 
+async def occupy_worker(engine: RewardEngine, recorder: ThreadRecorder) -> asyncio.Future[Any]:
+    """Set the drain rate to 100 tokens/s and hold the worker inside a batch (until
+    ``recorder.release``); returns that batch's request."""
+    engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    recorder.hold.set()
+    busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
+    while engine.batcher.running_for() == 0:  # the worker is inside that batch
+        assert not busy.done(), busy
+        await asyncio.sleep(0.001)
+    return busy
+
+
 async def test_an_overloaded_engine_refuses_before_tokenising(encoder) -> None:  # type: ignore[no-untyped-def]
     recorder = ThreadRecorder(encoder)
     engine = RewardEngine(recorder, EngineConfig(request_timeout_s=5.0))
     engine.start(calibrate=False)
     try:
-        engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 tokens/s
-        recorder.hold.set()
-        busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
-        while engine.batcher.running_for() == 0:  # the worker is inside that batch
-            assert not busy.done(), busy
-            await asyncio.sleep(0.001)
+        busy = await occupy_worker(engine, recorder)
         calls = len(recorder.tokenize_threads)
         big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(20)]
         with pytest.raises(DeadlineUnreachableError) as info:
@@ -309,12 +317,7 @@ async def test_a_refused_request_costs_no_typing_and_typing_counts_in_admission(
     engine = RewardEngine(recorder, config, classifier=classifier)
     engine.start(calibrate=False)
     try:
-        engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 tokens/s
-        recorder.hold.set()
-        busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
-        while engine.batcher.running_for() == 0:  # the worker is inside that batch
-            assert not busy.done(), busy
-            await asyncio.sleep(0.001)
+        busy = await occupy_worker(engine, recorder)
         big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(40)]
         with pytest.raises(DeadlineUnreachableError):
             await engine.score(big)
