@@ -52,6 +52,23 @@ def submit(batcher: Batcher, works: list[Work], timeout: float = 60.0) -> None:
     batcher.submit(works, time.monotonic() + timeout, timeout)
 
 
+def gated_recorder() -> tuple[
+    Callable[[Sequence[np.ndarray]], np.ndarray], list[int], threading.Event, threading.Event
+]:
+    """An embed function that sets ``started``, waits for ``gate`` and records each
+    batch's first ids in ``seen``."""
+    seen: list[int] = []
+    gate, started = threading.Event(), threading.Event()
+
+    def record(batch: Sequence[np.ndarray]) -> np.ndarray:
+        started.set()
+        gate.wait(10)
+        seen.extend(int(ids[0]) for ids in batch)
+        return sum_embed(batch)
+
+    return record, seen, gate, started
+
+
 async def test_results_return_to_their_own_futures() -> None:
     stats: list[BatchStats] = []
     batcher = Batcher(sum_embed, config(max_batch_tokens=64, max_batch_size=4), stats.append)
@@ -111,15 +128,7 @@ async def test_queue_full_rejects_whole_request_atomically() -> None:
 
 
 async def test_work_nobody_waits_for_is_dropped() -> None:
-    seen: list[int] = []
-    gate, started = threading.Event(), threading.Event()
-
-    def record(batch: Sequence[np.ndarray]) -> np.ndarray:
-        started.set()
-        gate.wait(10)
-        seen.extend(int(ids[0]) for ids in batch)
-        return sum_embed(batch)
-
+    record, seen, gate, started = gated_recorder()
     batcher = Batcher(record, config(max_batch_size=1))
     batcher.start()
     loop = asyncio.get_running_loop()
@@ -138,15 +147,7 @@ async def test_work_nobody_waits_for_is_dropped() -> None:
 
 
 async def test_expired_text_is_answered_with_a_timeout_and_never_run() -> None:
-    seen: list[int] = []
-    gate, started = threading.Event(), threading.Event()
-
-    def record(batch: Sequence[np.ndarray]) -> np.ndarray:
-        started.set()
-        gate.wait(10)
-        seen.extend(int(ids[0]) for ids in batch)
-        return sum_embed(batch)
-
+    record, seen, gate, started = gated_recorder()
     batcher = Batcher(record, config(max_batch_size=1))
     batcher.start()
     loop = asyncio.get_running_loop()
