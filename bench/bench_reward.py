@@ -140,12 +140,12 @@ def bench_ort(folder: Path, items: list[dict[str, str]]) -> float:
     return len(items) / (time.perf_counter() - started)
 
 
-def start_server(folder: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    """The service as shipped: the embedded default (the same encoder graph as the plain
+    export of (b)) with its query-type classifier, exported at first start if need be."""
     env = {**os.environ, "R3_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r3_service", "--model", str(folder), "--port", str(port)], env=env
-    )
-    deadline = time.monotonic() + 120
+    proc = subprocess.Popen([sys.executable, "-m", "r3_service", "--port", str(port)], env=env)
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -241,7 +241,7 @@ def run_phase(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=384, help="items per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
@@ -252,55 +252,44 @@ def main() -> None:
     parser.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fused", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rewards", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if args.phase:
-        run_phase(args)
-        return
+    return parser
 
+
+def measure(args: argparse.Namespace, url: str, paths: list[str], saved: Path) -> dict[str, Any]:
+    """Interleaved rounds of (a), (b), (b'), (c), then classification cost and latency."""
     n = args.items
     rows: dict[str, list[float]] = {k: [] for k in ("a", "b", "b2", "c", "typed", "untyped")}
     diffs: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        plain, fused, saved = Path(tmp) / "plain", Path(tmp) / "fused", Path(tmp) / "a.npy"
-        paths = ["--plain", str(plain), "--fused", str(fused), "--rewards", str(saved)]
-        _phase(["--phase", "export", "--data", str(args.data), *paths])
-        server = start_server(plain, args.port)  # serves the default export
-        url = f"http://127.0.0.1:{args.port}"
-        try:
-            warm = [
-                {"query": f"warm-up {i}", "response": "w " * i, "reference": "w", "qtype": None}
-                for i in range(64)
-            ]
-            asyncio.run(bench_http(url, warm, 16, 8))
-            # Rounds interleave every scorer on the same fresh slice, so that a slow spell
-            # of the machine hits all of them; the figures are medians over rounds.
-            for r in range(args.rounds):
-                offset = r * n
-                common = ["--items", str(n), "--offset", str(offset), "--data", str(args.data)]
-                rows["a"].append(_phase(["--phase", "torch", *common, *paths])["rate"])
-                ort = _phase(["--phase", "ort", *common, *paths])
-                rows["b"].append(ort["plain"])
-                rows["b2"].append(ort["fused"])
-                items = load_items(args.data, n, offset)
-                rate, rewards = asyncio.run(bench_http(url, items, 16, 8))
-                rows["c"].append(rate)
-                diffs.append(float(np.abs(rewards - np.load(saved)).max()))
-            # Classification cost: fresh items typed vs left to the classifier, alternating.
-            quarter = 160
-            base = args.rounds * n
-            for q in range(4):
-                part = load_items(args.data, quarter, base + q * quarter)
-                if q % 2:
-                    part = [{**it, "qtype": None} for it in part]
-                key = "untyped" if q % 2 else "typed"
-                rows[key].append(asyncio.run(bench_http(url, part, 16, 8))[0])
-            latency_items = load_items(args.data, 200, base + 4 * quarter)
-            p50, p99 = asyncio.run(bench_latency(url, latency_items, 32))
-        finally:
-            server.terminate()
-            server.wait(30)
+    warm = [
+        {"query": f"warm-up {i}", "response": "w " * i, "reference": "w", "qtype": None}
+        for i in range(64)
+    ]
+    asyncio.run(bench_http(url, warm, 16, 8))
+    # Rounds interleave every scorer on the same fresh slice, so that a slow spell of the
+    # machine hits all of them; the figures are medians over rounds.
+    for r in range(args.rounds):
+        common = ["--items", str(n), "--offset", str(r * n), "--data", str(args.data)]
+        rows["a"].append(_phase(["--phase", "torch", *common, *paths])["rate"])
+        ort = _phase(["--phase", "ort", *common, *paths])
+        rows["b"].append(ort["plain"])
+        rows["b2"].append(ort["fused"])
+        rate, rewards = asyncio.run(bench_http(url, load_items(args.data, n, r * n), 16, 8))
+        rows["c"].append(rate)
+        diffs.append(float(np.abs(rewards - np.load(saved)).max()))
+    # Classification cost: fresh items typed vs left to the classifier, alternating.
+    quarter, base = 160, args.rounds * n
+    for q in range(4):
+        part = load_items(args.data, quarter, base + q * quarter)
+        if q % 2:
+            part = [{**it, "qtype": None} for it in part]
+        rows["untyped" if q % 2 else "typed"].append(asyncio.run(bench_http(url, part, 16, 8))[0])
+    latency_items = load_items(args.data, 200, base + 4 * quarter)
+    p50, p99 = asyncio.run(bench_latency(url, latency_items, 32))
+    return {"rows": rows, "diffs": diffs, "p50": p50, "p99": p99}
 
+
+def report(args: argparse.Namespace, found: dict[str, Any]) -> str:
+    rows, diffs = found["rows"], found["diffs"]
     med = {k: statistics.median(v) for k, v in rows.items()}
     ratio_ca = statistics.median(c / a for c, a in zip(rows["c"], rows["a"]))
     ratio_cb = statistics.median(c / b for c, b in zip(rows["c"], rows["b"]))
@@ -310,7 +299,7 @@ def main() -> None:
         return f"{med[key]:8.1f} items/s  (rounds: {', '.join(f'{v:.0f}' for v in rows[key])})"
 
     lines = [
-        f"{args.rounds} rounds of {n} items; each round's items are fresh to the service",
+        f"{args.rounds} rounds of {args.items} items; each round's items are fresh to the service",
         f"(a)  authors' loop, PyTorch, batches of 4        {fmt('a')}",
         f"(b)  raw ORT, default export, sorted batches 16  {fmt('b')}",
         f"(b') raw ORT, fused export, sorted batches 16    {fmt('b2')}",
@@ -320,10 +309,30 @@ def main() -> None:
         f"qtype given {med['typed']:.1f} items/s, qtype from the classifier "
         f"{med['untyped']:.1f} items/s: classification adds "
         f"{(med['typed'] / med['untyped'] - 1) * 100:+.1f}% time",
-        f"1-item requests, 32 clients: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
+        f"1-item requests, 32 clients: p50 {found['p50'] * 1000:.1f} ms, "
+        f"p99 {found['p99'] * 1000:.1f} ms",
         f"max |reward(c) - reward(a)| = {max(diffs):.2e}",
     ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.phase:
+        run_phase(args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, fused, saved = Path(tmp) / "plain", Path(tmp) / "fused", Path(tmp) / "a.npy"
+        paths = ["--plain", str(plain), "--fused", str(fused), "--rewards", str(saved)]
+        _phase(["--phase", "export", "--data", str(args.data), *paths])
+        server = start_server(args.port)
+        try:
+            found = measure(args, f"http://127.0.0.1:{args.port}", paths, saved)
+        finally:
+            server.terminate()
+            server.wait(30)
+    sys.stdout.write(report(args, found))
 
 
 if __name__ == "__main__":

@@ -135,6 +135,12 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
+def live_server_class() -> type[LiveServer]:
+    """The LiveServer class, for modules that run servers with their own settings and scope."""
+    return LiveServer
+
+
+@pytest.fixture(scope="session")
 def live_server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real server on the exported default encoder."""
     log = tmp_path_factory.mktemp("server") / "server.log"

@@ -15,11 +15,9 @@ if TYPE_CHECKING:
 
 def serve_main(argv: Sequence[str] | None = None) -> None:
     """Serve R^3 over HTTP (the embedded default encoder unless --model is given)."""
-    import uvicorn
-
-    from r3_service.api.app import create_app
     from r3_service.config import Settings
     from r3_service.models import resolve_model_dir
+    from r3_service.server import serve
 
     parser = argparse.ArgumentParser(prog="r3-serve", description=serve_main.__doc__)
     parser.add_argument("--model", type=Path, help="exported model folder (see r3-export)")
@@ -37,14 +35,7 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     settings = settings.model_copy(
         update={"model": resolve_model_dir(settings.model, settings.cache_dir)}
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-    )
+    serve(settings)  # uvicorn with connection limits and timeouts (server.py)
 
 
 #: Measured by ``python bench/int8_error.py`` (768 AlpacaFarm items, all-MiniLM-L6-v2).

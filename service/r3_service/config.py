@@ -9,6 +9,20 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from r3_service.engine.config import (
+    CPU_BATCH_SIZE,
+    CPU_BATCH_TOKENS,
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAX_QUEUE_TEXTS,
+    DEFAULT_MAX_WAIT_MS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    GPU_BATCH_SIZE,
+    GPU_BATCH_TOKENS,
+    HUNG_BATCH_SHARE,
+    EngineConfig,
+    batch_limits,
+)
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -38,23 +52,62 @@ class Settings(BaseSettings):
     max_batch_tokens: int | None = Field(
         default=None,
         ge=64,
-        description="Token budget of one batch (size x padded length); unset: 1024 on CPU, "
-        "16384 on GPU.",
+        description="Token budget of one batch (size x padded length); unset: "
+        f"{CPU_BATCH_TOKENS} on CPU, {GPU_BATCH_TOKENS} on GPU.",
     )
     max_batch_size: int | None = Field(
-        default=None, ge=1, description="Most texts in one batch; unset: 32 on CPU, 128 on GPU."
+        default=None,
+        ge=1,
+        description=f"Most texts in one batch; unset: {CPU_BATCH_SIZE} on CPU, "
+        f"{GPU_BATCH_SIZE} on GPU.",
     )
     max_wait_ms: float = Field(
-        default=2.0, ge=0, le=1000, description="How long a batch may wait to fill."
+        default=DEFAULT_MAX_WAIT_MS, ge=0, le=1000, description="How long a batch may wait to fill."
     )
     max_queue_texts: int = Field(
-        default=4096, ge=1, description="Texts queued at most; beyond, requests get 503."
+        default=DEFAULT_MAX_QUEUE_TEXTS,
+        ge=1,
+        description="Texts queued at most; beyond, requests get 503 (a request needing more "
+        "texts than this at once gets 413).",
     )
     cache_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Size of the query/reference embedding LRU."
+        default=DEFAULT_CACHE_BYTES, ge=0, description="Size of the query/reference embedding LRU."
     )
     request_timeout_s: float = Field(
-        default=60.0, gt=0, description="Deadline of one request; past it the answer is 504."
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        gt=0,
+        description="Deadline of one request, from its arrival; past it the answer is 504. "
+        "Requests that cannot finish before it are refused at once (503 + Retry-After).",
+    )
+    hung_batch_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A batch running longer than this is hung: /readyz turns red and "
+        f"r3_hung_batches_total counts it; unset: {HUNG_BATCH_SHARE:g} x the request timeout.",
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=16,
+        description="Open HTTP connections at most; beyond, the oldest idle one is closed, "
+        "or the new one when none is idle (lowered to fit the open-file limit).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a connection has to send a request's headers (from connecting, or "
+        "from the previous answer); past it the connection is closed (408 if it sent a part).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Time to send a request body; past it: 408, closed."
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    max_header_bytes: int = Field(
+        default=65536, ge=1024, description="Request line and headers at most (larger: 431)."
+    )
+    max_json_depth: int = Field(
+        default=32, ge=4, description="Nesting of arrays and objects in a body (deeper: 400)."
     )
     max_items_per_request: int = Field(default=512, ge=1, description="Items in one request.")
     max_chars_per_text: int = Field(
@@ -86,14 +139,32 @@ class Settings(BaseSettings):
     )
 
     def batch_limits(self, device: str) -> tuple[int, int]:
-        """(max_batch_tokens, max_batch_size), filling unset ones with the device's defaults.
+        """(max_batch_tokens, max_batch_size), filling unset ones with the device's defaults."""
+        return batch_limits(device, self.max_batch_tokens, self.max_batch_size)
 
-        Measured on a 2-core CPU with MiniLM over HTTP: budgets of 512-1024 tokens gave
-        about 30% more items/s than 4096 and 16384 (smaller activations stay in cache);
-        GPUs want large batches.
-        """
-        tokens, size = (16384, 128) if device == "cuda" else (1024, 32)
-        return self.max_batch_tokens or tokens, self.max_batch_size or size
+    def engine_config(self, device: str) -> EngineConfig:
+        """The engine knobs these settings give on ``device``."""
+        return EngineConfig.for_device(
+            device,
+            self.max_batch_tokens,
+            self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            max_queue_texts=self.max_queue_texts,
+            cache_bytes=self.cache_bytes,
+            request_timeout_s=self.request_timeout_s,
+            hung_batch_s=self.hung_batch_s,
+        )
+
+    def warnings(self) -> list[str]:
+        """Settings that make some requests impossible (logged at start)."""
+        found = []
+        if self.max_queue_texts < 2 * self.max_items_per_request:
+            found.append(
+                f"R3_MAX_QUEUE_TEXTS={self.max_queue_texts} is less than the texts of one full "
+                f"request (2 x R3_MAX_ITEMS_PER_REQUEST={self.max_items_per_request}): such "
+                "requests get 413"
+            )
+        return found
 
     @property
     def api_key_list(self) -> list[str]:

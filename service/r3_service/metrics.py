@@ -16,7 +16,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._request_metrics(self.registry)
+        self._batch_metrics(self.registry)
+        self._reward_metrics(self.registry)
+        self._worker_metrics(self.registry)
+        self._connection_metrics(self.registry)
+
+    def _request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "r3_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
         )
@@ -27,7 +33,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_flight = Gauge(
+            "r3_requests_in_flight", "HTTP requests being served, by route.", ["route"], registry=r
+        )
         self.items = Counter("r3_items", "Items scored, by route.", ["route"], registry=r)
+        self.rejected = Counter(
+            "r3_rejected_requests",
+            "Requests refused before running: queue_full, deadline (could not finish in time), "
+            "stalled, too_large (413), worker_dead.",
+            ["reason"],
+            registry=r,
+        )
+
+    def _batch_metrics(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "r3_batch_size", "Texts per inference batch.", buckets=_SIZE_BUCKETS, registry=r
         )
@@ -49,13 +67,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_size = Gauge("r3_queue_size", "Texts queued or in inference.", registry=r)
+        self.queue_size = Gauge(
+            "r3_queue_size", "Texts accepted and not yet answered (waiting or running).", registry=r
+        )
         self.cache_hits = Counter("r3_cache_hits", "Embedding cache hits.", registry=r)
         self.cache_misses = Counter("r3_cache_misses", "Embedding cache misses.", registry=r)
         self.cache_bytes = Gauge("r3_cache_bytes", "Bytes held by the embedding cache.", registry=r)
         self.dedup_hits = Counter(
             "r3_dedup_hits", "Texts answered by identical work already in flight.", registry=r
         )
+
+    def _reward_metrics(self, r: CollectorRegistry) -> None:
         self.reward = Histogram(
             "r3_reward",
             "Rewards returned, by query type and branch.",
@@ -69,8 +91,34 @@ class Metrics:
             ["qtype"],
             registry=r,
         )
-        self.rejected = Counter(
-            "r3_rejected_requests", "Requests refused by backpressure.", ["reason"], registry=r
+
+    def _worker_metrics(self, r: CollectorRegistry) -> None:
+        self.queue_tokens = Gauge("r3_queue_tokens", "Tokens of the texts waiting.", registry=r)
+        self.drain_rate = Gauge(
+            "r3_drain_rate_tokens_per_second",
+            "Measured tokens (plus a per-text overhead) per second of batch time (EWMA).",
+            registry=r,
+        )
+        self.batch_running = Gauge(
+            "r3_batch_running_seconds", "How long the running batch has run (0: none).", registry=r
+        )
+        self.hung_batches = Counter(
+            "r3_hung_batches", "Batches that ran past the hung-batch limit.", registry=r
+        )
+        self.expired_texts = Counter(
+            "r3_expired_texts",
+            "Texts answered with a timeout instead of being run (deadline passed).",
+            registry=r,
+        )
+
+    def _connection_metrics(self, r: CollectorRegistry) -> None:
+        self.connections = Gauge("r3_open_connections", "Open HTTP connections.", registry=r)
+        self.connections_closed = Counter(
+            "r3_connections_closed",
+            "Connections the server closed: header_timeout, header_too_large, evicted (idle, "
+            "to make room), refused (at the cap, none idle), body_incomplete.",
+            ["reason"],
+            registry=r,
         )
 
     def observe_batch(self, stats: BatchStats) -> None:
@@ -79,6 +127,21 @@ class Metrics:
         self.batch_tokens.observe(stats.padded_tokens)
         self.inference_duration.observe(stats.seconds)
         self.queue_duration.observe(stats.queue_seconds)
+
+    def sync_worker(
+        self,
+        pending_tokens: int,
+        drain_rate: float,
+        running_for: float,
+        hung_batches: int,
+        expired_texts: int,
+    ) -> None:
+        """Bring the worker's state into the registry (called at scrape time)."""
+        self.queue_tokens.set(pending_tokens)
+        self.drain_rate.set(drain_rate)
+        self.batch_running.set(running_for)
+        _catch_up(self.hung_batches, hung_batches)
+        _catch_up(self.expired_texts, expired_texts)
 
     def sync(
         self, queued: int, cache_hits: int, cache_misses: int, cache_bytes: int, dedup: int
@@ -91,6 +154,11 @@ class Metrics:
             (self.cache_misses, cache_misses),
             (self.dedup_hits, dedup),
         ):
-            delta = total - counter._value.get()  # noqa: SLF001 - prometheus_client has no getter
-            if delta > 0:
-                counter.inc(delta)
+            _catch_up(counter, total)
+
+
+def _catch_up(counter: Counter, total: float) -> None:
+    """Increment ``counter`` up to ``total`` (a tally kept elsewhere)."""
+    delta = total - counter._value.get()  # noqa: SLF001 - prometheus_client has no getter
+    if delta > 0:
+        counter.inc(delta)

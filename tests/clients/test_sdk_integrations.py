@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from r3_client import Client, ServiceUnavailableError, UnprocessableEntityError
+from r3_client._base import DEFAULT_RETRY_TIMEOUT
 from r3_client.integrations import _openrlhf, verl
 from r3_client.integrations._batching import LoopBatcher, ThreadBatcher
 from r3_client.integrations._common import parse_on_error, to_qtype
@@ -128,7 +129,8 @@ def test_trl_fail_soft_after_retries(server: FakeServer, sleeps: list[float]) ->
     none = R3Reward(base_url=BASE, on_error="none")
     assert none(["p", "q"], ["c-1", "c-2"], log_metric=log_metric) == [None, None]
     assert none.failures == 2 and logged["r3_reward/failed"] == [2.0]
-    assert len(sleeps) == 3  # the client's own retries ran first
+    # the client's own retries ran first: its time budget (waits recorded, not slept)
+    assert len(sleeps) >= 3 and sum(sleeps) <= DEFAULT_RETRY_TIMEOUT
     value = R3Reward(base_url=BASE, on_error=-1.0)
     assert value(["p"], ["c-1"]) == [-1.0]
     with pytest.raises(ServiceUnavailableError):

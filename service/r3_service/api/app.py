@@ -16,7 +16,7 @@ from r3_service.api.docs import install_docs
 from r3_service.api.errors import install_error_handlers
 from r3_service.api.middleware import (
     AuthMiddleware,
-    BodyLimitMiddleware,
+    BodyMiddleware,
     DisconnectMiddleware,
     MetricsMiddleware,
 )
@@ -44,15 +44,7 @@ def load_default_encoder(settings: Settings) -> Encoder:
 
 
 def engine_config(settings: Settings, device: str) -> EngineConfig:
-    max_batch_tokens, max_batch_size = settings.batch_limits(device)
-    return EngineConfig(
-        max_batch_tokens=max_batch_tokens,
-        max_batch_size=max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue_texts=settings.max_queue_texts,
-        cache_bytes=settings.cache_bytes,
-        request_timeout_s=settings.request_timeout_s,
-    )
+    return settings.engine_config(device)
 
 
 def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
@@ -105,6 +97,7 @@ def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) 
         classifier = load_classifier(
             path,
             engine.encoder,
+            request_timeout_s=settings.request_timeout_s,
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
         )
@@ -186,7 +179,13 @@ def create_app(
     app.include_router(health.router)
     # Added last = outermost: metrics see every answer, auth runs before the body is read.
     app.add_middleware(DisconnectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_depth=settings.max_json_depth,
+        max_chars=settings.max_chars_per_text,
+    )
     if settings.api_key_list:
         open_paths = {"/healthz", "/readyz"} | (set() if settings.metrics_auth else {"/metrics"})
         app.add_middleware(

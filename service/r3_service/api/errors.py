@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r3_service.api.schemas import ErrorBody, ErrorDetail, ErrorResponse
-from r3_service.engine import QueueFullError, RequestTimeoutError, WorkerDeadError
+from r3_service.engine import (
+    OverloadedError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    WorkerDeadError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +28,10 @@ _TYPES = {
     403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
+    431: "request_header_fields_too_large",
     422: "validation_error",
     429: "rate_limited",
     500: "internal_error",
@@ -73,6 +81,11 @@ def error_response(
         error=ErrorBody(type=_TYPES.get(status, "error"), message=message, details=list(details))
     )
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 #: How a query is written, for messages about a malformed one.
@@ -197,10 +210,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if state is not None:
             state.metrics.rejected.labels(reason).inc()
 
-    @app.exception_handler(QueueFullError)
-    async def _full(request: Request, exc: QueueFullError) -> JSONResponse:
-        count_rejected(request, "queue_full")
-        return error_response(503, "overloaded: " + str(exc), headers={"Retry-After": "1"})
+    @app.exception_handler(OverloadedError)
+    async def _overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
+        count_rejected(request, exc.reason)
+        return error_response(503, str(exc), headers={"Retry-After": retry_after(exc.retry_after)})
+
+    @app.exception_handler(RequestTooLargeError)
+    async def _too_large(request: Request, exc: RequestTooLargeError) -> JSONResponse:
+        count_rejected(request, "too_large")
+        return error_response(413, str(exc))
 
     @app.exception_handler(RequestTimeoutError)
     async def _timeout(request: Request, exc: RequestTimeoutError) -> JSONResponse:

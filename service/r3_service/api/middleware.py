@@ -8,11 +8,16 @@ import hmac
 import time
 from collections.abc import Sequence
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from r3_service.api.body import BodyProblem, check_json_body
 from r3_service.api.errors import error_response
+from r3_service.api.schemas import ErrorDetail
+from r3_service.engine import request_started
 from r3_service.metrics import Metrics
+
+#: Status counted for a request whose client hung up before it was answered (nginx's).
+CLIENT_CLOSED = 499
 
 #: Routes with their own metric labels; anything else is "other" (bounded cardinality).
 KNOWN_ROUTES = frozenset(
@@ -29,44 +34,143 @@ KNOWN_ROUTES = frozenset(
 )
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes``, by Content-Length or by counting a stream."""
+class BodyMiddleware:
+    """Reads a request body within limits before any route sees it.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    - larger than ``max_bytes`` (by Content-Length or by counting a stream): 413;
+    - not complete within ``timeout_s`` of the headers: 408;
+    - JSON (or no content type) that is not UTF-8 or nested deeper than ``max_depth``: 400;
+      a string in any field over ``max_chars`` or with a lone surrogate: 422 naming the
+      field and item index (``api/body.py``).
+
+    Errors about the body itself close the connection (``Connection: close``): the rest
+    of a body that was refused is never read. The body is then replayed to the app.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        max_depth: int = 32,
+        max_chars: int = 50_000,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.max_depth = max_depth
+        self.max_chars = max_chars
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in _NO_BODY:
             await self.app(scope, receive, send)
             return
+        problem = self._declared(scope)
+        body = b""
+        if problem is None:
+            try:
+                body = await asyncio.wait_for(self._read(receive), self.timeout_s)
+            except asyncio.TimeoutError:
+                problem = BodyProblem(408, f"request body not received within {self.timeout_s:g} s")
+            except _TooLarge:
+                problem = BodyProblem(413, f"body larger than {self.max_bytes} bytes")
+            except _Gone:
+                return  # the client left mid-body: nobody to answer
+        if problem is None and _is_json(scope):
+            problem = await self._inspect(body)
+        if problem is not None:
+            await _refuse(problem, scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _declared(self, scope: Scope) -> BodyProblem | None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    message = f"body larger than {self.max_bytes} bytes"
-                    status = 413 if declared > 0 else 400
-                    await error_response(status, message)(scope, receive, send)
-                    return
+                    return BodyProblem(400, "invalid Content-Length")
+                if declared < 0:
+                    return BodyProblem(400, "invalid Content-Length")
+                if declared > self.max_bytes:
+                    return BodyProblem(413, f"body larger than {self.max_bytes} bytes")
+        return None
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, f"body larger than {self.max_bytes} bytes")
-            return message
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        await self.app(scope, limited, send)
+    async def _inspect(self, body: bytes) -> BodyProblem | None:
+        args = (body, self.max_depth, self.max_chars)
+        if len(body) <= _INLINE_BODY_BYTES:
+            return check_json_body(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, check_json_body, *args)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Gone(Exception):
+    pass
+
+
+#: Methods whose requests are not read for a body here.
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+#: Larger bodies are inspected in a worker thread.
+_INLINE_BODY_BYTES = 64 * 1024
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return True  # FastAPI parses a body without a content type as JSON
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives ``body`` once, then whatever the server sends (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _refuse(problem: BodyProblem, scope: Scope, receive: Receive, send: Send) -> None:
+    details = []
+    headers = None
+    if problem.status == 422:
+        details = [ErrorDetail(field=problem.field, index=problem.index, message=problem.message)]
+        where = problem.field if problem.index is None else f"{problem.field}[{problem.index}]"
+        message = f"{where}: {problem.message}"
+    else:
+        message = problem.message
+        headers = {"Connection": "close"}  # the rest of the body is never read
+    await error_response(problem.status, message, details, headers)(scope, receive, send)
 
 
 class MetricsMiddleware:
-    """Counts requests by route and status and times them."""
+    """Counts requests by route and status and times them; stamps the request's arrival.
+
+    A request whose client hung up before any answer counts as status 499.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -79,7 +183,14 @@ class MetricsMiddleware:
         path = scope.get("path", "")
         route = path if path in KNOWN_ROUTES else "other"
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
+        gone = False
+
+        async def watched() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         async def observed(message: Message) -> None:
             nonlocal status
@@ -87,10 +198,16 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        token = request_started.set(time.monotonic())
+        in_flight = self.metrics.in_flight.labels(route)
+        in_flight.inc()
         try:
-            await self.app(scope, receive, observed)
+            await self.app(scope, watched, observed)
         finally:
-            self.metrics.requests.labels(route, str(status)).inc()
+            in_flight.dec()
+            request_started.reset(token)
+            code = status if status is not None else (CLIENT_CLOSED if gone else 500)
+            self.metrics.requests.labels(route, str(code)).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from r3_service.reward.formula import Branch, QueryType
+from r3_service.reward.formula import Branch, QueryType, RewardOptions
 from r3_service.reward.text import DEFAULT_STOP_STRINGS
 
 
@@ -34,18 +35,24 @@ def _upper(value: object) -> object:
 QTypeIn = Annotated[QueryType, BeforeValidator(_upper)]
 
 
+#: The defaults live in :class:`RewardOptions`; the schema shows the same values.
+_DEFAULT_OPTIONS = RewardOptions()
+
+
 class RewardOptionsModel(_Strict):
     """The paper's ablation switches, stop strings and F's scale."""
 
-    length_incentive: bool = True
-    repetition_penalty: bool = True
-    relevance: bool = True
-    reward_branching: bool = True
+    length_incentive: bool = _DEFAULT_OPTIONS.length_incentive
+    repetition_penalty: bool = _DEFAULT_OPTIONS.repetition_penalty
+    relevance: bool = _DEFAULT_OPTIONS.relevance
+    reward_branching: bool = _DEFAULT_OPTIONS.reward_branching
     stop_strings: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=64)]
         | None
     ) = Field(default=None, description="Replaces the default stop strings when given.")
-    max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = (
+        _DEFAULT_OPTIONS.max_sequence_length
+    )
     query_format: Literal["text", "alpaca"] = Field(
         default="text",
         description=(
@@ -56,6 +63,12 @@ class RewardOptionsModel(_Strict):
             "(docs/reward.md)."
         ),
     )
+
+    def to_options(self) -> RewardOptions:
+        """The switches as the engine takes them (stop strings and query format apart)."""
+        return RewardOptions(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(RewardOptions)}
+        )
 
 
 class RewardRequest(_Strict):

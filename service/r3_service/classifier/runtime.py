@@ -58,6 +58,12 @@ class QueryClassifier(abc.ABC):
     async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
         """Calibrated P(OPENENDED) per query, float64 of shape (n,)."""
 
+    def cost(self, queries: Sequence[str], chars_per_token: float) -> float:
+        """A guess of the model work typing ``queries`` takes on the reward encoder's device,
+        in the batcher's cost units (tokens plus a per-text overhead); 0 when that work
+        goes through the reward engine's own queue."""
+        return 0.0
+
     def start(self) -> None:  # noqa: B027 - optional hook
         """Start background workers, if any."""
 
@@ -134,7 +140,14 @@ class FineTunedClassifier(QueryClassifier):
 
     kind = "finetuned"
 
-    def __init__(self, folder: Path | str, *, cache_bytes: int = 16 << 20, **ort: Any) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        cache_bytes: int = 16 << 20,
+        request_timeout_s: float | None = None,
+        **ort: Any,
+    ) -> None:
         from r3_service.engine.engine import EngineConfig, RewardEngine
 
         folder = Path(folder)
@@ -149,8 +162,21 @@ class FineTunedClassifier(QueryClassifier):
         self.encoder = EnsembleEncoder(folder, config, **ort)
         self.engine = RewardEngine(
             self.encoder,
-            EngineConfig(max_batch_tokens=2048, max_batch_size=64, cache_bytes=cache_bytes),
+            # The reward's batch limits (a small request waits for one short batch) and
+            # deadline (no typing for a request that has given up).
+            EngineConfig.for_device(
+                self.encoder.device,
+                cache_bytes=cache_bytes,
+                request_timeout_s=request_timeout_s or EngineConfig.request_timeout_s,
+            ),
         )
+
+    def cost(self, queries: Sequence[str], chars_per_token: float) -> float:
+        from r3_service.engine.scheduler import TEXT_OVERHEAD
+
+        longest = self.encoder.max_length
+        tokens = sum(min(int(len(q) / chars_per_token), longest) for q in queries)
+        return float((tokens + TEXT_OVERHEAD * len(queries)) * self.members)
 
     def start(self) -> None:
         # A batch of typical size first, so ONNX Runtime's arenas are grown before requests.
@@ -270,13 +296,18 @@ def check_classifier(model_folder: Path, override: Path | None = None) -> Path:
     return head_path
 
 
-def load_classifier(path: Path, reward_encoder: Encoder, **ort: Any) -> QueryClassifier:
+def load_classifier(
+    path: Path,
+    reward_encoder: Encoder,
+    request_timeout_s: float | None = None,
+    **ort: Any,
+) -> QueryClassifier:
     """Open the classifier at ``path`` (a fine-tuned folder or a head file); raises if unusable."""
     from r3_service.classifier.head import HEAD_FILE, load_head
 
     path = Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
-        return FineTunedClassifier(path, **ort)
+        return FineTunedClassifier(path, request_timeout_s=request_timeout_s, **ort)
     if path.is_dir() and (path / HEAD_FILE).is_file():
         path = path / HEAD_FILE
     if path.is_file():

@@ -26,6 +26,37 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _wants_cuda(ort: Any, provider: Provider) -> bool:
+    """Whether to use the CUDA provider; preloads pip-installed CUDA/cuDNN libraries if so."""
+    available = ort.get_available_providers()
+    use_cuda = provider == "cuda" or (provider == "auto" and "CUDAExecutionProvider" in available)
+    if use_cuda and "CUDAExecutionProvider" not in available:
+        raise RuntimeError("provider 'cuda' asked for, but onnxruntime has no CUDA provider")
+    if use_cuda and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21: find CUDA/cuDNN installed as pip wheels (nvidia-*).
+        try:
+            ort.preload_dlls()
+        except Exception:  # the system's libraries may still be found
+            logger.warning("onnxruntime.preload_dlls() failed", exc_info=True)
+    return use_cuda
+
+
+def _session(ort: Any, path: Path, use_cuda: bool, intra_op_threads: int, device_id: int) -> Any:
+    """An inference session: CUDA (CPU for unsupported ops), or CPU tuned to share cores."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if use_cuda:
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+    else:
+        options.intra_op_num_threads = intra_op_threads or available_cpus()
+        options.inter_op_num_threads = 1
+        # The HTTP event loop shares these cores: don't busy-wait between ops.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 class OrtEncoder(Encoder):
     """Mean-pooled sentence embeddings from an exported ONNX folder."""
 
@@ -36,6 +67,7 @@ class OrtEncoder(Encoder):
         provider: Provider = "auto",
         intra_op_threads: int = 0,
         device_id: int = 0,
+        io_binding: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -48,40 +80,22 @@ class OrtEncoder(Encoder):
             max_length=self.profile.max_length, direction=self.profile.truncation
         )
 
-        available = ort.get_available_providers()
-        use_cuda = provider == "cuda" or (
-            provider == "auto" and "CUDAExecutionProvider" in available
+        use_cuda = _wants_cuda(ort, provider)
+        self.session = _session(
+            ort, self.folder / self.profile.onnx_file, use_cuda, intra_op_threads, device_id
         )
-        if use_cuda and "CUDAExecutionProvider" not in available:
-            raise RuntimeError("provider 'cuda' asked for, but onnxruntime has no CUDA provider")
-        if use_cuda and hasattr(ort, "preload_dlls"):
-            # onnxruntime-gpu >= 1.21: find CUDA/cuDNN installed as pip wheels (nvidia-*).
-            try:
-                ort.preload_dlls()
-            except Exception:  # the system's libraries may still be found
-                logger.warning("onnxruntime.preload_dlls() failed", exc_info=True)
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers: list[Any]
-        if use_cuda:
-            providers = [
-                ("CUDAExecutionProvider", {"device_id": device_id}),
-                "CPUExecutionProvider",
-            ]
-        else:
-            threads = intra_op_threads or available_cpus()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            # The HTTP event loop shares these cores: don't busy-wait between ops.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(
-            str(self.folder / self.profile.onnx_file), options, providers=providers
-        )
-        self.device = "cuda" if use_cuda else "cpu"
+        # ONNX Runtime falls back to the CPU, with only a warning, when the CUDA provider
+        # cannot load (e.g. cuDNN missing): binding outputs to "cuda" would then fail.
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        if use_cuda and not on_gpu:
+            message = "the CUDA provider did not load (see ONNX Runtime's warning above)"
+            if provider == "cuda":
+                raise RuntimeError(message)
+            logger.error("%s: running on the CPU", message)
+        self.device = "cuda" if on_gpu else "cpu"
         self.device_id = device_id
+        #: Run with io-binding on the GPU (outputs allocated on the device); off: plain run().
+        self.io_binding = io_binding
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
         # Exports end with the pooled "sentence_embedding"; older ones give hidden states.
@@ -107,7 +121,7 @@ class OrtEncoder(Encoder):
     def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
         feeds = self._feeds(input_ids, mask)
-        if self.device == "cuda":
+        if self.device == "cuda" and self.io_binding:
             output = self._run_cuda(feeds)
         else:
             output = self.session.run([self._output_name], feeds)[0]

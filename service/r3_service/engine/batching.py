@@ -1,12 +1,12 @@
-"""Dynamic batching: a bounded pending list and one inference worker thread.
+"""Dynamic batching: one inference worker thread over the deadline-aware scheduler.
 
-Requests submit texts; the worker takes everything pending (after waiting up
-to ``max_wait_ms`` for a batch to fill), tokenises it in one call, sorts it by
-token length to minimise padding, cuts batches by a token budget (``batch size
-x padded length <= max_batch_tokens``) and ``max_batch_size``, runs them, and
-resolves each text's future on its own event loop. Tokenisation and inference
-both run in the worker, off the event loop. A failing batch fails only its own
-futures; the worker goes on with the next one.
+Requests submit tokenised texts with a deadline (``Batcher.submit``); which requests are
+taken and which texts form the next batch is the scheduler's business (``scheduler.py``).
+The worker waits up to ``max_wait_ms`` for a batch to fill, takes the next batch, runs
+it, and resolves each text's future on its own event loop. Texts past their deadline are
+answered with a timeout and never run; a failing batch fails only its own futures. A
+watchdog thread counts batches that run past the hung-batch limit; ``hung`` is what
+/readyz reports.
 """
 
 from __future__ import annotations
@@ -16,49 +16,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from r3_service.engine.config import EngineConfig
+from r3_service.engine.errors import RequestTimeoutError, WorkerDeadError, WorkerStalledError
+from r3_service.engine.scheduler import (
+    PROTECT_SHARE,
+    TEXT_OVERHEAD,
+    Job,
+    Scheduler,
+    Taken,
+    Work,
+)
+
 logger = logging.getLogger(__name__)
 
-TokenizeFn = Callable[[Sequence[str]], list[np.ndarray]]
-EmbedFn = Callable[[Sequence[np.ndarray]], np.ndarray]
+#: The drain rate is seeded at this share of the speed measured on the idle model.
+CALIBRATION_SHARE = 0.5
+#: A batch taken within this many seconds of the previous one's end followed it directly.
+BATCH_GAP_S = 0.05
 
-#: Rough characters per token, only to judge whether pending work fills a batch.
-_CHARS_PER_TOKEN = 4
+#: Token ids of each text in, mean-pooled embeddings (len(batch), dim) out.
+EmbedTokensFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
-
-class QueueFullError(Exception):
-    """The pending queue cannot take a request's texts; retry later."""
-
-
-class WorkerDeadError(RuntimeError):
-    """The inference worker thread is not running."""
-
-
-@dataclass(eq=False)
-class Work:
-    """One text waiting for its embedding."""
-
-    text: str
-    future: asyncio.Future[np.ndarray]
-    #: Requests still waiting for this text; 0 means its work can be dropped.
-    waiters: int = 1
-    enqueued: float = field(default_factory=time.monotonic)
-    ids: np.ndarray | None = None
-    #: Set by the worker: seconds queued before its batch ran, and the batch's model time.
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
-
-    @property
-    def estimated_tokens(self) -> int:
-        return len(self.text) // _CHARS_PER_TOKEN + 2
-
-    @property
-    def wanted(self) -> bool:
-        return self.waiters > 0 and not self.future.done()
+__all__ = ["BatchStats", "Batcher", "EmbedTokensFn", "Work"]
 
 
 @dataclass(frozen=True)
@@ -72,29 +56,11 @@ class BatchStats:
     queue_seconds: float
 
 
-def cut_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
-) -> list[list[int]]:
-    """Indices of ``lengths`` in length-sorted batches within the token budget.
-
-    Each batch satisfies ``len(batch) * max(length) <= max_batch_tokens`` and
-    ``len(batch) <= max_batch_size``, except a single text longer than the budget,
-    which forms a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        width = lengths[index]  # ascending, so the newest member is the widest
-        if current and (
-            (len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size
-        ):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+@dataclass(frozen=True)
+class _Running:
+    seq: int
+    started: float
+    cost: float
 
 
 def _resolve(future: asyncio.Future[np.ndarray], value: np.ndarray | BaseException | None) -> None:
@@ -117,50 +83,108 @@ def _call_in_loop(future: asyncio.Future[np.ndarray], value: Any) -> None:
 
 
 class Batcher:
-    """Owns the pending queue and the worker thread that tokenises and embeds."""
+    """Owns the scheduler, the inference worker thread and its watchdog."""
 
     def __init__(
         self,
-        tokenize: TokenizeFn,
-        embed: EmbedFn,
-        *,
-        max_batch_tokens: int = 16384,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 2.0,
-        max_queue_texts: int = 4096,
+        embed_tokens: EmbedTokensFn,
+        config: EngineConfig,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
-        self._tokenize = tokenize
-        self._embed = embed
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000.0
-        self.max_queue_texts = max_queue_texts
+        self._embed = embed_tokens
+        self.config = config
+        self.max_wait = config.max_wait_ms / 1000.0
+        self.hung_after = config.hung_after_s
+        self.scheduler = Scheduler(
+            config.max_batch_tokens, config.max_batch_size, config.max_queue_texts
+        )
         self._on_batch = on_batch
         self._cond = threading.Condition()
-        self._pending: list[Work] = []
-        self._pending_tokens = 0
-        self._in_flight = 0  # texts accepted and not yet resolved
         self._running = False
         self._thread: threading.Thread | None = None
-        self.last_beat = time.monotonic()
+        self._watchdog: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._batch: _Running | None = None
+        self._calibration: Sequence[np.ndarray] | None = None
+        self._batches = 0
+        self._last_end = -1.0
+        self._flagged = -1
+        self._flag_lock = threading.Lock()
+        #: Batches that ran past ``hung_after`` (counted once each, while still running).
+        self.hung_batches = 0
+        #: Texts answered with a timeout instead of being run.
+        self.expired_texts = 0
+
+    # -- state ---------------------------------------------------------------------------
 
     @property
-    def queued(self) -> int:
-        """Texts accepted and not yet answered (pending or in inference)."""
-        return self._in_flight
+    def in_flight_texts(self) -> int:
+        """Texts accepted and not yet answered (pending or in a running batch)."""
+        return self.scheduler.in_flight
+
+    @property
+    def pending_texts(self) -> int:
+        """Texts waiting for a batch."""
+        return self.scheduler.pending_count
+
+    @property
+    def pending_tokens(self) -> int:
+        with self._cond:
+            return self.scheduler.pending_tokens
+
+    @property
+    def drain_rate(self) -> float:
+        """Measured cost units (tokens plus a per-text overhead) per second of batch time."""
+        return self.scheduler.rate.cost_per_s
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> None:
+    def running_for(self, now: float | None = None) -> float:
+        """Seconds the current batch has run (0 when none runs)."""
+        batch = self._batch
+        return 0.0 if batch is None else (now or time.monotonic()) - batch.started
+
+    @property
+    def hung(self) -> bool:
+        """The running batch has run longer than ``hung_after`` seconds (counted once)."""
+        return self._flag_if_hung()
+
+    def _flag_if_hung(self) -> bool:
+        batch = self._batch
+        if batch is None:
+            return False
+        ran = time.monotonic() - batch.started
+        if ran <= self.hung_after:
+            return False
+        with self._flag_lock:
+            if batch.seq != self._flagged:
+                self._flagged = batch.seq
+                self.hung_batches += 1
+                logger.error(
+                    "inference batch %d has run for %.1f s (limit %.1f s): /readyz is red",
+                    batch.seq,
+                    ran,
+                    self.hung_after,
+                )
+        return True
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self, calibration: Sequence[np.ndarray] | None = None) -> None:
+        """Start the worker; it first runs ``calibration`` (a full synthetic batch), if given,
+        to seed the drain rate (requests queue meanwhile, admitted on size alone)."""
         with self._cond:
             if self._running:
                 return
             self._running = True
+            self._calibration = calibration
+        self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="r3-batcher", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="r3-watchdog", daemon=True)
+        self._watchdog.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is pending, then stop the worker."""
@@ -169,122 +193,215 @@ class Batcher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stopped.set()
 
-    def submit(self, works: Sequence[Work]) -> None:
-        """Queue all of ``works`` or none of them (raises QueueFullError)."""
+    def calibrate(self, batch: Sequence[np.ndarray], rounds: int = 2) -> float:
+        """Seed the drain rate by running ``batch`` (before start); returns the cost per second.
+
+        The seed is ``CALIBRATION_SHARE`` of the speed measured on the idle model: serving
+        HTTP costs CPU too. Real batches soon outweigh it.
+        """
+        seconds = 0.0
+        for _ in range(rounds):
+            started = time.monotonic()
+            self._embed(batch)
+            seconds = time.monotonic() - started
+        cost = sum(len(ids) for ids in batch) + len(batch) * TEXT_OVERHEAD
+        with self._cond:
+            self.scheduler.rate.observe(cost, len(batch), seconds / CALIBRATION_SHARE)
+            return self.scheduler.rate.cost_per_s
+
+    # -- requests ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        works: Sequence[Work],
+        deadline: float,
+        timeout: float,
+        reservation: Job | None = None,
+    ) -> None:
+        """Queue all of ``works`` (one request's new texts) or none; raises if refused.
+
+        With a ``reservation`` (``reserve``) still held, the deadline was planned for at
+        admission: only the queue's size is checked, and the texts take the reserved place.
+        """
         if not works:
             return
+        now = time.monotonic()
         with self._cond:
-            if not self._running or not self.alive:
-                raise WorkerDeadError("the inference worker is not running")
-            if self._in_flight + len(works) > self.max_queue_texts:
-                raise QueueFullError(
-                    f"queue full ({self._in_flight} texts queued, limit {self.max_queue_texts})"
-                )
-            self._pending.extend(works)
-            self._pending_tokens += sum(w.estimated_tokens for w in works)
-            self._in_flight += len(works)
+            self._check_worker(now)
+            reserved = reservation is not None and reservation.reserved
+            self.scheduler.admit(
+                works, deadline, timeout, now, self._busy_seconds(now), reserved=reserved
+            )
+            if reservation is not None and reserved:
+                job = reservation
+            else:
+                job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now))
+            self.scheduler.add(works, job, now)
             self._cond.notify()
 
-    def _take(self) -> list[Work] | None:
-        """Wait for work, let the batch fill for up to max_wait, then take all pending."""
+    def reserve(self, count: int, cost: float, deadline: float, timeout: float) -> Job:
+        """Admit a job of about ``cost`` before any work is spent on it, and hold its place
+        (``Scheduler.reserve``); raises if refused. Give it back with ``cancel``."""
+        now = time.monotonic()
         with self._cond:
-            while not self._pending:
-                if not self._running:
-                    return None
-                self._cond.wait(timeout=1.0)
-                self.last_beat = time.monotonic()
-            deadline = self._pending[0].enqueued + self.max_wait
-            while (
-                self._running
-                and self._pending_tokens < self.max_batch_tokens
-                and len(self._pending) < self.max_batch_size
-            ):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(timeout=remaining)
-            taken, self._pending, self._pending_tokens = self._pending, [], 0
-            return taken
-
-    def _finish(self, count: int) -> None:
-        with self._cond:
-            self._in_flight -= count
-
-    def _run(self) -> None:
-        while True:
-            self.last_beat = time.monotonic()
-            taken = self._take()
-            if taken is None:
-                return
-            # Work nobody waits for any more (deadline passed, client gone) is dropped.
-            live = [w for w in taken if w.wanted]
-            self._drop([w for w in taken if not w.wanted])
-            live = self._tokenized(live)
-            batches = cut_batches(
-                [len(w.ids) for w in live],  # type: ignore[arg-type]
-                self.max_batch_tokens,
-                self.max_batch_size,
+            self._check_worker(now)
+            return self.scheduler.reserve(
+                count, cost, deadline, timeout, now, self._busy_seconds(now)
             )
-            for indices in batches:
-                self._run_batch([live[i] for i in indices])
 
-    def _drop(self, works: Sequence[Work]) -> None:
-        self._finish(len(works))
-        for work in works:
+    def cancel(self, reservation: Job) -> None:
+        """Give a reserved place up (a no-op once its texts were submitted)."""
+        with self._cond:
+            self.scheduler.cancel(reservation)
+
+    def _check_worker(self, now: float) -> None:
+        if not self._running or not self.alive:
+            raise WorkerDeadError("the inference worker is not running")
+        if self.hung:
+            raise WorkerStalledError(
+                f"inference stalled: a batch has run for {self.running_for(now):.0f} s",
+                retry_after=5.0,
+            )
+
+    def release(self) -> None:
+        """Drop pending texts nobody waits for any more (a request gave up)."""
+        with self._cond:
+            gone = self.scheduler.discard_unwanted()
+            self.scheduler.answered(len(gone))
+        for work in gone:
             _call_in_loop(work.future, None)
 
-    def _fail(self, works: Sequence[Work], error: BaseException) -> None:
-        self._finish(len(works))
-        for work in works:
-            _call_in_loop(work.future, error)
+    def _busy_seconds(self, now: float) -> float:
+        batch = self._batch
+        if batch is None:
+            return 0.0
+        return max(0.0, batch.started + self.scheduler.rate.seconds(batch.cost) - now)
 
-    def _tokenized(self, works: list[Work]) -> list[Work]:
-        """Tokenise ``works`` in one call; a text the tokenizer rejects fails alone."""
-        try:
-            for work, ids in zip(works, self._tokenize([w.text for w in works]), strict=True):
-                work.ids = ids
-            return works
-        except Exception:
-            logger.warning("batch tokenisation failed; retrying text by text", exc_info=True)
-        ok = []
-        for work in works:
+    # -- worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self._calibration:
             try:
-                work.ids = self._tokenize([work.text])[0]
-                ok.append(work)
-            except Exception as exc:
-                self._fail([work], exc)
-        return ok
+                rate = self.calibrate(self._calibration)
+                logger.info("drain rate at start: %.0f tokens/s", rate)
+            except Exception:  # the first real batches will measure it
+                logger.warning("calibration batch failed", exc_info=True)
+        while True:
+            taken = self._next()
+            if taken is None:
+                return
+            self._settle(taken)
+            if taken.batch:
+                self._run_batch(taken.batch)
 
-    def _run_batch(self, taken: list[Work]) -> None:
-        batch = [w for w in taken if w.wanted]
-        self._drop([w for w in taken if not w.wanted])
-        if not batch:
+    def _next(self) -> Taken | None:
+        """Wait for work, let a batch fill for up to max_wait, then take the next batch."""
+        with self._cond:
+            while True:
+                while not self.scheduler.pending_count:
+                    if not self._running:
+                        return None
+                    self._cond.wait(timeout=1.0)
+                self._wait_to_fill()
+                now = time.monotonic()
+                taken = self.scheduler.take(now)
+                if taken.batch:
+                    cost = sum(w.cost for w in taken.batch)
+                    self._batches += 1
+                    self._batch = _Running(self._batches, now, cost)
+                if taken:
+                    return taken
+
+    def _wait_to_fill(self) -> None:
+        scheduler = self.scheduler
+        deadline = scheduler.oldest_enqueued() + self.max_wait
+        while (
+            self._running
+            and scheduler.pending_cost < self.config.max_batch_tokens
+            and scheduler.pending_count < self.config.max_batch_size
+        ):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(timeout=remaining)
+            if not scheduler.pending_count:
+                return
+
+    def _settle(self, taken: Taken) -> None:
+        """Answer what must not run: expired texts with a timeout, dropped ones by cancelling."""
+        gone = len(taken.expired) + len(taken.dropped)
+        if not gone:
             return
-        started = time.monotonic()
+        with self._cond:
+            self.scheduler.answered(gone)
+            self.expired_texts += len(taken.expired)
+        error = RequestTimeoutError("the deadline passed before the texts could run")
+        for work in taken.expired:
+            _call_in_loop(work.future, error)
+        for work in taken.dropped:
+            _call_in_loop(work.future, None)
+
+    def _run_batch(self, batch: list[Work]) -> None:
+        running = self._batch
+        assert running is not None
         try:
-            vectors = self._embed([w.ids for w in batch])  # type: ignore[misc]
+            vectors = self._embed([w.ids for w in batch])
         except Exception as exc:  # one bad batch must not stop the worker
             logger.exception("inference failed for a batch of %d texts", len(batch))
-            self._fail(batch, exc)
+            self._finish(batch, exc, running, observe=False)
             return
-        elapsed = time.monotonic() - started
-        if self._on_batch is not None:  # before resolving: stats are in when callers wake
-            lengths = [len(w.ids) for w in batch]  # type: ignore[arg-type]
-            stats = BatchStats(
-                size=len(batch),
-                tokens=sum(lengths),
-                padded_tokens=max(lengths) * len(batch),
-                seconds=elapsed,
-                queue_seconds=started - min(w.enqueued for w in batch),
-            )
-            try:
-                self._on_batch(stats)
-            except Exception:
-                logger.exception("batch observer failed")
-        self._finish(len(batch))
-        for work, vector in zip(batch, vectors):
-            work.queue_seconds = started - work.enqueued
+        self._finish(batch, vectors, running, observe=True)
+
+    def _finish(
+        self,
+        batch: list[Work],
+        result: np.ndarray | BaseException,
+        running: _Running,
+        observe: bool,
+    ) -> None:
+        ended = time.monotonic()
+        elapsed = ended - running.started
+        # Straight after the previous batch, the time between them (taking the batch,
+        # answering the last one) is part of what draining the queue costs.
+        gap = running.started - self._last_end
+        drained = elapsed + gap if 0 <= gap < BATCH_GAP_S else elapsed
+        self._last_end = ended
+        with self._cond:
+            self._batch = None
+            self.scheduler.answered(len(batch))
+            if observe and running.seq != self._flagged:  # a hung batch says nothing of the rate
+                full = running.cost >= 0.5 * self.config.max_batch_tokens
+                self.scheduler.rate.observe(running.cost, len(batch), drained, full)
+        if isinstance(result, BaseException):
+            for work in batch:
+                _call_in_loop(work.future, result)
+            return
+        self._report(batch, running.started, elapsed)
+        for work, vector in zip(batch, result):
+            work.queue_seconds = running.started - work.enqueued
             work.inference_seconds = elapsed
             _call_in_loop(work.future, vector)
-        self.last_beat = time.monotonic()
+
+    def _report(self, batch: list[Work], started: float, elapsed: float) -> None:
+        if self._on_batch is None:  # called before resolving: stats are in when callers wake
+            return
+        lengths = [w.tokens for w in batch]
+        stats = BatchStats(
+            size=len(batch),
+            tokens=sum(lengths),
+            padded_tokens=max(lengths) * len(batch),
+            seconds=elapsed,
+            queue_seconds=started - min(w.enqueued for w in batch),
+        )
+        try:
+            self._on_batch(stats)
+        except Exception:
+            logger.exception("batch observer failed")
+
+    def _watch(self) -> None:
+        """Count a batch once when it runs past ``hung_after``; log it."""
+        interval = min(1.0, max(0.01, self.hung_after / 4))
+        while not self._stopped.wait(interval):
+            self._flag_if_hung()

@@ -27,6 +27,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is cached (a peek: no hit counted, no reordering)."""
+        return key in self._entries
+
     @staticmethod
     def entry_bytes(key: str, value: np.ndarray) -> int:
         return sys.getsizeof(key) + value.nbytes + _ENTRY_OVERHEAD

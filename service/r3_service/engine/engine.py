@@ -1,17 +1,22 @@
-"""The async reward engine: embeddings through the batcher and cache, then R^3 math.
+"""The async reward engine: embeddings through the cache, dedup and batcher, then R^3 math.
 
-No web framework here: the HTTP layer calls ``RewardEngine`` and maps its
-exceptions to status codes.
+No web framework here: the HTTP layer calls ``RewardEngine`` and maps its exceptions
+(``engine/errors.py``) to status codes. CPU work (tokenisation, stop-string cutting,
+classifier features, reward math, copy detection) leaves the event loop once a request
+is large enough for it to matter; small requests stay inline, where a thread hop would
+cost more than the work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,8 +24,11 @@ from r3_service.classifier.decide import fold, plan_qtypes
 from r3_service.classifier.runtime import QueryClassifier
 from r3_service.encoder.base import Encoder, relevance
 from r3_service.encoder.profile import EncoderProfile
-from r3_service.engine.batching import Batcher, BatchStats, Work
+from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
+from r3_service.engine.config import EngineConfig
+from r3_service.engine.errors import RequestTimeoutError
+from r3_service.engine.scheduler import TEXT_OVERHEAD, Job, Work
 from r3_service.reward.formula import (
     Branch,
     QueryType,
@@ -38,25 +46,23 @@ from r3_service.reward.text import (
 
 logger = logging.getLogger(__name__)
 
-#: Above this many response characters, stop-string cutting and token counting
-#: leave the event loop (small batches are cheaper inline than a thread hop).
-_INLINE_PREPARE_CHARS = 20_000
+#: Above this many characters, a CPU step runs in a worker thread instead of on the loop.
+INLINE_CHARS = 8_000
+#: Large tokenisations go in chunks, so that small requests' chunks slot in between.
+TOKENIZE_CHUNK_CHARS = 64_000
+#: Characters per token when guessing a request's cost before tokenising it, until the
+#: texts tokenised so far give the ratio (English prose is about 4 to 5 on wordpiece).
+PRECHECK_CHARS_PER_TOKEN = 4.0
+#: The ratio learnt from tokenised texts stays within these bounds.
+CHARS_PER_TOKEN_BOUNDS = (2.0, 8.0)
+#: Weight of what was tokenised before, against the newest texts, in that ratio.
+CHARS_PER_TOKEN_DECAY = 0.99
 
+#: When the current request arrived (monotonic seconds); set by the HTTP layer so that a
+#: request's deadline counts from its arrival. Unset: from when the engine is called.
+request_started: ContextVar[float | None] = ContextVar("r3_request_started", default=None)
 
-class RequestTimeoutError(Exception):
-    """The request's deadline passed before its embeddings were ready."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Batching, cache and deadline knobs (mirrors the service settings)."""
-
-    max_batch_tokens: int = 1024
-    max_batch_size: int = 32
-    max_wait_ms: float = 2.0
-    max_queue_texts: int = 4096
-    cache_bytes: int = 64 * 1024 * 1024
-    request_timeout_s: float = 60.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,118 @@ def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Pre
     return prepared
 
 
+@dataclass
+class _Plan:
+    """Which texts a score call embeds, and where each item's vectors will be."""
+
+    texts: list[str] = field(default_factory=list)
+    cacheable: list[bool] = field(default_factory=list)
+    #: Per item: row of its "query" or "reference" (the anchor) and "response" vectors.
+    slots: list[dict[str, int]] = field(default_factory=list)
+    qtypes: list[QueryType] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
+
+    def need(self, slot: dict[str, int], kind: str, text: str, cacheable: bool) -> None:
+        slot[kind] = len(self.texts)
+        self.texts.append(text)
+        self.cacheable.append(cacheable)
+
+
+def plan_embeddings(
+    items: Sequence[RewardItem], prepared: Sequence[_Prepared], options: RewardOptions
+) -> _Plan:
+    """The texts to embed, in one round; an item without a qtype is OPENENDED."""
+    plan = _Plan()
+    for index, item in enumerate(items):
+        slot: dict[str, int] = {}
+        plan.qtypes.append(item.qtype or QueryType.OPENENDED)
+        branch = choose_branch(plan.qtypes[-1], bool(item.reference), options)
+        plan.branches.append(branch)
+        if options.relevance:
+            if branch.uses_reference:
+                plan.need(slot, "reference", item.reference or "", True)
+            else:
+                plan.need(slot, "query", item.query, True)
+            plan.need(slot, "response", prepared[index].response, False)
+        plan.slots.append(slot)
+    return plan
+
+
+def assemble(
+    items: Sequence[RewardItem],
+    prepared: Sequence[_Prepared],
+    plan: _Plan,
+    vectors: np.ndarray,
+    options: RewardOptions,
+    profile: EncoderProfile,
+) -> RewardBatch:
+    """Rewards from the embeddings and the prepared responses (pure CPU work)."""
+    branches = plan.branches
+    rels = np.ones(len(items))
+    if options.relevance and items:
+        anchor_kind = ["reference" if b.uses_reference else "query" for b in branches]
+        anchors = [slot[kind] for slot, kind in zip(plan.slots, anchor_kind)]
+        responses = [slot["response"] for slot in plan.slots]
+        rels = relevance(vectors[anchors], vectors[responses], profile.similarity)
+    result = RewardBatch()
+    for index, item in enumerate(items):
+        parts = r3_reward(
+            branch=branches[index],
+            relevance=float(rels[index]),
+            response_tokens=prepared[index].tokens,
+            options=options,
+            relevance_range=profile.relevance_range,
+        )
+        result.rewards.append(parts.reward)
+        result.qtype.append(plan.qtypes[index])
+        result.relevance.append(parts.relevance)
+        result.length_incentive.append(parts.length_incentive)
+        result.repetition_penalty.append(parts.repetition_penalty)
+        result.branch.append(parts.branch)
+        result.copies_query.append(  # the response's tokens are those LI and RP used
+            copies_query_tokens(wordpunct_tokenize(item.query), prepared[index].tokens)
+        )
+        result.cuts.append(prepared[index].cut)
+    return result
+
+
+def _texts_of(items: Sequence[RewardItem], options: RewardOptions) -> Iterator[str]:
+    """The texts scoring ``items`` embeds first (responses before stop-string cutting)."""
+    if not options.relevance:
+        return
+    for item in items:
+        if item.qtype is None:
+            yield item.query
+        else:
+            branch = choose_branch(item.qtype, bool(item.reference), options)
+            yield (item.reference or "") if branch.uses_reference else item.query
+        yield item.response
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
     if not future.cancelled():
         future.exception()
+
+
+def _chunks(texts: Sequence[str], max_chars: int) -> Iterator[Sequence[str]]:
+    start, used = 0, 0
+    for end, text in enumerate(texts):
+        if end > start and used + len(text) > max_chars:
+            yield texts[start:end]
+            start, used = end, 0
+        used += len(text)
+    if start < len(texts):
+        yield texts[start:]
+
+
+def calibration_batch(encoder: Encoder, config: EngineConfig) -> list[np.ndarray]:
+    """A full batch of synthetic texts, to measure the drain rate before serving."""
+    per_text = config.max_batch_tokens // config.max_batch_size
+    width = max(8, min(encoder.profile.max_length, per_text))
+    ids = encoder.tokenize(["calibrating the drain rate " * width])[0]
+    row = np.concatenate([ids[: width - 1], ids[-1:]]) if len(ids) > width else ids
+    return [row] * max(1, min(config.max_batch_size, config.max_batch_tokens // len(row)))
 
 
 class RewardEngine:
@@ -135,115 +249,224 @@ class RewardEngine:
         self.config = config or EngineConfig()
         self.classifier = classifier
         self.cache = EmbeddingCache(self.config.cache_bytes)
-        self.batcher = Batcher(
-            encoder.tokenize,
-            encoder.embed_tokens,
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_batch_size=self.config.max_batch_size,
-            max_wait_ms=self.config.max_wait_ms,
-            max_queue_texts=self.config.max_queue_texts,
-            on_batch=on_batch,
-        )
+        self.batcher = Batcher(encoder.embed_tokens, self.config, on_batch=on_batch)
         self._inflight: dict[str, Work] = {}
-        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
+        self._cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
         self.dedup_hits = 0
+        self._chars_seen = 0.0  # decayed sums of untruncated texts' characters and tokens
+        self._tokens_seen = 0.0
 
     @property
     def profile(self) -> EncoderProfile:
         return self.encoder.profile
 
-    def start(self) -> None:
-        self.batcher.start()
+    def start(self, calibrate: bool = True) -> None:
+        """Start the worker; its first job measures the drain rate on a full synthetic batch."""
+        batch = calibration_batch(self.encoder, self.config) if calibrate else None
+        self.batcher.start(batch)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)
         if self.classifier is not None:
             self.classifier.stop(timeout)
-        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    def deadline(self) -> float:
+        """The current request's deadline (monotonic seconds)."""
+        started = request_started.get() or time.monotonic()
+        return started + self.config.request_timeout_s
+
+    async def _cpu(self, weight: int, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)``: inline when ``weight`` (characters) is small, else in a thread."""
+        if weight <= INLINE_CHARS:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, fn, *args)
+
+    @property
+    def chars_per_token(self) -> float:
+        """Characters per token of the texts tokenised lately (a prior until there are some)."""
+        if self._tokens_seen < 1000:
+            return PRECHECK_CHARS_PER_TOKEN
+        low, high = CHARS_PER_TOKEN_BOUNDS
+        return min(high, max(low, self._chars_seen / self._tokens_seen))
+
+    def _learn_chars_per_token(self, texts: Sequence[str], ids: Sequence[np.ndarray]) -> None:
+        longest = self.profile.max_length
+        pairs = [(len(t), len(i)) for t, i in zip(texts, ids) if len(i) < longest]
+        if pairs:
+            d = CHARS_PER_TOKEN_DECAY ** len(pairs)
+            self._chars_seen = d * self._chars_seen + sum(c for c, _ in pairs)
+            self._tokens_seen = d * self._tokens_seen + sum(n for _, n in pairs)
+
+    def reserve(self, texts: Iterable[str], deadline: float, extra: float = 0.0) -> Job | None:
+        """Admit a request on a guess of its texts' cost before any work is spent on it
+        (typing its queries, tokenising), and hold its place in the queue; raises (503)
+        when admission refuses it. Cached texts and texts in flight cost nothing; None
+        when nothing is left to run. ``extra``: other model work the request needs on
+        this device first (typing its queries). Give the place up with ``Batcher.cancel``."""
+        fresh = {t for t in texts if t not in self.cache and not self._in_flight(t)}
+        if not fresh:
+            return None
+        longest, ratio = self.profile.max_length, self.chars_per_token
+        cost = extra + sum(min(int(len(t) / ratio), longest) + TEXT_OVERHEAD for t in fresh)
+        return self.batcher.reserve(len(fresh), cost, deadline, self.config.request_timeout_s)
+
+    async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of ``texts``; large inputs in chunks on the tokenizer thread."""
+        if sum(len(t) for t in texts) <= INLINE_CHARS:
+            return self.encoder.tokenize(texts)
+        loop = asyncio.get_running_loop()
+        out: list[np.ndarray] = []
+        for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS):
+            out.extend(
+                await loop.run_in_executor(self._tokenizer_pool, self.encoder.tokenize, chunk)
+            )
+        return out
+
+    # -- embeddings ----------------------------------------------------------------------
 
     async def embed(
         self,
         texts: Sequence[str],
         cacheable: Sequence[bool] | None = None,
         timing: Timing | None = None,
+        deadline: float | None = None,
+        reservation: Job | None = None,
     ) -> np.ndarray:
-        """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher."""
+        """Embeddings of ``texts`` (n, dim), through the cache, dedup and the batcher.
+
+        ``reservation``: the place ``reserve`` holds for them; without one, they are
+        admitted here."""
+        deadline = self.deadline() if deadline is None else deadline
         flags = list(cacheable) if cacheable is not None else [True] * len(texts)
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
-        cache_of: dict[str, bool] = {}
         rows_of: dict[str, list[int]] = {}
+        cache_of: dict[str, bool] = {}
         for row, (text, flag) in enumerate(zip(texts, flags)):
             rows_of.setdefault(text, []).append(row)
             cache_of[text] = cache_of.get(text, False) or flag
-
-        # Synchronous from here to submit(): no other request interleaves.
-        loop = asyncio.get_running_loop()
         waiting: dict[str, Work] = {}
-        new: list[tuple[str, Work]] = []
+        owned: Job | None = None
+        try:
+            fresh = self._lookup(rows_of, cache_of, out, waiting, deadline)
+            if fresh:
+                if reservation is None or not reservation.reserved:
+                    reservation = owned = self.reserve(fresh, deadline)
+                await self._enqueue(fresh, cache_of, waiting, deadline, reservation)
+            if waiting:
+                await self._collect(waiting, rows_of, out, deadline)
+        except BaseException:
+            self._release(waiting)
+            raise
+        finally:
+            if owned is not None:
+                self.batcher.cancel(owned)
+        if timing is not None:
+            for work in waiting.values():
+                timing.add(work)
+        return out
+
+    def _lookup(
+        self,
+        rows_of: dict[str, list[int]],
+        cache_of: dict[str, bool],
+        out: np.ndarray,
+        waiting: dict[str, Work],
+        deadline: float,
+    ) -> list[str]:
+        """Fill cache hits, attach to identical work in flight; returns the texts still new."""
+        fresh = []
         for text, rows in rows_of.items():
             hit = self.cache.get(text) if cache_of[text] else None
             if hit is not None:
                 out[rows] = hit
-            elif text in self._inflight:
-                waiting[text] = self._attach(text)
+            elif self._in_flight(text):
+                waiting[text] = self._attach(text, deadline)
             else:
-                work = Work(text=text, future=loop.create_future())
-                waiting[text] = work
+                fresh.append(text)
+        return fresh
+
+    async def _enqueue(
+        self,
+        fresh: list[str],
+        cache_of: dict[str, bool],
+        waiting: dict[str, Work],
+        deadline: float,
+        reservation: Job | None,
+    ) -> None:
+        """Tokenise the new texts and queue them all, or raise why not."""
+        ids = await self.tokenize(fresh)
+        self._learn_chars_per_token(fresh, ids)
+        loop = asyncio.get_running_loop()
+        new: list[tuple[str, Work]] = []
+        for text, tokens in zip(fresh, ids):
+            if self._in_flight(text):  # queued by another request while we tokenised
+                waiting[text] = self._attach(text, deadline)
+            else:
+                work = Work(text=text, future=loop.create_future(), ids=tokens, deadline=deadline)
                 new.append((text, work))
-        try:
-            self.batcher.submit([work for _, work in new])
-        except Exception:
-            queued_by_us = {id(work) for _, work in new}
-            self._release(waiting, [w for w in waiting.values() if id(w) not in queued_by_us])
-            raise
+        timeout = self.config.request_timeout_s
+        self.batcher.submit([work for _, work in new], deadline, timeout, reservation)
         for text, work in new:
             self._inflight[text] = work
+            waiting[text] = work
             work.future.add_done_callback(self._forget(text, work, cache_of[text]))
 
-        if waiting:
-            names = list(waiting)
-            gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
-            gathered.add_done_callback(_consume)
-            try:
-                vectors = await asyncio.wait_for(gathered, self.config.request_timeout_s)
-            except asyncio.TimeoutError as exc:
-                self._release(waiting, list(waiting.values()))
-                raise RequestTimeoutError(
-                    f"no answer within {self.config.request_timeout_s:g} s"
-                ) from exc
-            except BaseException:
-                self._release(waiting, list(waiting.values()))
-                raise
-            for text, vector in zip(names, vectors):
-                out[rows_of[text]] = vector
-            if timing is not None:
-                for work in waiting.values():
-                    timing.add(work)
-        return out
+    async def _collect(
+        self,
+        waiting: dict[str, Work],
+        rows_of: dict[str, list[int]],
+        out: np.ndarray,
+        deadline: float,
+    ) -> None:
+        names = list(waiting)
+        gathered = asyncio.gather(*(asyncio.shield(waiting[t].future) for t in names))
+        gathered.add_done_callback(_consume)
+        try:
+            vectors = await asyncio.wait_for(gathered, max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"no answer within {self.config.request_timeout_s:g} s"
+            ) from exc
+        for text, vector in zip(names, vectors):
+            out[rows_of[text]] = vector
 
-    def _attach(self, text: str) -> Work:
+    def _in_flight(self, text: str) -> bool:
+        work = self._inflight.get(text)
+        return work is not None and not work.future.done()
+
+    def _attach(self, text: str, deadline: float) -> Work:
         work = self._inflight[text]
         work.waiters += 1
+        work.deadline = max(work.deadline, deadline)
         self.dedup_hits += 1
         return work
 
-    def _release(self, waiting: dict[str, Work], works: Sequence[Work]) -> None:
-        """This request stops waiting for ``works``; unwanted work is dropped by the worker."""
-        for work in works:
+    def _release(self, waiting: dict[str, Work]) -> None:
+        """This request stops waiting; work nobody waits for is dropped from the queue."""
+        for work in waiting.values():
             if not work.future.done():
                 work.waiters -= 1
         for text, work in waiting.items():
             if work.waiters <= 0 and self._inflight.get(text) is work:
                 del self._inflight[text]
+        if waiting:
+            self.batcher.release()
 
     def _forget(self, text: str, work: Work, cacheable: bool) -> Callable[[object], None]:
         def done(_: object) -> None:
             if self._inflight.get(text) is work:
                 del self._inflight[text]
-            if cacheable and not work.future.cancelled() and work.future.exception() is None:
-                self.cache.put(text, work.future.result())
+            future = work.future
+            failed = future.cancelled() or future.exception() is not None  # marks it seen
+            if cacheable and not failed:
+                self.cache.put(text, future.result())
 
         return done
+
+    # -- scoring -------------------------------------------------------------------------
 
     async def relevance(self, anchors: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         """Relevance of each text to its anchor, per the encoder profile's similarity."""
@@ -266,85 +489,41 @@ class RewardEngine:
         """R^3 rewards for ``items``; untyped items are typed by the classifier first
         (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
         options = options or RewardOptions()
-        if self.classifier is None or not options.branching:
-            return await self._score_typed(items, options, stop_strings)
-        plan = await plan_qtypes(self.classifier, self, items, options)
-        return fold(await self._score_typed(plan.items, options, stop_strings), plan)
+        deadline = self.deadline()
+        extra = 0.0
+        if self.classifier is not None and options.branching:
+            untyped = list({i.query for i in items if i.qtype is None})
+            extra = self.classifier.cost(untyped, self.chars_per_token)
+        place = self.reserve(_texts_of(items, options), deadline, extra)
+        try:
+            if self.classifier is None or not options.branching:
+                return await self._score_typed(items, options, stop_strings, deadline, place)
+            plan = await plan_qtypes(self.classifier, self, items, options)
+            result = await self._score_typed(plan.items, options, stop_strings, deadline, place)
+            return fold(result, plan)
+        finally:
+            if place is not None:
+                self.batcher.cancel(place)
 
     async def _score_typed(
         self,
         items: Sequence[RewardItem],
         options: RewardOptions,
         stop_strings: Sequence[str] | None,
+        deadline: float,
+        place: Job | None = None,
     ) -> RewardBatch:
         """R^3 rewards; an item without a qtype is scored as OPENENDED."""
         stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
-        responses = [i.response for i in items]
-        if sum(len(r) for r in responses) > _INLINE_PREPARE_CHARS:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self._cpu, _prepare, responses, stops
-            )
-        else:
-            prepared = _prepare(responses, stops)
-
-        # Plan which texts each item needs, embed them all in one round.
-        texts: list[str] = []
-        cacheable: list[bool] = []
-        slots: list[dict[str, int]] = []
-
-        def need(kind: str, text: str, cache: bool, slot: dict[str, int]) -> None:
-            slot[kind] = len(texts)
-            texts.append(text)
-            cacheable.append(cache)
-
-        branches: list[Branch] = []
-        for index, item in enumerate(items):
-            slot: dict[str, int] = {}
-            branch = choose_branch(item.qtype or QueryType.OPENENDED, bool(item.reference), options)
-            branches.append(branch)
-            if options.relevance:
-                if branch.uses_reference:
-                    need("reference", item.reference or "", True, slot)
-                else:
-                    need("query", item.query, True, slot)
-            if options.relevance:
-                need("response", prepared[index].response, False, slot)
-            slots.append(slot)
+        weight = sum(len(i.query) + len(i.response) for i in items)
+        prepared = await self._cpu(weight, _prepare, [i.response for i in items], stops)
+        plan = plan_embeddings(items, prepared, options)
         timing = Timing()
-        vectors = await self.embed(texts, cacheable, timing) if texts else np.empty((0, 0))
-
-        qtypes = [item.qtype or QueryType.OPENENDED for item in items]
-        result = RewardBatch(timing=timing)
-        similarity = self.profile.similarity
-        for index in range(len(items)):
-            qtype = qtypes[index]
-            branch = branches[index]
-            slot = slots[index]
-            rel = 1.0
-            if options.relevance:
-                anchor = slot["reference"] if branch.uses_reference else slot["query"]
-                rel = float(
-                    relevance(
-                        vectors[anchor : anchor + 1],
-                        vectors[slot["response"] : slot["response"] + 1],
-                        similarity,
-                    )[0]
-                )
-            parts = r3_reward(
-                branch=branch,
-                relevance=rel,
-                response_tokens=prepared[index].tokens,
-                options=options,
-                relevance_range=self.profile.relevance_range,
-            )
-            result.rewards.append(parts.reward)
-            result.qtype.append(qtype)
-            result.relevance.append(parts.relevance)
-            result.length_incentive.append(parts.length_incentive)
-            result.repetition_penalty.append(parts.repetition_penalty)
-            result.branch.append(parts.branch)
-            result.copies_query.append(  # the response's tokens are those LI and RP used
-                copies_query_tokens(wordpunct_tokenize(items[index].query), prepared[index].tokens)
-            )
-            result.cuts.append(prepared[index].cut)
+        vectors = np.empty((0, self.encoder.dim), dtype=np.float32)
+        if plan.texts:
+            vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline, place)
+        result = await self._cpu(
+            weight, assemble, items, prepared, plan, vectors, options, self.profile
+        )
+        result.timing = timing
         return result

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import select
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -184,3 +190,291 @@ def test_memory_stays_bounded_over_a_soak(server_factory, minilm_dir: Path) -> N
     log.info("soak: RSS %d -> %d MB, cache holds %d bytes", before >> 20, after >> 20, held)
     assert held <= cache_bytes
     assert after - before < 40 * 1024 * 1024, (before, after)
+
+
+# -- body-level checks in any field -------------------------------------------------------
+
+
+BODY_CHECKS = [
+    (
+        "lone surrogate in a chat role",
+        "/reward",
+        '{"query": [[{"role": "us\\udc00er", "content": "hi"}]], "response": ["x"]}',
+        422,
+        ("query.role", 0),
+    ),
+    (
+        "lone surrogate in a stop string",
+        "/reward",
+        '{"query": ["q"], "response": ["x"], "options": {"stop_strings": ["\\ud800"]}}',
+        422,
+        ("options.stop_strings", 0),
+    ),
+    (
+        "lone surrogate in an OpenRLHF label",
+        "/openrlhf/reward",
+        '{"query": ["a b"], "prompts": ["a"], "labels": ["ok \\udfff"]}',
+        422,
+        ("labels", 0),
+    ),
+    (
+        "OpenRLHF label longer than the text limit",
+        "/openrlhf/reward",
+        json.dumps({"query": ["a b"] * 2, "prompts": ["a"] * 2, "labels": ["ok", "y" * 50_001]}),
+        422,
+        ("labels", 1),
+    ),
+    (
+        "OpenRLHF label object nested 1,000 deep",
+        "/openrlhf/reward",
+        '{"query": ["a b"], "prompts": ["a"], "labels": [{"reference": '
+        + "[" * 1000
+        + "]" * 1000
+        + "}]}",
+        400,
+        None,
+    ),
+    (
+        "options nested 40 deep",
+        "/reward",
+        '{"query": ["q"], "response": ["x"], "options": {"stop_strings": '
+        + "[" * 40
+        + "]" * 40
+        + "}}",
+        400,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "raw", "status", "where"), BODY_CHECKS, ids=[c[0] for c in BODY_CHECKS]
+)
+def test_body_checks_cover_every_field(
+    live_server: str, name: str, path: str, raw: str, status: int, where: tuple[str, int] | None
+) -> None:
+    answer = httpx.post(live_server + path, content=raw.encode(), headers=JSON, timeout=30)
+    assert answer.status_code == status, (name, answer.text[:300])
+    assert is_error_shape(answer)
+    if where is not None:
+        detail = answer.json()["error"]["details"][0]
+        assert (detail["field"], detail["index"]) == where
+
+
+def test_escaped_emoji_pairs_are_not_lone_surrogates(live_server: str) -> None:
+    raw = json.dumps({"query": ["smile 😀"], "response": ["back 😀"]}, ensure_ascii=True)
+    assert "\\ud83d" in raw
+    answer = httpx.post(live_server + "/reward", content=raw.encode(), headers=JSON)
+    assert answer.status_code == 200
+
+
+# -- connection hygiene (raw sockets against a real server) ------------------------------
+
+HYGIENE_ENV = {
+    "R3_HEADER_TIMEOUT_S": "1",
+    "R3_BODY_TIMEOUT_S": "1.5",
+    "R3_KEEP_ALIVE_S": "1",
+    "R3_MAX_BODY_BYTES": "65536",
+}
+
+
+@pytest.fixture(scope="module")
+def guarded_server(  # type: ignore[no-untyped-def]
+    minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory, live_server_class
+) -> Iterator[str]:
+    """A real server with short header, body and keep-alive timeouts."""
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    server = live_server_class(minilm_dir, env=HYGIENE_ENV, log=log)
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
+def connect(url: str, timeout: float = 10.0) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (fails on a timeout)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def trickle(sock: socket.socket, piece: bytes, limit: int = 200) -> bytes:
+    """Send ``piece`` each time the server stays silent for 0.1 s; return what it answers."""
+    sock.settimeout(0.1)
+    for _ in range(limit):
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                return read_until_closed(sock)
+            continue
+        return data + read_until_closed(sock)
+    raise AssertionError("the server never answered nor closed the trickling connection")
+
+
+def test_idle_connection_is_closed(guarded_server: str) -> None:
+    with connect(guarded_server) as sock:
+        assert read_until_closed(sock) == b""  # closed quietly after the header timeout
+
+
+def test_idle_keep_alive_connection_is_closed(guarded_server: str) -> None:
+    with connect(guarded_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+
+
+def test_trickling_headers_get_408_and_the_connection_closes(guarded_server: str) -> None:
+    with connect(guarded_server) as sock:
+        sock.sendall(b"POST /reward HTTP/1.1\r\nHost: x\r\n")
+        answer = trickle(sock, b"X")
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+def test_oversized_headers_get_431(guarded_server: str) -> None:
+    with connect(guarded_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(80):
+            sock.sendall(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000))
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def test_short_body_gets_408_and_the_connection_closes(guarded_server: str) -> None:
+    head = b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(guarded_server) as sock:
+        sock.sendall(head + b"Content-Length: 1000\r\n\r\n" + b'{"query": ["q"]')
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"connection: close" in answer.lower()
+
+
+def test_half_closed_short_body_gets_400(guarded_server: str) -> None:
+    head = b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(guarded_server) as sock:
+        sock.sendall(head + b"Content-Length: 1000\r\n\r\n" + b'{"query": ["q"]')
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+def test_slow_endless_chunked_body_gets_408(guarded_server: str) -> None:
+    head = b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(guarded_server) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        answer = trickle(sock, b"5\r\n[[[[[\r\n")
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+
+
+def test_fast_endless_chunked_body_gets_413_and_the_connection_closes(guarded_server: str) -> None:
+    head = b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunk = b"2000\r\n" + b"a" * 0x2000 + b"\r\n"
+    with connect(guarded_server) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        answer = b""
+        for _ in range(1000):  # 8 MB at most; the limit is 64 KB
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                answer = read_until_closed(sock)
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                answer = read_until_closed(sock)
+                break
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+
+
+ATTACKER = r"""
+import resource, selectors, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+selector = selectors.DefaultSelector()
+held = []
+for _ in range(count):
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex((host, port))
+    selector.register(sock, selectors.EVENT_WRITE)
+    held.append(sock)
+connected = failed = 0
+deadline = time.monotonic() + 60
+while connected + failed < count and time.monotonic() < deadline:
+    for key, _ in selector.select(timeout=1):
+        selector.unregister(key.fileobj)
+        if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            connected += 1
+        else:
+            failed += 1
+print(f"attempted {count} connected {connected} failed {failed}", flush=True)
+sys.stdin.read()  # hold every socket until told to stop
+"""
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.slow
+def test_service_stays_reachable_while_20000_sockets_are_opened(  # type: ignore[no-untyped-def]
+    server_factory, minilm_dir: Path
+) -> None:
+    server = server_factory(minilm_dir, env={"R3_MAX_CONNECTIONS": "512"})
+    server.wait_ready()
+    host, port = server.url.removeprefix("http://").split(":")
+    attackers = [
+        subprocess.Popen(
+            [sys.executable, "-c", ATTACKER, host, port, "5000"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    probes: list[int] = []
+    peak_fds = 0
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while any(a.poll() is None and not _reported(a) for a in attackers):
+                probes.append(client.get("/healthz", headers={"Connection": "close"}).status_code)
+                peak_fds = max(peak_fds, open_fds(server.proc.pid))
+            reports = [a.stdout.readline() for a in attackers]  # type: ignore[union-attr]
+            for _ in range(5):
+                probes.append(client.get("/healthz", headers={"Connection": "close"}).status_code)
+            reward = client.post("/reward", json={"query": ["q"], "response": ["r"]})
+            metrics = client.get("/metrics").text
+    finally:
+        for attacker in attackers:
+            attacker.communicate(timeout=60)  # closes stdin: the attacker lets go
+    log.info("20k sockets: %s; %d probes; peak fds %d", reports, len(probes), peak_fds)
+    assert sum(int(r.split()[1]) for r in reports) == 20_000
+    assert sum(int(r.split()[3]) for r in reports) > 15_000  # most got through the handshake
+    assert probes and set(probes) == {200}
+    assert reward.status_code == 200
+    assert peak_fds < 512 + 2048 + 256  # the cap plus one accept burst, far from 20,000
+    evicted = [line for line in metrics.splitlines() if 'reason="evicted"' in line]
+    assert evicted and float(evicted[0].split()[-1]) > 10_000
+
+
+def _reported(attacker: subprocess.Popen[str]) -> bool:
+    """Whether the attacker has printed its report (without consuming it)."""
+    assert attacker.stdout is not None
+    readable, _, _ = select.select([attacker.stdout], [], [], 0)
+    return bool(readable)

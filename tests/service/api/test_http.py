@@ -323,7 +323,7 @@ async def test_full_queue_answers_503_with_retry_after_and_drops_nothing(
     assert float(rejected[0].split()[-1]) == codes.count(503)
     for answer in answers:
         if answer.status_code == 503:
-            assert answer.headers["retry-after"] == "1"
+            assert int(answer.headers["retry-after"]) >= 1  # from the measured drain rate
             assert error_of(answer)["type"] == "service_unavailable"
         else:
             assert len(answer.json()["rewards"]) == 6

@@ -1,47 +1,25 @@
+"""The batcher's worker thread with stand-in models: answers, faults, refusals, hung batches."""
+
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from r3_service.engine.batching import Batcher, BatchStats, QueueFullError, Work, cut_batches
-
-
-@given(
-    st.lists(st.integers(min_value=1, max_value=600), max_size=200),
-    st.integers(min_value=16, max_value=5000),
-    st.integers(min_value=1, max_value=64),
+from r3_service.engine import (
+    BatchStats,
+    EngineConfig,
+    QueueFullError,
+    RequestTimeoutError,
+    WorkerStalledError,
 )
-def test_cut_batches_respects_budget_and_covers_all(
-    lengths: list[int], budget: int, size: int
-) -> None:
-    batches = cut_batches(lengths, budget, size)
-    flat = [i for batch in batches for i in batch]
-    assert sorted(flat) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= size
-        widths = [lengths[i] for i in batch]
-        assert len(batch) == 1 or len(batch) * max(widths) <= budget
-    # length-sorted across batches: no batch holds a text shorter than the previous one's widest
-    previous = 0
-    for batch in batches:
-        widths = [lengths[i] for i in batch]
-        assert min(widths) >= previous
-        previous = max(widths)
-
-
-def test_cut_batches_hand_example() -> None:
-    assert cut_batches([5, 1, 3, 100], 10, 8) == [[1, 2], [0], [3]]
-
-
-def split_tokenize(texts: Sequence[str]) -> list[np.ndarray]:
-    """Stand-in tokenizer: "1 2 3" -> [1, 2, 3]."""
-    return [np.array([int(t) for t in text.split()], dtype=np.int64) for text in texts]
+from r3_service.engine.batching import Batcher
+from r3_service.engine.scheduler import Work
 
 
 def sum_embed(batch: Sequence[np.ndarray]) -> np.ndarray:
@@ -49,51 +27,82 @@ def sum_embed(batch: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([[ids.sum(), len(ids)] for ids in batch], dtype=np.float32)
 
 
-def make_work(loop: asyncio.AbstractEventLoop, ids: list[int]) -> Work:
-    return Work(text=" ".join(map(str, ids)), future=loop.create_future())
+def make_work(loop: asyncio.AbstractEventLoop, ids: list[int], deadline: float = math.inf) -> Work:
+    return Work(
+        text=" ".join(map(str, ids)),
+        future=loop.create_future(),
+        ids=np.array(ids, dtype=np.int64),
+        deadline=deadline,
+    )
+
+
+def config(**knobs: object) -> EngineConfig:
+    return EngineConfig(**{"max_wait_ms": 0.0, **knobs})  # type: ignore[arg-type]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a state, checking every few milliseconds (fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "state not reached"
+        await asyncio.sleep(0.005)
+
+
+def submit(batcher: Batcher, works: list[Work], timeout: float = 60.0) -> None:
+    batcher.submit(works, time.monotonic() + timeout, timeout)
+
+
+def gated_recorder() -> tuple[
+    Callable[[Sequence[np.ndarray]], np.ndarray], list[int], threading.Event, threading.Event
+]:
+    """An embed function that sets ``started``, waits for ``gate`` and records each
+    batch's first ids in ``seen``."""
+    seen: list[int] = []
+    gate, started = threading.Event(), threading.Event()
+
+    def record(batch: Sequence[np.ndarray]) -> np.ndarray:
+        started.set()
+        gate.wait(10)
+        seen.extend(int(ids[0]) for ids in batch)
+        return sum_embed(batch)
+
+    return record, seen, gate, started
 
 
 async def test_results_return_to_their_own_futures() -> None:
     stats: list[BatchStats] = []
-    batcher = Batcher(
-        split_tokenize, sum_embed, max_batch_tokens=64, max_batch_size=4, on_batch=stats.append
-    )
+    batcher = Batcher(sum_embed, config(max_batch_tokens=64, max_batch_size=4), stats.append)
     batcher.start()
     loop = asyncio.get_running_loop()
-    works = [make_work(loop, list(range(n))) for n in (3, 9, 1, 7, 5, 2, 8, 4, 6, 10)]
-    batcher.submit(works)
+    works = [make_work(loop, list(range(1, n + 1))) for n in (3, 9, 1, 7, 5, 2, 8, 4, 6, 10)]
+    submit(batcher, works)
     results = await asyncio.gather(*(w.future for w in works))
     for work, vector in zip(works, results):
-        ids = split_tokenize([work.text])[0]
-        assert vector[0] == ids.sum() and vector[1] == len(ids)
+        assert vector[0] == work.ids.sum() and vector[1] == len(work.ids)
     assert all(s.size <= 4 and s.padded_tokens <= 64 for s in stats)
     assert sum(s.size for s in stats) == len(works)
-    assert batcher.queued == 0
+    assert batcher.in_flight_texts == 0 and batcher.drain_rate > 0
     batcher.stop()
 
 
 async def test_failing_batch_fails_only_its_requests_and_worker_goes_on() -> None:
-    calls = 0
-
     def flaky(batch: Sequence[np.ndarray]) -> np.ndarray:
-        nonlocal calls
-        calls += 1
         if any(ids[0] == 666 for ids in batch):
             raise RuntimeError("boom")
         return sum_embed(batch)
 
-    batcher = Batcher(split_tokenize, flaky, max_batch_tokens=4, max_batch_size=1)
+    batcher = Batcher(flaky, config(max_batch_tokens=4, max_batch_size=1))
     batcher.start()
     loop = asyncio.get_running_loop()
     bad, good = make_work(loop, [666]), make_work(loop, [1, 2])
-    batcher.submit([bad, good])
+    submit(batcher, [bad, good])
     with pytest.raises(RuntimeError, match="boom"):
         await bad.future
     assert (await good.future)[0] == 3
     later = make_work(loop, [5])
-    batcher.submit([later])
+    submit(batcher, [later])
     assert (await later.future)[0] == 5
-    assert batcher.alive and batcher.queued == 0
+    assert batcher.alive and batcher.in_flight_texts == 0
     batcher.stop()
 
 
@@ -104,54 +113,81 @@ async def test_queue_full_rejects_whole_request_atomically() -> None:
         gate.wait(10)
         return sum_embed(batch)
 
-    batcher = Batcher(split_tokenize, blocked, max_queue_texts=3, max_wait_ms=0)
+    batcher = Batcher(blocked, config(max_queue_texts=3))
     batcher.start()
     loop = asyncio.get_running_loop()
     first = [make_work(loop, [1]), make_work(loop, [2])]
-    batcher.submit(first)
-    with pytest.raises(QueueFullError):
-        batcher.submit([make_work(loop, [3]), make_work(loop, [4])])
-    assert batcher.queued == 2  # nothing of the refused request was queued
+    submit(batcher, first)
+    with pytest.raises(QueueFullError) as info:
+        submit(batcher, [make_work(loop, [3]), make_work(loop, [4])])
+    assert info.value.retry_after > 0
+    assert batcher.in_flight_texts == 2  # nothing of the refused request was queued
     gate.set()
     assert [v[0] for v in await asyncio.gather(*(w.future for w in first))] == [1, 2]
     batcher.stop()
 
 
 async def test_work_nobody_waits_for_is_dropped() -> None:
-    seen: list[int] = []
-    gate = threading.Event()
-
-    def record(batch: Sequence[np.ndarray]) -> np.ndarray:
-        gate.wait(10)
-        seen.extend(int(ids[0]) for ids in batch)
-        return sum_embed(batch)
-
-    batcher = Batcher(split_tokenize, record, max_batch_size=1, max_wait_ms=0)
+    record, seen, gate, started = gated_recorder()
+    batcher = Batcher(record, config(max_batch_size=1))
     batcher.start()
     loop = asyncio.get_running_loop()
     head, dropped, kept = make_work(loop, [1]), make_work(loop, [2]), make_work(loop, [3])
-    batcher.submit([head])
-    await asyncio.sleep(0.05)  # the worker is now blocked on `head`
-    batcher.submit([dropped, kept])
+    submit(batcher, [head])
+    await loop.run_in_executor(None, started.wait, 10)  # the worker is now blocked on `head`
+    submit(batcher, [dropped, kept])
     dropped.waiters = 0
+    batcher.release()
     gate.set()
     await kept.future
-    await asyncio.sleep(0.05)
     assert 2 not in seen and seen == [1, 3]
     assert dropped.future.cancelled()
-    assert batcher.queued == 0
+    await wait_until(lambda: batcher.in_flight_texts == 0)
     batcher.stop()
 
 
-async def test_text_the_tokenizer_rejects_fails_alone() -> None:
-    batcher = Batcher(split_tokenize, sum_embed)
+async def test_expired_text_is_answered_with_a_timeout_and_never_run() -> None:
+    record, seen, gate, started = gated_recorder()
+    batcher = Batcher(record, config(max_batch_size=1))
     batcher.start()
     loop = asyncio.get_running_loop()
-    bad = Work(text="not a number", future=loop.create_future())
-    good = make_work(loop, [4, 5])
-    batcher.submit([bad, good])
-    with pytest.raises(ValueError):
-        await bad.future
-    assert (await good.future)[0] == 9
-    assert batcher.queued == 0
+    submit(batcher, [make_work(loop, [1])])
+    await loop.run_in_executor(None, started.wait, 10)
+    late = make_work(loop, [7], deadline=time.monotonic() + 0.05)
+    batcher.submit([late], late.deadline, 0.05)
+    await wait_until(lambda: time.monotonic() > late.deadline)  # it expires while queued
+    gate.set()
+    with pytest.raises(RequestTimeoutError):
+        await late.future
+    assert 7 not in seen and batcher.expired_texts == 1
+    batcher.stop()
+
+
+async def test_hung_batch_is_flagged_counted_once_and_refuses_new_work() -> None:
+    release, started = threading.Event(), threading.Event()
+
+    def hang(batch: Sequence[np.ndarray]) -> np.ndarray:
+        if any(ids[0] == 13 for ids in batch):
+            started.set()
+            release.wait(30)
+        return sum_embed(batch)
+
+    batcher = Batcher(hang, config(hung_batch_s=0.2))
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    stuck = make_work(loop, [13])
+    submit(batcher, [stuck])
+    await loop.run_in_executor(None, started.wait, 10)
+    assert not batcher.hung
+    await wait_until(lambda: batcher.hung_batches == 1)
+    assert batcher.hung and batcher.running_for() > 0.2
+    with pytest.raises(WorkerStalledError):
+        submit(batcher, [make_work(loop, [1])])
+    release.set()
+    await stuck.future
+    await wait_until(lambda: not batcher.hung)
+    fresh = make_work(loop, [2])
+    submit(batcher, [fresh])
+    assert (await fresh.future)[0] == 2
+    assert batcher.hung_batches == 1
     batcher.stop()

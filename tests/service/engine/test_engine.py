@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from r3_service.encoder import load_encoder, relevance
-from r3_service.engine import EmbeddingCache, EngineConfig, RewardEngine, RewardItem
+from r3_service.classifier.runtime import QueryClassifier
+from r3_service.encoder import Encoder, load_encoder, relevance
+from r3_service.engine import (
+    DeadlineUnreachableError,
+    EmbeddingCache,
+    EngineConfig,
+    RewardEngine,
+    RewardItem,
+)
 from r3_service.reward import (
     Branch,
     QueryType,
@@ -162,5 +172,167 @@ async def test_classifier_hook_decides_untyped_items(encoder) -> None:  # type: 
         assert result.rewards[0] == pytest.approx(5.12, abs=1e-4)
         probs = await engine.classify(["Classify: x", "Write"])
         assert list(probs) == [0.0, 1.0]
+    finally:
+        engine.stop()
+
+
+class ThreadRecorder(Encoder):
+    """The real encoder, recording the thread each tokenisation runs on."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.profile = inner.profile
+        self.tokenize_threads: list[str] = []
+        #: While set, batches wait for ``release`` (to hold the worker busy).
+        self.hold = threading.Event()
+        self.release = threading.Event()
+
+    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        self.tokenize_threads.append(threading.current_thread().name)
+        return self.inner.tokenize(texts)
+
+    def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        if self.hold.is_set():
+            self.release.wait(30)
+        return self.inner.embed_tokens(batch)
+
+
+async def test_cpu_work_of_large_requests_leaves_the_event_loop(  # type: ignore[no-untyped-def]
+    encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import r3_service.engine.engine as engine_module
+
+    word_threads: list[str] = []
+    real_tokenize = engine_module.wordpunct_tokenize
+
+    def recording(text: str) -> list[str]:  # stop-string cutting, LI/RP and copy detection
+        word_threads.append(threading.current_thread().name)
+        return real_tokenize(text)
+
+    monkeypatch.setattr(engine_module, "wordpunct_tokenize", recording)
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder)
+    engine.start(calibrate=False)
+    loop_thread = threading.current_thread().name
+    try:
+        await engine.score([RewardItem(query="a short query", response="a short answer")])
+        assert set(word_threads) == {loop_thread} == set(recorder.tokenize_threads)
+        word_threads.clear()
+        recorder.tokenize_threads.clear()
+        big = [
+            RewardItem(query=f"query {i} " + "word " * 200, response=f"answer {i} " + "x " * 300)
+            for i in range(16)
+        ]
+        await engine.score(big)
+        assert word_threads and all(t.startswith("r3-prepare") for t in word_threads)
+        assert recorder.tokenize_threads
+        assert all(t.startswith("r3-tokenize") for t in recorder.tokenize_threads)
+    finally:
+        engine.stop()
+
+
+async def test_small_request_overtakes_a_large_one(encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = RewardEngine(encoder, EngineConfig(max_batch_tokens=512, max_batch_size=16))
+    engine.start(calibrate=False)
+    done: list[str] = []
+
+    async def run(name: str, texts: list[str]) -> None:
+        await engine.embed(texts, [False] * len(texts))
+        done.append(name)
+
+    try:
+        large = [f"long text number {i} " + "about many things " * 20 for i in range(200)]
+        big = asyncio.ensure_future(run("large", large))
+        while engine.batcher.in_flight_texts == 0:  # the large request is queued
+            await asyncio.sleep(0)
+        await run("small", ["one short text"])
+        assert done == ["small"]  # answered while most of the large request still waits
+        assert engine.batcher.pending_texts > 0
+        await big
+        assert done == ["small", "large"]
+    finally:
+        engine.stop()
+
+
+async def test_calibration_measures_a_drain_rate(encoder) -> None:  # type: ignore[no-untyped-def]
+    engine = RewardEngine(encoder)
+    engine.start()
+    try:
+        await engine.embed(["after the calibration batch"])  # the worker's first job is done
+        assert engine.batcher.drain_rate > 0
+    finally:
+        engine.stop()
+
+
+async def occupy_worker(engine: RewardEngine, recorder: ThreadRecorder) -> asyncio.Future[Any]:
+    """Set the drain rate to 100 tokens/s and hold the worker inside a batch (until
+    ``recorder.release``); returns that batch's request."""
+    engine.batcher.scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    recorder.hold.set()
+    busy = asyncio.ensure_future(engine.embed(["occupies the worker " * 30], [False]))
+    while engine.batcher.running_for() == 0:  # the worker is inside that batch
+        assert not busy.done(), busy
+        await asyncio.sleep(0.001)
+    return busy
+
+
+async def test_an_overloaded_engine_refuses_before_tokenising(encoder) -> None:  # type: ignore[no-untyped-def]
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=5.0))
+    engine.start(calibrate=False)
+    try:
+        busy = await occupy_worker(engine, recorder)
+        calls = len(recorder.tokenize_threads)
+        big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(20)]
+        with pytest.raises(DeadlineUnreachableError) as info:
+            await engine.score(big)
+        assert info.value.retry_after > 0
+        assert len(recorder.tokenize_threads) == calls  # refused before any tokenisation
+        recorder.release.set()
+        await busy
+    finally:
+        engine.stop()
+
+
+class CountingClassifier(QueryClassifier):
+    """Every query OPENENDED; counts the queries it was asked to type, and claims a cost."""
+
+    def __init__(self, cost_per_query: float = 0.0) -> None:
+        self.metrics = {}
+        self.typed = 0
+        self.cost_per_query = cost_per_query
+
+    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
+        self.typed += len(queries)
+        return np.ones(len(queries))
+
+    def cost(self, queries: Sequence[str], chars_per_token: float) -> float:
+        return self.cost_per_query * len(queries)
+
+
+async def test_a_refused_request_costs_no_typing_and_typing_counts_in_admission(encoder) -> None:  # type: ignore[no-untyped-def]
+    recorder = ThreadRecorder(encoder)
+    classifier = CountingClassifier()
+    config = EngineConfig(request_timeout_s=5.0, max_batch_tokens=64)
+    engine = RewardEngine(recorder, config, classifier=classifier)
+    engine.start(calibrate=False)
+    try:
+        busy = await occupy_worker(engine, recorder)
+        big = [RewardItem(query=f"q {i}", response="word " * 200) for i in range(40)]
+        with pytest.raises(DeadlineUnreachableError):
+            await engine.score(big)
+        assert classifier.typed == 0  # refused before its queries were typed
+        small = [RewardItem(query="one question", response="one short answer")]
+        classifier.cost_per_query = 400.0  # 4 s of model time to type it: past 80% of 5 s
+        with pytest.raises(DeadlineUnreachableError):
+            await engine.score(small)
+        assert classifier.typed == 0
+        classifier.cost_per_query = 0.0
+        recorder.release.set()
+        await busy
+        recorder.hold.clear()
+        assert (await engine.score(small)).qtype == [QueryType.OPENENDED]
+        assert classifier.typed == 1
+        assert engine.batcher.scheduler._jobs == []  # no place left behind
     finally:
         engine.stop()

@@ -44,6 +44,22 @@ async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None
 
 
 @pytest.mark.integration
+async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> None:
+    replica = await _replica(minilm_dir)
+    app = replica.r3_app
+    async with app.router.lifespan_context(app):
+        await replica.check_health()
+        engine = replica.state.engine
+        assert engine is not None
+        typing = engine.classifier.engine  # type: ignore[union-attr]  # the shipped one
+        typing.batcher.stop()  # the classifier's inference worker is gone
+        status, _, body = await replica.handle_request("GET", "/readyz", [], b"")
+        assert status == 503
+        with pytest.raises(RuntimeError, match="query-type classifier worker died"):
+            await replica.check_health()
+
+
+@pytest.mark.integration
 async def test_health_check_reports_a_model_that_failed_to_load(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     replica = await _replica(tmp_path)

@@ -14,20 +14,29 @@ from typing import Any
 
 import httpx
 
-from ._endpoints import BaseURL, Endpoints
+from ._endpoints import BaseURL, Endpoints, is_gateway_error
 from ._exceptions import APIResponseValidationError, InvalidInputError
 from ._types import Info, Query, RewardOptions
 from ._version import __version__
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_RETRIES: int | None = None
+"""No cap on the number of retries by default: the time budget decides."""
+DEFAULT_RETRY_TIMEOUT = 60.0
+"""Seconds from a request's first attempt during which failures are retried: a caller
+rides through a server restart (or an overload) of up to about this long."""
 DEFAULT_MAX_CONCURRENCY = 4
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-MAX_RETRY_AFTER = 60.0
-"""A ``Retry-After`` longer than this (seconds) is not waited for; the error is raised."""
+HEAVY_RETRY_DELAY = 2.0
+"""First wait after a 504 or a read timeout: the same heavy request ran out of time, so it
+is never sent again at once; the wait doubles (up to ``MAX_HEAVY_RETRY_DELAY``)."""
+MAX_HEAVY_RETRY_DELAY = 30.0
+RETRY_AFTER_JITTER = 0.1
+"""Up to this share is added to a ``Retry-After``, so that many callers told the same
+delay do not come back in the same instant."""
 
 
 def encode_json(obj: Any) -> bytes:
@@ -55,10 +64,46 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def backoff_delay(attempt: int) -> float:
-    """Exponential backoff with jitter for retry number ``attempt`` (0-based)."""
-    delay = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
+def backoff_delay(attempt: int, heavy: bool = False) -> float:
+    """Exponential backoff with jitter for retry number ``attempt`` (0-based).
+
+    ``heavy``: the previous attempt ran out of time (504, read timeout); back off longer.
+    """
+    if heavy:
+        delay = min(HEAVY_RETRY_DELAY * 2.0**attempt, MAX_HEAVY_RETRY_DELAY)
+    else:
+        delay = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
     return delay * (1.0 - 0.25 * random.random())
+
+
+class RetryBudget:
+    """When to retry one request: within ``timeout`` seconds of its first attempt (and at
+    most ``max_retries`` times, when given), honouring ``Retry-After``."""
+
+    def __init__(self, timeout: float, max_retries: int | None) -> None:
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.started = time.monotonic()
+        self.retries = 0
+        self.heavy = 0
+        self.waited = 0.0
+
+    def delay(self, retry_after: float | None = None, heavy: bool = False) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if self.max_retries is not None and self.retries >= self.max_retries:
+            return None
+        if retry_after is not None:
+            delay = retry_after * (1.0 + RETRY_AFTER_JITTER * random.random())
+        else:
+            delay = backoff_delay(self.heavy if heavy else self.retries - self.heavy, heavy)
+        # Real time, or the waits alone when sleeping is faked (never less than the waits).
+        spent = max(time.monotonic() - self.started, self.waited)
+        if spent + delay > self.timeout:
+            return None
+        self.retries += 1
+        self.heavy += heavy
+        self.waited += delay
+        return delay
 
 
 def _as_list(name: str, value: Any) -> list[Any]:
@@ -185,7 +230,8 @@ class BaseClient:
     base_url: str
     api_key: str | None
     timeout: float | httpx.Timeout | None
-    max_retries: int
+    max_retries: int | None
+    retry_timeout: float
     max_concurrency: int
 
     def __init__(
@@ -193,13 +239,16 @@ class BaseClient:
         base_url: BaseURL | None,
         api_key: str | None,
         timeout: float | httpx.Timeout | None,
-        max_retries: int,
+        max_retries: int | None,
         max_concurrency: int,
         max_items_per_request: int | None,
         default_headers: Mapping[str, str] | None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
-        if max_retries < 0:
+        if max_retries is not None and max_retries < 0:
             raise InvalidInputError("max_retries must be >= 0")
+        if retry_timeout < 0:
+            raise InvalidInputError("retry_timeout must be >= 0")
         if max_concurrency < 1:
             raise InvalidInputError("max_concurrency must be >= 1")
         if max_items_per_request is not None and max_items_per_request < 1:
@@ -214,6 +263,7 @@ class BaseClient:
         self.api_key = key or None
         self.timeout = timeout
         self.max_retries = max_retries
+        self.retry_timeout = retry_timeout
         self.max_concurrency = max_concurrency
         self._max_items_override = max_items_per_request
         self._extra_headers = dict(default_headers or {})
@@ -233,15 +283,8 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
-        """Seconds to wait before retry ``attempt``, or ``None`` to give up."""
-        if attempt >= self.max_retries:
-            return None
-        if response is not None:
-            ra = parse_retry_after(response.headers.get("retry-after"))
-            if ra is not None:
-                return ra if ra <= MAX_RETRY_AFTER else None
-        return backoff_delay(attempt)
+    def _retry_budget(self) -> RetryBudget:
+        return RetryBudget(self.retry_timeout, self.max_retries)
 
     def _limits(self) -> tuple[int | None, int | None]:
         if self._max_items_override is not None:
@@ -253,6 +296,24 @@ class BaseClient:
 
     def _empty_model(self) -> str:
         return self._info.model if self._info is not None else ""
+
+
+def response_retry_delay(budget: RetryBudget, response: httpx.Response) -> float | None:
+    """Seconds to wait before retrying after ``response``, or ``None`` to raise it.
+
+    Retried: 408, 429, 502, 503, 504, and a proxy's plain 500 (``is_gateway_error``).
+    """
+    if response.status_code not in RETRYABLE_STATUS and not is_gateway_error(response):
+        return None
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    return budget.delay(retry_after, heavy=response.status_code == 504)
+
+
+def error_retry_delay(budget: RetryBudget, exc: httpx.TransportError) -> float | None:
+    """Seconds to wait before retrying after a network failure, or ``None`` to raise it."""
+    if not is_retryable_transport_error(exc):
+        return None
+    return budget.delay(heavy=isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)))
 
 
 def is_retryable_transport_error(exc: httpx.TransportError) -> bool:

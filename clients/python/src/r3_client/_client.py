@@ -16,19 +16,20 @@ import httpx
 from ._base import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_TIMEOUT,
     DEFAULT_TIMEOUT,
-    RETRYABLE_STATUS,
     BaseClient,
     Batch,
     classify_batch,
     encode_json,
-    is_retryable_transport_error,
+    error_retry_delay,
     parse_json,
     parse_retry_after,
     relevance_batch,
+    response_retry_delay,
     reward_batch,
 )
-from ._endpoints import BaseURL, is_gateway_error
+from ._endpoints import BaseURL
 from ._exceptions import (
     APIConnectionError,
     APITimeoutError,
@@ -77,6 +78,13 @@ class Client(BaseClient):
     environment variables (base URL fallback ``http://127.0.0.1:8000``). Large
     batches are split by the server limits from ``/v1/info`` and sent on up to
     ``max_concurrency`` threads; results keep the input order.
+
+    Failures worth retrying (connection errors, 408, 429, 502, 503, 504) are retried for
+    up to ``retry_timeout`` seconds from a request's first attempt (default 60 s: a
+    server restart of 30 s or more goes unnoticed), and at most ``max_retries`` times
+    when given. A ``Retry-After`` is honoured (a little jitter added); otherwise the
+    wait grows exponentially with jitter, and starts longer after a 504 or a read
+    timeout, so the same heavy request is never resent at once.
     """
 
     def __init__(
@@ -84,8 +92,9 @@ class Client(BaseClient):
         base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retries: int | None = DEFAULT_MAX_RETRIES,
         *,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_items_per_request: int | None = None,
         default_headers: Mapping[str, str] | None = None,
@@ -99,6 +108,7 @@ class Client(BaseClient):
             max_concurrency,
             max_items_per_request,
             default_headers,
+            retry_timeout,
         )
         self._owns_http = http_client is None
         if http_client is not None and self._endpoints.custom:
@@ -132,28 +142,23 @@ class Client(BaseClient):
         headers = self._headers()
         if content is not None:
             headers["Content-Type"] = "application/json"
-        attempt = 0
+        budget = self._retry_budget()
         while True:
             try:
                 response = self._http.request(
                     method, self._url(path), content=content, headers=headers, timeout=self.timeout
                 )
             except httpx.TransportError as e:
-                delay = (
-                    self._retry_delay(attempt, None) if is_retryable_transport_error(e) else None
-                )
+                delay = error_retry_delay(budget, e)
                 if delay is None:
                     raise _transport_error(e) from e
             else:
                 if response.is_success:
                     return parse_json(response)
-                delay = None
-                if response.status_code in RETRYABLE_STATUS or is_gateway_error(response):
-                    delay = self._retry_delay(attempt, response)
+                delay = response_retry_delay(budget, response)
                 if delay is None:
                     raise make_status_error(response, _retry_after(response))
             _sleep(delay)
-            attempt += 1
 
     def _probe(self, path: str) -> bool:
         try:
@@ -257,8 +262,9 @@ class AsyncClient(BaseClient):
         base_url: BaseURL | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retries: int | None = DEFAULT_MAX_RETRIES,
         *,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_items_per_request: int | None = None,
         default_headers: Mapping[str, str] | None = None,
@@ -272,6 +278,7 @@ class AsyncClient(BaseClient):
             max_concurrency,
             max_items_per_request,
             default_headers,
+            retry_timeout,
         )
         self._owns_http = http_client is None
         if http_client is not None and self._endpoints.custom:
@@ -305,28 +312,23 @@ class AsyncClient(BaseClient):
         headers = self._headers()
         if content is not None:
             headers["Content-Type"] = "application/json"
-        attempt = 0
+        budget = self._retry_budget()
         while True:
             try:
                 response = await self._http.request(
                     method, self._url(path), content=content, headers=headers, timeout=self.timeout
                 )
             except httpx.TransportError as e:
-                delay = (
-                    self._retry_delay(attempt, None) if is_retryable_transport_error(e) else None
-                )
+                delay = error_retry_delay(budget, e)
                 if delay is None:
                     raise _transport_error(e) from e
             else:
                 if response.is_success:
                     return parse_json(response)
-                delay = None
-                if response.status_code in RETRYABLE_STATUS or is_gateway_error(response):
-                    delay = self._retry_delay(attempt, response)
+                delay = response_retry_delay(budget, response)
                 if delay is None:
                     raise make_status_error(response, _retry_after(response))
             await _async_sleep(delay)
-            attempt += 1
 
     async def _probe(self, path: str) -> bool:
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -11,9 +9,6 @@ from r3_service.api.errors import error_response
 from r3_service.api.state import ServiceState, StateDep
 
 router = APIRouter(tags=["health"])
-
-#: The worker must beat at least this often while alive (it wakes every second).
-WATCHDOG_S = 30.0
 
 
 @router.get("/healthz")
@@ -26,17 +21,22 @@ def not_ready_reason(state: ServiceState) -> str | None:
     """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
     if not state.ready or state.engine is None:
         return state.load_error or "model is loading"
-    batcher = state.engine.batcher
-    if not batcher.alive:
-        return "inference worker died"
-    if batcher.queued == 0 and time.monotonic() - batcher.last_beat > WATCHDOG_S:
-        return "inference worker stalled"
+    batchers = [("inference", state.engine.batcher)]
+    typing = getattr(state.engine.classifier, "engine", None)  # a fine-tuned classifier's own
+    if typing is not None:
+        batchers.append(("query-type classifier", typing.batcher))
+    for name, batcher in batchers:
+        if not batcher.alive:
+            return f"{name} worker died"
+        if batcher.hung:
+            running = batcher.running_for()
+            return f"{name} batch running for {running:.0f} s (limit {batcher.hung_after:g} s)"
     return None
 
 
 @router.get("/readyz", response_model=None)
 async def readyz(state: StateDep) -> Response | dict[str, str]:
-    """The model is loaded and warmed, and the inference worker is alive."""
+    """The model is loaded and warmed, the worker is alive and no batch is hung."""
     reason = not_ready_reason(state)
     if reason is not None:
         headers = {"Retry-After": "5"} if not state.ready else None
@@ -44,21 +44,29 @@ async def readyz(state: StateDep) -> Response | dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    """Prometheus text exposition."""
-    refresh_metrics(state)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
 def refresh_metrics(state: ServiceState) -> None:
-    """Copy the engine's queue and cache counters into the metrics registry."""
+    """Copy the engine's queue, cache and worker tallies into the metrics registry."""
     engine = state.engine
     if engine is not None:
+        batcher = engine.batcher
         state.metrics.sync(
-            queued=engine.batcher.queued,
+            queued=batcher.in_flight_texts,
             cache_hits=engine.cache.hits,
             cache_misses=engine.cache.misses,
             cache_bytes=engine.cache.bytes,
             dedup=engine.dedup_hits,
         )
+        state.metrics.sync_worker(
+            pending_tokens=batcher.pending_tokens,
+            drain_rate=batcher.drain_rate,
+            running_for=batcher.running_for(),
+            hung_batches=batcher.hung_batches,
+            expired_texts=batcher.expired_texts,
+        )
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition."""
+    refresh_metrics(state)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -53,13 +53,7 @@ async def reward(
     opts = body.options
     if opts is not None and opts.query_format == "alpaca":
         queries = [alpaca_query(q) for q in queries]
-    options = RewardOptions(
-        length_incentive=opts.length_incentive if opts else True,
-        repetition_penalty=opts.repetition_penalty if opts else True,
-        relevance=opts.relevance if opts else True,
-        reward_branching=opts.reward_branching if opts else True,
-        max_sequence_length=opts.max_sequence_length if opts else 512,
-    )
+    options = opts.to_options() if opts else RewardOptions()
     items = [
         RewardItem(query=q, response=r, reference=ref, qtype=t)
         for q, r, ref, t in zip(queries, body.response, references, qtypes)

@@ -1,0 +1,171 @@
+"""Body-level checks of a JSON request, before any route parses it.
+
+Whatever the route: the body is UTF-8, nested at most ``max_depth`` arrays/objects deep,
+and every string in it, in any field, is at most ``max_chars`` characters and valid
+Unicode (no lone surrogate escapes such as ``"\\ud800"``). Cheap C-level scans run on
+every body; only a body they flag is parsed here, to name the field and item index.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_HIGH = r"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW = r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+#: A high surrogate escape not followed by a low one, or a low one not after a high one.
+_LONE_ESCAPE = re.compile(rf"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}".encode())
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPENERS, _CLOSERS = (ord("["), ord("{")), (ord("]"), ord("}"))
+
+
+@dataclass(frozen=True)
+class BodyProblem:
+    """Why a body is refused: status, message, and the field and item index when known."""
+
+    status: int
+    message: str
+    field: str = "body"
+    index: int | None = None
+
+
+def _string_quotes(data: np.ndarray) -> np.ndarray:
+    """Positions of the quotes that delimit strings (those not escaped by a backslash)."""
+    quotes = np.flatnonzero(data == _QUOTE)
+    slashes = np.flatnonzero(data == _BACKSLASH)
+    if slashes.size == 0 or quotes.size == 0:
+        return quotes
+    # Start of the backslash run each backslash belongs to.
+    starts = np.ones(slashes.size, dtype=bool)
+    starts[1:] = slashes[1:] != slashes[:-1] + 1
+    run_start = np.maximum.accumulate(np.where(starts, slashes, 0))
+    before = quotes - 1
+    k = np.clip(np.searchsorted(slashes, before), 0, slashes.size - 1)
+    after_slash = (quotes > 0) & (slashes[k] == before)
+    run = np.where(after_slash, before - run_start[k] + 1, 0)
+    return quotes[run % 2 == 0]
+
+
+def scan_json(raw: bytes) -> tuple[int, int]:
+    """(deepest nesting of arrays and objects, longest string in bytes) of ``raw`` JSON.
+
+    Vectorised over the bytes; brackets inside strings are ignored. A string's byte
+    length is at least its length in characters.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    quotes = _string_quotes(data)
+    longest = int((quotes[1::2] - quotes[0:-1:2][: quotes[1::2].size] - 1).max(initial=0))
+    opens = np.flatnonzero((data == _OPENERS[0]) | (data == _OPENERS[1]))
+    closes = np.flatnonzero((data == _CLOSERS[0]) | (data == _CLOSERS[1]))
+    brackets = np.concatenate([opens, closes])
+    steps = np.concatenate([np.ones(opens.size, np.int64), -np.ones(closes.size, np.int64)])
+    outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of quotes before
+    order = np.argsort(brackets[outside], kind="stable")
+    depth = int(np.cumsum(steps[outside][order]).max(initial=0))
+    return depth, longest
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays and objects in ``raw`` JSON (brackets in strings ignored)."""
+    return scan_json(raw)[0]
+
+
+#: Smaller bodies are parsed and walked (cheaper than the vectorised scan's set-up).
+SMALL_BODY = 4096
+
+
+def check_json_body(raw: bytes, max_depth: int, max_chars: int) -> BodyProblem | None:
+    """The first problem of a JSON body, or None (a body that is not JSON is left alone)."""
+    if len(raw) <= SMALL_BODY:
+        return _check_small(raw, max_depth, max_chars)
+    depth, longest = scan_json(raw)
+    if depth > max_depth:
+        return BodyProblem(400, f"JSON nested {depth} deep; at most {max_depth}")
+    suspicious = longest > max_chars or (
+        _SURROGATE_ESCAPE.search(raw) is not None and _LONE_ESCAPE.search(raw) is not None
+    )
+    if not suspicious:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route answers that
+    return first_bad_string(data, max_chars)
+
+
+def _check_small(raw: bytes, max_depth: int, max_chars: int) -> BodyProblem | None:
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        return BodyProblem(400, f"JSON nested too deep; at most {max_depth}")
+    except ValueError:
+        return None  # not JSON: the route answers that
+    depth = _depth(data)
+    if depth > max_depth:
+        return BodyProblem(400, f"JSON nested {depth} deep; at most {max_depth}")
+    return first_bad_string(data, max_chars)
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (list, dict)):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend(
+                (item, level) for item in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
+def first_bad_string(data: Any, max_chars: int) -> BodyProblem | None:
+    """The first string in ``data`` that is too long or holds a lone surrogate."""
+    for path, value in _strings(data, ()):
+        if len(value) > max_chars:
+            message = f"text too long ({len(value)} characters); at most {max_chars}"
+        elif _SURROGATE.search(value):
+            message = "text is not valid Unicode (lone surrogate)"
+        else:
+            continue
+        keys = [p for p in path if isinstance(p, str)] or ["body"]
+        # As the schema errors name them: "query.content", "options.stop_strings", "labels".
+        field = ".".join(keys[:2]) if keys[0] in ("query", "options") else keys[0]
+        index = next((p for p in path if isinstance(p, int)), None)
+        return BodyProblem(422, message, field, index)
+    return None
+
+
+def _strings(
+    value: Any, path: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string in a parsed JSON value (keys included), with its path; iterative."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [(path, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str):
+            yield where, node
+        elif isinstance(node, dict):
+            for key, item in reversed(list(node.items())):
+                yield (*where, key), key
+                stack.append(((*where, key), item))
+        elif isinstance(node, list):
+            stack.extend(((*where, i), item) for i, item in reversed(list(enumerate(node))))
+
+
+def check_json_text(field: str, index: int | None, text: str, max_depth: int) -> None:
+    """Raise a 422 for ``field[index]`` when ``text``, about to be parsed as JSON (an
+    OpenRLHF label, say), nests deeper than ``max_depth``; call it before ``json.loads``."""
+    from r3_service.api.errors import validation_error
+
+    depth = scan_json(text.encode("utf-8", "surrogatepass"))[0]
+    if depth > max_depth:
+        raise validation_error(field, index, f"JSON nested {depth} deep; at most {max_depth}")

@@ -1,0 +1,538 @@
+"""Which texts run next, and which requests are taken at all. No threads: ``Batcher`` locks it.
+
+**Order: shortest remaining job first.** Each submission (one request's new texts) is a
+job. Jobs run in order of their remaining cost (token counts plus a per-text overhead),
+ties by arrival. So a 1-item request that arrives behind a 500-item one runs in the
+next batch, while requests of similar size run first come, first served, each finishing
+as early as it can (no request is slowed down by sharing the worker with its peers).
+
+**Padding.** A batch is not just the head job's next texts: a window of the next few
+batches' worth of texts (in job order) is sorted by token length and cut by the token
+budget, and the batch holding the head job's next text runs. The texts of a batch have
+similar lengths; a small job's short query and long response may run in two batches,
+one after the other.
+
+**Admission.** The drain rate (cost per second of batch time, an EWMA over batches)
+turns costs into seconds. A new job of cost C runs after the queued jobs with less
+remaining work, and delays every queued job with more by C. It is refused, with the
+seconds until it would fit, when it would miss its own deadline (within ``ADMIT_SHARE``
+of its time: the rest is slack for smaller jobs that arrive later) or push a queued job
+that would make its deadline past it. That protection bounds how long small jobs can
+hold a large one back. On an idle engine every job is tried.
+
+**Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
+never run; texts nobody waits for any more are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from r3_service.engine.errors import (
+    DeadlineUnreachableError,
+    QueueFullError,
+    RequestTooLargeError,
+)
+
+#: Fixed cost of one text beyond its tokens (padding, per-row work), in tokens.
+TEXT_OVERHEAD = 8
+#: Texts considered for one batch: this many batches' worth from the head of the queue.
+WINDOW_BATCHES = 16
+#: A new job must be estimated to finish within this share of its time to deadline; the
+#: rest is slack for small jobs that arrive later and run before its tail.
+ADMIT_SHARE = 0.8
+#: Time constant (seconds) of the small-job arrival rate that large jobs plan around.
+SMALL_WINDOW_S = 10.0
+#: A large job is planned at least this share of the drain rate, whatever the small jobs take.
+MIN_LARGE_SHARE = 0.25
+#: Share of its time kept by a queued job when later ones would delay it.
+PROTECT_SHARE = 0.1
+#: A job whose own cost takes longer than this many request timeouts can never finish (413).
+TOO_LARGE_TIMEOUTS = 2.0
+#: A batch whose head request was small when it came (one batch or less) gets this share
+#: of the token budget: it ends sooner, and so do the small requests queued behind it.
+#: Large requests keep the full budget (smaller batches cost throughput).
+SMALL_BATCH_SHARE = 0.5
+#: Weight of a batch in the drain rate relative to the next one.
+RATE_DECAY = 0.9
+#: Full batches whose rates admission looks at, and the quantile it takes (slow side).
+RATE_WINDOW = 64
+CAUTIOUS_QUANTILE = 0.2
+
+
+@dataclass(eq=False)
+class Job:
+    """One submission: its deadline, its texts not yet in a batch and their cost."""
+
+    deadline: float
+    #: Slack kept against estimate errors when later jobs would delay this one.
+    margin: float = 0.0
+    remaining: float = 0.0
+    seq: int = 0
+    admitted: float = 0.0
+    works: list[Work] = field(default_factory=list)
+    #: Its cost when its texts were queued (``remaining`` is what is left of it).
+    cost: float = 0.0
+    #: A placeholder for a request admitted on an estimate, whose texts are not queued yet
+    #: (they are being typed by the classifier or tokenised): later admissions count it.
+    reserved: bool = False
+
+
+@dataclass(eq=False)
+class Work:
+    """One text waiting for its embedding (shared by every request that needs the text)."""
+
+    text: str
+    future: asyncio.Future[np.ndarray]
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: The latest deadline of the requests waiting for it; past it, it is never run.
+    deadline: float = math.inf
+    #: Requests still waiting for this text; 0 means its work can be dropped.
+    waiters: int = 1
+    job: Job | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+    #: Set by the worker: seconds queued before its batch ran, and the batch's model time.
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def cost(self) -> float:
+        return len(self.ids) + TEXT_OVERHEAD
+
+    @property
+    def wanted(self) -> bool:
+        return self.waiters > 0 and not self.future.done()
+
+
+class DrainRate:
+    """Cost units and texts processed per second of batch time.
+
+    The ratio of exponentially decayed sums (each batch weighs ``decay`` times the one
+    after it): the throughput of the recent batches, where a tiny batch counts for its
+    short time and a full one for its long time. Admission uses ``cautious_seconds``: at
+    the rate of a slow recent full batch (``CAUTIOUS_QUANTILE``), so that on a machine whose
+    speed swings (shared cores) the work taken in still finishes in time.
+    """
+
+    def __init__(self, decay: float = RATE_DECAY, window: int = RATE_WINDOW) -> None:
+        self.decay = decay
+        self._cost = self._texts = self._seconds = 0.0
+        self._full: deque[float] = deque(maxlen=window)
+
+    @property
+    def known(self) -> bool:
+        return self._seconds > 0
+
+    @property
+    def cost_per_s(self) -> float:
+        return self._cost / self._seconds if self._seconds > 0 else 0.0
+
+    @property
+    def texts_per_s(self) -> float:
+        return self._texts / self._seconds if self._seconds > 0 else 0.0
+
+    def observe(self, cost: float, texts: int, seconds: float, full: bool = False) -> None:
+        """One batch: its cost, texts and seconds; ``full``: it used most of the budget."""
+        if seconds <= 0 or cost <= 0:
+            return
+        if full:
+            self._full.append(cost / seconds)
+        d = self.decay
+        self._cost = d * self._cost + cost
+        self._texts = d * self._texts + texts
+        self._seconds = d * self._seconds + seconds
+
+    def seconds(self, cost: float) -> float:
+        """Estimated batch seconds for ``cost`` (0 while nothing is measured)."""
+        return cost / self.cost_per_s if self.known else 0.0
+
+    @property
+    def cautious_cost_per_s(self) -> float:
+        """The rate of a slow recent full batch, or the average when lower or unmeasured."""
+        if len(self._full) < 8:
+            return self.cost_per_s
+        slow = sorted(self._full)[int(CAUTIOUS_QUANTILE * (len(self._full) - 1))]
+        return min(self.cost_per_s, slow)
+
+    def cautious_seconds(self, cost: float) -> float:
+        rate = self.cautious_cost_per_s
+        return cost / rate if rate > 0 else 0.0
+
+    def seconds_for_texts(self, texts: int) -> float:
+        return texts / self.texts_per_s if self.texts_per_s > 0 else 1.0
+
+
+def cut_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+) -> list[list[int]]:
+    """Indices of ``lengths`` in length-sorted batches within the token budget.
+
+    Each batch satisfies ``len(batch) * max(length) <= max_batch_tokens`` and
+    ``len(batch) <= max_batch_size``, except a single text longer than the budget,
+    which forms a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[index]  # ascending, so the newest member is the widest
+        if current and (
+            (len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Taken:
+    """What one scheduling step hands the worker."""
+
+    batch: list[Work] = field(default_factory=list)
+    #: Deadline passed (or would pass before the batch ends): answer with a timeout.
+    expired: list[Work] = field(default_factory=list)
+    #: Nobody waits for these any more.
+    dropped: list[Work] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.batch or self.expired or self.dropped)
+
+
+class Scheduler:
+    """Pending jobs, shortest remaining first; admission by deadline; batches by length."""
+
+    def __init__(self, max_batch_tokens: int, max_batch_size: int, max_queue_texts: int) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue_texts = max_queue_texts
+        self.rate = DrainRate()
+        #: Texts accepted and not yet answered (pending or in a running batch).
+        self.in_flight = 0
+        self.pending_cost = 0.0
+        self.pending_count = 0
+        #: Jobs with texts still pending, shortest remaining first (ties: arrival).
+        self._jobs: list[Job] = []
+        self._seq = 0
+        self._small_cost = 0.0  # decayed sum of small jobs' cost (see small_cost_per_s)
+        self._small_at = 0.0
+        self._small_first: float | None = None
+        #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
+        self._earliest = math.inf
+
+    @property
+    def pending(self) -> list[Work]:
+        """Pending texts in the order they would run (without the padding window)."""
+        return [work for job in self._jobs for work in job.works]
+
+    @property
+    def pending_tokens(self) -> int:
+        return sum(work.tokens for job in self._jobs for work in job.works)
+
+    def oldest_enqueued(self) -> float:
+        return min(work.enqueued for job in self._jobs for work in job.works)
+
+    # -- admission -------------------------------------------------------------------
+
+    def admit(
+        self,
+        works: Sequence[Work],
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+        reserved: bool = False,
+    ) -> None:
+        """Raise if ``works`` (one job) cannot be taken now.
+
+        ``busy_s``: estimated seconds left of the batch that is running.
+        """
+        cost = sum(w.cost for w in works)
+        self.admit_cost(len(works), cost, deadline, timeout, now, busy_s, reserved=reserved)
+
+    def admit_cost(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+        estimate: bool = False,
+        reserved: bool = False,
+    ) -> None:
+        """``admit`` for a job of ``count`` texts and ``cost``; ``estimate``: the cost is a
+        guess from characters (a precheck before tokenising), so only a retryable 503 or
+        the queue-size 413 can come of it; ``reserved``: the job was admitted on its
+        estimate already (``reserve``), only its size and the queue's are checked."""
+        if count > self.max_queue_texts or not estimate:
+            self._check_size(count, cost, timeout)
+        if self.in_flight + count > self.max_queue_texts:
+            excess = self.in_flight + count - self.max_queue_texts
+            raise QueueFullError(
+                f"queue full ({self.in_flight} texts queued, this request needs {count}, "
+                f"limit {self.max_queue_texts})",
+                retry_after=self.rate.seconds_for_texts(excess),
+            )
+        if reserved:
+            return
+        if not self.rate.known or (not self._jobs and busy_s <= 0):
+            return  # nothing measured yet, or idle: always try
+        start = busy_s + self.rate.cautious_seconds(self.max_batch_tokens)  # one batch
+        self._check_own_deadline(cost, deadline - now, start, now)
+        self._check_queued_deadlines(cost, now, start)
+
+    def reserve(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+    ) -> Job:
+        """Admit a job on an estimate of its cost and hold its place until its texts come.
+
+        Admission happens once per request: the work done before its texts are queued
+        (classifying its queries, tokenising) is never spent on a request refused later,
+        and requests admitted meanwhile see the work it will bring.
+        """
+        self.admit_cost(count, cost, deadline, timeout, now, busy_s, estimate=True)
+        job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
+        job.remaining = cost
+        self._seq += 1
+        job.seq = self._seq
+        job.admitted = now
+        bisect.insort_right(self._jobs, job, key=_job_order)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Give a reserved place up (the request's texts will not come); idempotent."""
+        if job.reserved:
+            job.reserved = False
+            self._jobs = [j for j in self._jobs if j is not job]
+
+    def _check_size(self, count: int, cost: float, timeout: float) -> None:
+        if count > self.max_queue_texts:
+            raise RequestTooLargeError(
+                f"request needs {count} texts at once; the queue holds at most "
+                f"{self.max_queue_texts} (R3_MAX_QUEUE_TEXTS): send fewer items per request",
+                limit="R3_MAX_QUEUE_TEXTS",
+            )
+        seconds = self.rate.seconds(cost)
+        if seconds > TOO_LARGE_TIMEOUTS * timeout:
+            raise RequestTooLargeError(
+                f"request needs about {seconds:.0f} s of model time at the measured rate "
+                f"({cost:.0f} tokens), more than the request timeout of {timeout:g} s "
+                "(R3_REQUEST_TIMEOUT_S) allows: send fewer or shorter items per request",
+                limit="R3_REQUEST_TIMEOUT_S",
+            )
+
+    def small_cost_per_s(self, now: float) -> float:
+        """Cost per second of the small jobs (one batch or less) admitted lately: a decayed
+        sum over the time it covers (so the first seconds of a stream count in full)."""
+        if self._small_first is None:
+            return 0.0
+        decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
+        covered = max(1.0, now - self._small_first)
+        span = SMALL_WINDOW_S * (1.0 - math.exp(-covered / SMALL_WINDOW_S))
+        return self._small_cost * decay / max(span, 1.0)
+
+    def _seconds(self, cost: float, amount: float, now: float) -> float:
+        """Seconds to drain ``amount`` of work ahead of, and including, a job of ``cost``.
+
+        A job larger than one batch gets what the stream of small jobs (which run
+        before it) leaves of the cautious rate, at least ``MIN_LARGE_SHARE`` of it.
+        """
+        rate = self.rate.cautious_cost_per_s
+        if rate <= 0:
+            return 0.0
+        if cost > self.max_batch_tokens:
+            rate = max(rate - self.small_cost_per_s(now), MIN_LARGE_SHARE * rate)
+        return amount / rate
+
+    def _check_own_deadline(self, cost: float, time_left: float, start: float, now: float) -> None:
+        ahead = sum(job.remaining for job in self._jobs if job.remaining <= cost)
+        finish = start + self._seconds(cost, ahead + cost, now)
+        allowed = ADMIT_SHARE * time_left
+        if finish > allowed:
+            raise DeadlineUnreachableError(
+                f"overloaded: the queued work ahead means this request would take about "
+                f"{finish:.1f} s, past its deadline in {time_left:.1f} s",
+                retry_after=finish - allowed,
+            )
+
+    def _check_queued_deadlines(self, cost: float, now: float, start: float) -> None:
+        delay = self.rate.cautious_seconds(cost)
+        done = 0.0
+        for job in self._jobs:
+            done += job.remaining
+            if job.remaining <= cost:
+                continue  # runs before the new job
+            finish = now + start + self._seconds(job.remaining, done, now)
+            if finish <= job.deadline - job.margin < finish + delay:
+                raise DeadlineUnreachableError(
+                    "overloaded: this request would push queued requests past their deadlines",
+                    retry_after=finish - now,
+                )
+
+    # -- queueing ----------------------------------------------------------------------
+
+    def add(self, works: Sequence[Work], job: Job, now: float | None = None) -> None:
+        """Queue one admitted job's texts (``now``: when it was admitted). A reserved job
+        (``reserve``) takes its texts in place of the estimate."""
+        reserved = job.reserved
+        if reserved:
+            self.cancel(job)
+            job.remaining = 0.0
+        cost = sum(w.cost for w in works)
+        if cost <= self.max_batch_tokens:
+            now = time.monotonic() if now is None else now
+            decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
+            self._small_cost = self._small_cost * decay + cost
+            self._small_at = now
+            if self._small_first is None:
+                self._small_first = now
+        if not reserved:  # a reserved job keeps its place in arrival order and its age
+            self._seq += 1
+            job.seq = self._seq
+            job.admitted = time.monotonic() if now is None else now
+        job.works = list(works)
+        for work in works:
+            work.job = job
+            job.remaining += work.cost
+        job.cost = job.remaining
+        self.in_flight += len(works)
+        self.pending_count += len(works)
+        self.pending_cost += job.remaining
+        self._earliest = min(self._earliest, job.deadline, *(w.deadline for w in works))
+        bisect.insort_right(self._jobs, job, key=_job_order)
+
+    def answered(self, count: int) -> None:
+        """``count`` texts left the engine (resolved, failed or dropped)."""
+        self.in_flight -= count
+
+    def discard_unwanted(self) -> list[Work]:
+        """Remove pending texts nobody waits for; returns them."""
+        return self._remove(lambda w: not w.wanted)
+
+    def _remove(
+        self, drop: Callable[[Work], bool], jobs: Sequence[Job] | None = None
+    ) -> list[Work]:
+        """Take the pending texts ``drop`` picks out of their jobs (of ``jobs`` only, if given)."""
+        gone: list[Work] = []
+        for job in self._jobs if jobs is None else jobs:
+            leaving = [w for w in job.works if drop(w)]
+            if leaving:
+                job.works = [w for w in job.works if not drop(w)]
+                gone.extend(leaving)
+                for work in leaving:
+                    self._left(work)
+        if gone:
+            self._jobs = sorted((j for j in self._jobs if j.works or j.reserved), key=_job_order)
+        return gone
+
+    def _left(self, work: Work) -> None:
+        self.pending_cost -= work.cost
+        self.pending_count -= 1
+        if work.job is not None:
+            work.job.remaining -= work.cost
+
+    # -- batch formation ---------------------------------------------------------------
+
+    def take(self, now: float) -> Taken:
+        """The next batch (it holds the head job's next texts), plus what must not run.
+
+        Texts whose deadline has passed, or will before the head job can finish, expire.
+        """
+        taken = Taken()
+        if now >= self._earliest:  # some deadline may have passed: scan everything once
+            taken.expired = self._remove(lambda w: w.deadline <= now)
+            deadlines = (w.deadline for job in self._jobs for w in job.works)
+            self._earliest = min(deadlines, default=math.inf)
+        order = [job for job in self._serving_order(now) if job.works]
+        if order:  # the head job runs now: its texts that cannot make it never run
+            head = order[0]
+            done = now + self.rate.seconds(head.remaining)
+            taken.expired += self._remove(lambda w: w.deadline < done, [head])
+            order = [job for job in order if job.works]
+        if not order:
+            return taken
+        chosen = self._next_batch(order)
+        owners = list({id(w.job): w.job for w in chosen if w.job is not None}.values())
+        batch = self._remove(_members(chosen), owners)
+        taken.dropped = [w for w in batch if not w.wanted]  # gave up since the last release
+        ends = now + self.rate.seconds(sum(w.cost for w in batch))
+        taken.batch = [w for w in batch if w.wanted and w.deadline > ends]
+        taken.expired.extend(w for w in batch if w.wanted and w.deadline <= ends)
+        return taken
+
+    def _next_batch(self, order: Sequence[Job]) -> list[Work]:
+        """The window's texts cut into length-sorted batches within the budget; the batch
+        holding the head job's next text runs. A small job's short and long texts may go
+        in two batches (run one after the other: the job stays at the head)."""
+        window = self._window(order)
+        lengths = [w.tokens for w in window]
+        budget = self.max_batch_tokens
+        if order[0].cost <= budget:  # a small request: a short batch, so it is done soon
+            budget = max(1, int(SMALL_BATCH_SHARE * budget))
+        batches = cut_batches(lengths, budget, self.max_batch_size)
+        return [window[i] for i in next(b for b in batches if 0 in b)]
+
+    def _serving_order(self, now: float) -> list[Job]:
+        """Jobs whose remaining work fits in one batch first, oldest first; then the larger
+        ones by remaining cost less what the worker could have done while they waited (at
+        most one batch), so that none overtakes a job more than a batch larger than itself.
+
+        Among small jobs, arrival order: ranking them by size too would let a steady stream
+        of short ones starve a job whose one long text is left (measured at 2x overload:
+        such 1-item requests queued 4 to 6 s while newer ones ran at once)."""
+        rate, budget = self.rate.cost_per_s, self.max_batch_tokens
+
+        def key(job: Job) -> tuple[int, float, int]:
+            if job.remaining <= budget:
+                return 0, job.admitted, job.seq
+            return 1, job.remaining - min(rate * max(0.0, now - job.admitted), budget), job.seq
+
+        return sorted(self._jobs, key=key)
+
+    def _window(self, jobs: Sequence[Job]) -> list[Work]:
+        """The texts the next batch is cut from: jobs in serving order, up to and including
+        the first one larger than a batch. Large jobs never share batches, so they run one
+        after the other and each finishes as early as it can."""
+        limit_cost = WINDOW_BATCHES * self.max_batch_tokens
+        limit_count = WINDOW_BATCHES * self.max_batch_size
+        window: list[Work] = []
+        cost = 0.0
+        for job in jobs:
+            for work in job.works:
+                window.append(work)
+                cost += work.cost
+                if cost >= limit_cost or len(window) >= limit_count:
+                    return window
+            if job.remaining > self.max_batch_tokens:
+                return window
+        return window
+
+
+def _members(batch: list[Work]) -> Callable[[Work], bool]:
+    ids = {id(w) for w in batch}
+    return lambda w: id(w) in ids
+
+
+def _job_order(job: Job) -> tuple[float, int]:
+    return job.remaining, job.seq

@@ -1,0 +1,279 @@
+"""The HTTP server: uvicorn, plus the connection limits a production front end would apply.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no header
+timeout, no cap on open connections, and (with httptools) no limit on header size. Its
+HTTP protocol is subclassed here (``guarded_protocol``) to add them:
+
+- **Connection cap** (``R3_MAX_CONNECTIONS``): a new connection beyond the cap closes the
+  connection that has waited longest for its request headers (idle keep-alive or slow);
+  if every connection is busy with a request, the new one gets 503 and is closed.
+  Requests in progress are never cut.
+- **Header timeout** (``R3_HEADER_TIMEOUT_S``): a connection must send a request's
+  headers within this time of connecting or of its previous answer; else it is closed
+  (with 408 if it sent part of a request).
+- **Header size** (``R3_MAX_HEADER_BYTES``): larger request heads get 431 and are closed.
+- **Half-closed body**: a client that ends its side before the body it announced is
+  complete gets 400, and the connection closes.
+
+The open-file limit is raised towards its hard limit at start, and the cap and listen
+backlog are kept well under it, so that the process never runs out of descriptors.
+Body size, body deadline (408) and JSON checks are ASGI middleware (``api/middleware.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import uvicorn
+
+from r3_service.config import Settings
+
+logger = logging.getLogger(__name__)
+
+#: uvicorn's default listen backlog.
+BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout_s: float
+    max_header_bytes: int
+
+
+def raw_response(status: int, reason: str, message: str, kind: str) -> bytes:
+    """A complete HTTP/1.1 error answer in the service's error shape, closing the connection."""
+    body = json.dumps({"error": {"type": kind, "message": message, "details": []}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class ConnectionGuard:
+    """Server-wide book of connections: which wait for headers (oldest first), counts."""
+
+    def __init__(
+        self, limits: ConnectionLimits, on_close: Callable[[str], None] | None = None
+    ) -> None:
+        self.limits = limits
+        self.on_close = on_close
+        self.open: set[Any] = set()
+        #: Connections waiting for a request's headers, in the order they started waiting.
+        self.waiting: OrderedDict[Any, None] = OrderedDict()
+        self.closed: dict[str, int] = {}
+
+    def count(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+        if self.on_close is not None:
+            self.on_close(reason)
+
+    def make_room(self, newcomer: Any) -> bool:
+        """Close the longest-waiting connection if at the cap; False if none can go."""
+        if len(self.open) <= self.limits.max_connections:
+            return True
+        for victim in self.waiting:
+            if victim is not newcomer:
+                victim.r3_close("evicted", None)
+                return True
+        return False
+
+
+_HEADER_TIMEOUT = raw_response(408, "Request Timeout", "request headers too slow", "timeout")
+_HEADER_TOO_LARGE = raw_response(
+    431, "Request Header Fields Too Large", "request headers too large", "request_too_large"
+)
+_BUSY = raw_response(
+    503, "Service Unavailable", "too many open connections", "service_unavailable"
+).replace(b"connection: close\r\n", b"connection: close\r\nretry-after: 1\r\n")
+_BODY_INCOMPLETE = raw_response(
+    400, "Bad Request", "the client closed its side before the body was complete", "bad_request"
+)
+
+
+class GuardMixin:
+    """Connection limits on top of a uvicorn HTTP protocol (mixed in by ``guarded_protocol``).
+
+    Relies on what uvicorn's h11 and httptools protocols share: ``transport``, ``loop``,
+    ``cycle`` (the request in progress, with ``more_body``, ``response_started``,
+    ``response_complete``, ``disconnected`` and ``message_event``).
+    """
+
+    guard: ClassVar[ConnectionGuard]
+    _r3_timer: asyncio.TimerHandle | None = None
+    _r3_bytes = 0
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.guard.open.add(self)
+        if not self.guard.make_room(self):
+            self.r3_close("refused", _BUSY)
+            return
+        self._r3_wait_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.open.discard(self)
+        self.guard.waiting.pop(self, None)
+        self._r3_cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self in self.guard.waiting
+        before = self.cycle
+        super().data_received(data)  # type: ignore[misc]
+        if not waiting:
+            return
+        if self.cycle is not before:  # headers complete: a request started
+            self.guard.waiting.pop(self, None)
+            self._r3_cancel()
+            return
+        self._r3_bytes += len(data)  # still in the request's head
+        if self._r3_bytes > self.guard.limits.max_header_bytes:
+            self.r3_close("header_too_large", _HEADER_TOO_LARGE)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        cycle = self.cycle
+        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
+            self._r3_wait_headers()
+
+    def eof_received(self) -> bool | None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            cycle.disconnected = True  # the app sees a disconnect and writes nothing
+            cycle.message_event.set()
+            self.r3_close("body_incomplete", _BODY_INCOMPLETE)
+            return None
+        result: bool | None = super().eof_received()  # type: ignore[misc]
+        return result
+
+    def _r3_wait_headers(self) -> None:
+        self._r3_cancel()
+        self._r3_bytes = 0
+        self.guard.waiting[self] = None
+        self.guard.waiting.move_to_end(self)
+        timeout = self.guard.limits.header_timeout_s
+        self._r3_timer = self.loop.call_later(timeout, self._r3_header_timeout)
+
+    def _r3_header_timeout(self) -> None:
+        self._r3_timer = None
+        if self in self.guard.waiting:
+            sent_part = self._r3_bytes > 0
+            self.r3_close("header_timeout", _HEADER_TIMEOUT if sent_part else None)
+
+    def _r3_cancel(self) -> None:
+        if self._r3_timer is not None:
+            self._r3_timer.cancel()
+            self._r3_timer = None
+
+    def r3_close(self, reason: str, answer: bytes | None) -> None:
+        """Close this connection (after writing ``answer``), counting why."""
+        self.guard.waiting.pop(self, None)
+        self.guard.open.discard(self)
+        self._r3_cancel()
+        if self.transport.is_closing():
+            return
+        if answer is not None:
+            self.transport.write(answer)
+        self.transport.close()
+        self.guard.count(reason)
+
+
+def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type:
+    """A subclass of uvicorn's HTTP protocol ``base`` that applies ``guard``'s limits."""
+    return type(f"Guarded{base.__name__}", (GuardMixin, base), {"guard": guard})
+
+
+def http_protocol_base() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol when httptools is installed, else its h11 one."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    except ImportError:  # pragma: no cover - depends on the install
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # pragma: no cover - a locked-down host
+            logger.warning("could not raise the open-file limit from %d", soft)
+    return int(soft) if soft != resource.RLIM_INFINITY else wanted
+
+
+def connection_budget(max_connections: int, open_files: int) -> tuple[int, int]:
+    """(connection cap, listen backlog) that fit in ``open_files`` descriptors.
+
+    Half the descriptors for connections, a quarter for the backlog (accepted in bursts
+    before the cap can act), the rest for the model, logs and sockets of the process.
+    """
+    cap = max(16, min(max_connections, open_files // 2))
+    backlog = max(16, min(BACKLOG, open_files // 4))
+    return cap, backlog
+
+
+def build_server(
+    settings: Settings,
+    app: Any,
+    on_close: Callable[[str], None] | None = None,
+    **uvicorn_options: Any,
+) -> tuple[uvicorn.Server, ConnectionGuard]:
+    """A uvicorn server for ``app`` with the settings' connection limits and timeouts."""
+    open_files = raise_open_file_limit(2 * settings.max_connections + BACKLOG + 1024)
+    cap, backlog = connection_budget(settings.max_connections, open_files)
+    if cap < settings.max_connections:
+        logger.warning(
+            "R3_MAX_CONNECTIONS=%d lowered to %d to fit the open-file limit (%d)",
+            settings.max_connections,
+            cap,
+            open_files,
+        )
+    limits = ConnectionLimits(cap, settings.header_timeout_s, settings.max_header_bytes)
+    guard = ConnectionGuard(limits, on_close)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded_protocol(http_protocol_base(), guard),
+        backlog=backlog,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(settings.request_timeout_s),
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        **uvicorn_options,
+    )
+    return uvicorn.Server(config), guard
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until SIGTERM/SIGINT (then drain in-flight requests)."""
+    from r3_service.api.app import create_app
+
+    for warning in settings.warnings():
+        logger.warning(warning)
+    app = create_app(settings)
+    metrics = app.state.r3.metrics
+    server, guard = build_server(
+        settings, app, on_close=lambda reason: metrics.connections_closed.labels(reason).inc()
+    )
+    metrics.connections.set_function(lambda: len(guard.open))
+    server.run()

@@ -1,0 +1,383 @@
+"""The scheduler alone (no threads): fairness, padding, admission by deadline, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from r3_service.engine.errors import (
+    DeadlineUnreachableError,
+    QueueFullError,
+    RequestTooLargeError,
+)
+from r3_service.engine.scheduler import (
+    ADMIT_SHARE,
+    SMALL_BATCH_SHARE,
+    TEXT_OVERHEAD,
+    Job,
+    Scheduler,
+    Work,
+    cut_batches,
+)
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def works(
+    loop: asyncio.AbstractEventLoop, lengths: list[int], deadline: float = math.inf
+) -> list[Work]:
+    return [
+        Work(
+            text=f"t{i}-{n}",
+            future=loop.create_future(),
+            ids=np.ones(n, dtype=np.int64),
+            deadline=deadline,
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+
+def queue(scheduler: Scheduler, batch: list[Work], deadline: float = math.inf) -> Job:
+    job = Job(deadline=deadline)
+    scheduler.add(batch, job)
+    return job
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=120),
+    st.integers(min_value=16, max_value=5000),
+    st.integers(min_value=1, max_value=64),
+)
+def test_batches_respect_the_budget_and_cover_every_text(
+    lengths: list[int], budget: int, size: int
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = Scheduler(budget, size, max_queue_texts=10_000)
+        batch = works(loop, lengths)
+        queue(scheduler, batch)
+        seen: list[Work] = []
+        while scheduler.pending:
+            head = scheduler.pending[0]
+            taken = scheduler.take(now=0.0).batch
+            assert head in taken and len(taken) <= size
+            widths = [w.tokens for w in taken]
+            assert len(taken) == 1 or len(taken) * max(widths) <= budget
+            seen.extend(taken)
+        assert sorted(map(id, seen)) == sorted(map(id, batch))
+    finally:
+        loop.close()
+
+
+def test_cut_batches_hand_example() -> None:
+    assert cut_batches([5, 1, 3, 100], 10, 8) == [[1, 2], [0], [3]]
+
+
+def test_small_request_behind_a_large_one_runs_in_the_next_batch(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    big = works(loop, [30] * 400)
+    queue(scheduler, big)
+    first = scheduler.take(now=0.0).batch
+    assert all(w in big for w in first)
+    small = works(loop, [30])
+    queue(scheduler, small)
+    second = scheduler.take(now=0.0).batch
+    assert small[0] in second  # not behind the other 390-odd texts of the big request
+
+
+def test_requests_of_similar_size_run_first_come_first_served(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    first, second = works(loop, [30] * 40), works(loop, [30] * 40)
+    queue(scheduler, first)
+    queue(scheduler, second)
+    served = [w for _ in range(5) for w in scheduler.take(now=0.0).batch]
+    assert len(served) == 40 and all(w in first for w in served)  # not interleaved
+    assert all(w in second for w in scheduler.take(now=0.0).batch)
+
+
+def test_a_started_request_is_not_overtaken_by_an_equal_one(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=256, max_batch_size=8, max_queue_texts=4096)
+    first = works(loop, [30] * 40)
+    queue(scheduler, first)
+    scheduler.take(now=0.0)
+    queue(scheduler, works(loop, [30] * 32))  # less than first's original, more than its rest
+    assert all(w in first for w in scheduler.take(now=0.0).batch)
+
+
+def test_batches_keep_similar_lengths(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    rng = np.random.default_rng(0)
+    queue(scheduler, works(loop, [int(n) for n in rng.integers(5, 500, size=300)]))
+    padded = real = 0
+    while scheduler.pending:
+        batch = scheduler.take(now=0.0).batch
+        lengths = [w.tokens for w in batch]
+        padded += max(lengths) * len(lengths)
+        real += sum(lengths)
+    assert real / padded > 0.8  # unsorted batches of this mix waste about half
+
+
+def test_expired_and_unwanted_texts_never_run(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    late, gone, fine = works(loop, [10], 5.0), works(loop, [10]), works(loop, [10], 100.0)
+    for batch in (late, gone, fine):
+        queue(scheduler, batch)
+    gone[0].waiters = 0
+    taken = scheduler.take(now=10.0)
+    assert taken.expired == late and taken.dropped == gone and taken.batch == fine
+    assert not scheduler.pending
+
+
+def test_text_that_would_finish_after_its_deadline_is_expired(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 cost units per second
+    tight = works(loop, [100], deadline=0.5)  # needs ~1.1 s, has 0.5 s
+    queue(scheduler, tight)
+    taken = scheduler.take(now=0.0)
+    assert taken.expired == tight and not taken.batch
+
+
+def test_idle_engine_takes_any_request_that_fits_the_queue(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=100)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    # 150 s of work against a 100 s timeout: tried (estimates can be wrong), not refused.
+    scheduler.admit(works(loop, [150 * 100 - TEXT_OVERHEAD]), 100.0, 100.0, 0.0, 0.0)
+
+
+def test_request_larger_than_the_queue_is_413_naming_the_setting(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=64)
+    with pytest.raises(RequestTooLargeError) as info:
+        scheduler.admit(works(loop, [5] * 80), 60.0, 60.0, 0.0, 0.0)
+    assert info.value.limit == "R3_MAX_QUEUE_TEXTS" and "64" in str(info.value)
+
+
+def test_request_that_can_never_finish_in_time_is_413(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    with pytest.raises(RequestTooLargeError) as info:  # 30 s of work, 10 s timeout
+        scheduler.admit(works(loop, [100 - TEXT_OVERHEAD] * 30), 10.0, 10.0, 0.0, 0.0)
+    assert info.value.limit == "R3_REQUEST_TIMEOUT_S"
+
+
+def test_full_queue_is_retryable_with_a_delay_from_the_text_rate(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=10)
+    scheduler.rate.observe(cost=100.0, texts=4, seconds=1.0)  # 4 texts per second
+    queue(scheduler, works(loop, [5] * 8))
+    with pytest.raises(QueueFullError) as info:
+        scheduler.admit(works(loop, [5] * 6), 60.0, 60.0, 0.0, 0.0)
+    assert info.value.retry_after == pytest.approx(1.0)  # 4 texts over the limit at 4/s
+
+
+def test_request_that_would_miss_its_deadline_is_refused_with_retry_after(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=1000.0)  # 4 s queued
+    new = works(loop, [100 - TEXT_OVERHEAD] * 4)  # 4 s of its own, after the equal job
+    with pytest.raises(DeadlineUnreachableError) as info:
+        scheduler.admit(new, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    # 1 s of batch granularity + 4 s queued + 4 s own = 9 s, past 80% of 10 s by 1 s.
+    assert info.value.retry_after == pytest.approx(9.0 - ADMIT_SHARE * 10.0)
+    scheduler.admit(new, deadline=20.0, timeout=20.0, now=0.0, busy_s=0.0)  # time enough
+    small = works(loop, [10])  # runs before the queued job: 1 s + 0.18 s
+    scheduler.admit(small, deadline=2.0, timeout=2.0, now=0.0, busy_s=0.0)
+
+
+def test_request_that_would_push_queued_work_past_its_deadline_is_refused(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=5.5)  # ends at ~5 s
+    new = works(loop, [100 - TEXT_OVERHEAD] * 2)
+    with pytest.raises(DeadlineUnreachableError, match="push queued"):
+        scheduler.admit(new, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
+    small = works(loop, [10])  # a small one delays it by only 0.18 s: still in time
+    scheduler.admit(small, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
+
+
+def test_discard_unwanted_frees_the_queue(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    batch = works(loop, [10] * 5)
+    queue(scheduler, batch)
+    for work in batch[:3]:
+        work.waiters = 0
+    assert scheduler.discard_unwanted() == batch[:3]
+    assert len(scheduler.pending) == 2
+    assert scheduler.pending_cost == pytest.approx(2 * (10 + TEXT_OVERHEAD))
+
+
+def test_a_small_request_is_done_within_two_batches(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    queue(scheduler, works(loop, [30] * 300))
+    scheduler.take(now=0.0)
+    small = works(loop, [10, 400])  # a short query and a long response
+    queue(scheduler, small)
+    first, second = scheduler.take(now=0.0).batch, scheduler.take(now=0.0).batch
+    assert all(w in first + second for w in small)
+    for batch in (first, second):  # each batch stays length-homogeneous
+        assert len(batch) * max(w.tokens for w in batch) <= 1024
+
+
+def test_head_request_that_cannot_finish_in_time_is_expired_not_run(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    doomed = works(loop, [100 - TEXT_OVERHEAD] * 10, deadline=5.0)  # needs 10 s, has 5
+    fine = works(loop, [100 - TEXT_OVERHEAD] * 20, deadline=100.0)
+    queue(scheduler, doomed)
+    queue(scheduler, fine)
+    taken = scheduler.take(now=0.0)
+    assert taken.expired == doomed
+    assert taken.batch and all(w in fine for w in taken.batch)
+
+
+def test_drain_rate_weighs_batches_by_their_time() -> None:
+    from r3_service.engine.scheduler import DrainRate
+
+    rate = DrainRate(decay=1.0)
+    rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    rate.observe(cost=10.0, texts=1, seconds=0.1)  # a tiny batch, mostly overhead
+    assert rate.cost_per_s == pytest.approx(1010 / 1.1)  # not the mean of 1000 and 100
+    assert rate.texts_per_s == pytest.approx(11 / 1.1)
+    assert rate.seconds(1010.0) == pytest.approx(1.1)
+
+
+def test_queued_small_requests_all_finish_before_the_large_one_goes_on(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    large = works(loop, [30] * 300)
+    queue(scheduler, large)
+    scheduler.take(now=0.0)
+    small = works(loop, [10, 20]) + works(loop, [12, 148])
+    queue(scheduler, small[:2])
+    queue(scheduler, small[2:])
+    served = [w for _ in range(3) for w in scheduler.take(now=0.0).batch]
+    assert all(w in served for w in small)  # a long text does not leave its request behind
+
+
+def test_admission_plans_with_a_slow_recent_batch_on_a_machine_whose_speed_swings() -> None:
+    from r3_service.engine.scheduler import DrainRate
+
+    steady, swinging = DrainRate(), DrainRate()
+    for i in range(40):
+        steady.observe(cost=1000.0, texts=10, seconds=1.0, full=True)
+        swinging.observe(cost=1000.0, texts=10, seconds=0.5 if i % 2 else 2.0, full=True)
+    assert steady.cautious_cost_per_s == pytest.approx(steady.cost_per_s)
+    assert swinging.cautious_cost_per_s == pytest.approx(500.0)  # the slow half, not the mean
+    assert swinging.cautious_seconds(1000.0) == pytest.approx(2.0)
+    assert swinging.cost_per_s > 500.0  # expiry and busy estimates keep the average
+
+
+def test_a_large_request_plans_around_the_stream_of_small_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    from r3_service.engine.scheduler import SMALL_WINDOW_S
+
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)  # 100 cost units per second
+    large = works(loop, [100 - TEXT_OVERHEAD] * 6)  # 6 s of its own at the full rate
+    seconds = int(SMALL_WINDOW_S * 5)
+    queued = Job(deadline=1000.0)
+    scheduler.add(works(loop, [100] * 3), queued, now=0.0)  # 3.24 s of work queued
+    # 1 s (a batch) + 3.24 + 6.48 s <= 80% of 14 s: taken on a worker nobody else needs
+    scheduler.admit(large, deadline=14.0, timeout=14.0, now=0.0, busy_s=0.0)
+    for t in range(seconds):  # a small job of 50 cost units every second
+        scheduler.add(works(loop, [50 - TEXT_OVERHEAD]), Job(deadline=1000.0), now=float(t))
+        scheduler.take(now=float(t))  # takes the small job (it runs before the queued one)
+    now = float(seconds)
+    assert scheduler.small_cost_per_s(now) == pytest.approx(50.0, rel=0.1)
+    assert queued.works  # the small jobs went first
+    with pytest.raises(DeadlineUnreachableError):  # half the rate left: 1 + 19.4 s > 11.2 s
+        scheduler.admit(large, deadline=now + 14.0, timeout=14.0, now=now, busy_s=0.0)
+
+
+def test_among_small_requests_the_one_waiting_longer_goes_first(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=400, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    waiting = works(loop, [300])  # a larger small request, queued at t=0
+    scheduler.add(waiting, Job(deadline=100.0), now=0.0)
+    fresh = works(loop, [20])  # smaller, but arrives 0.5 s later
+    scheduler.add(fresh, Job(deadline=100.0), now=0.5)
+    # 308 - min(500, 400) < 28: not overtaken again (and 2 x 300 is over the budget)
+    assert scheduler.take(now=0.5).batch == waiting
+    large = works(loop, [100] * 40)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)  # waited as long, but far larger
+    assert fresh[0] in scheduler.take(now=0.5).batch
+
+
+def test_large_requests_run_one_after_the_other(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    rng = np.random.default_rng(1)
+    first, second = (works(loop, [int(n) for n in rng.integers(5, 200, 100)]) for _ in range(2))
+    job = queue(scheduler, first)
+    queue(scheduler, second)
+    queue(scheduler, works(loop, [30, 60]))
+    for _ in range(60):
+        left = job.remaining
+        batch = scheduler.take(now=0.0).batch
+        if any(w in second for w in batch):  # only once the first has a batch or less left
+            assert left <= 1024
+    assert not scheduler.pending
+
+
+def test_a_reserved_place_counts_for_later_admissions_until_cancelled(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    # 6 s of work admitted on its estimate; its texts are not queued yet.
+    place = scheduler.reserve(6, 600.0, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    assert place.reserved and scheduler.pending_count == 0
+    assert not scheduler.take(now=0.0)  # a place holds no text to run
+    # 3 s of its own: it runs first (shorter) and would push the reserved job, done at
+    # 1 + 6 s, to 10 s: past its deadline less its margin.
+    later = works(loop, [100 - TEXT_OVERHEAD] * 3)
+    with pytest.raises(DeadlineUnreachableError, match="push queued"):
+        scheduler.admit(later, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    scheduler.cancel(place)
+    scheduler.cancel(place)  # idempotent
+    scheduler.admit(later, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+
+
+def test_texts_take_their_reserved_place_without_a_second_deadline_check(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=100.0, texts=1, seconds=1.0)
+    first = scheduler.reserve(4, 400.0, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+    equal = queue(scheduler, works(loop, [100 - TEXT_OVERHEAD] * 4), deadline=100.0)
+    # The request typed its queries meanwhile; its texts would now be refused on their own
+    # (4 s queued before them), but they were planned for at admission.
+    texts = works(loop, [100 - TEXT_OVERHEAD] * 4, deadline=10.0)
+    scheduler.admit(texts, 10.0, 10.0, now=1.0, busy_s=0.0, reserved=first.reserved)
+    scheduler.add(texts, first, now=1.0)
+    assert not first.reserved and first.remaining == pytest.approx(400.0)
+    assert first.seq < equal.seq  # it keeps its place in arrival order
+    assert scheduler.take(now=1.0).batch[0] in texts
+    with pytest.raises(RequestTooLargeError):  # the queue's size is still checked
+        scheduler.admit(works(loop, [5] * 5000), 10.0, 10.0, 1.0, 0.0, reserved=True)
+
+
+def test_a_small_request_with_a_long_text_left_is_not_starved_by_newer_short_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    first = works(loop, [10, 400])  # a short query and a long response
+    scheduler.add(first, Job(deadline=100.0), now=0.0)
+    assert first[0] in scheduler.take(now=0.0).batch  # its query ran; its response is left
+    for t in range(1, 4):  # a steady stream of short requests, each newer
+        scheduler.add(works(loop, [5, 5]), Job(deadline=100.0), now=float(t))
+    assert first[1] in scheduler.take(now=3.5).batch  # the oldest small request goes first
+
+
+def test_a_small_head_gets_a_short_batch_and_a_large_one_the_full_budget(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=64, max_queue_texts=4096)
+    large = works(loop, [100 - TEXT_OVERHEAD] * 40)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)
+    full = scheduler.take(now=0.0).batch
+    assert len(full) * 92 > SMALL_BATCH_SHARE * 1024  # the large head: the full budget
+    small = works(loop, [100 - TEXT_OVERHEAD])
+    scheduler.add(small, Job(deadline=100.0), now=1.0)
+    short = scheduler.take(now=1.0).batch
+    assert small[0] in short
+    assert len(short) * 92 <= SMALL_BATCH_SHARE * 1024 < len(full) * 92
