@@ -12,6 +12,7 @@ import pytest
 
 from r3_service.classifier.head import HEAD_FILE
 from r3_service.classifier.runtime import CLASSIFIER_DIR, CONFIG_FILE
+from r3_service.cli import INT8_MEASURED
 from r3_service.encoder import EncoderProfile, load_encoder
 
 
@@ -55,7 +56,7 @@ def test_int8_warns_and_keeps_the_classifier(tmp_path: Path) -> None:
     out = tmp_path / "int8"
     result = r3_export("all-MiniLM-L6-v2", "--out", str(out), "--dtype", "int8")
     assert result.returncode == 0, result.stderr
-    assert "int8 changes rewards" in result.stderr and "max 0.39" in result.stderr
+    assert "int8 changes rewards" in result.stderr and INT8_MEASURED in result.stderr
     assert EncoderProfile.load(out).dtype == "int8"
     classifier = json.loads((out / CLASSIFIER_DIR / CONFIG_FILE).read_text())
     assert classifier["base"] == "all-MiniLM-L6-v2"
