@@ -362,7 +362,7 @@ def test_texts_take_their_reserved_place_without_a_second_deadline_check(loop) -
 def test_a_small_request_with_a_long_text_left_is_not_starved_by_newer_short_ones(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
-    first = works(loop, [10, 400])  # a short query and a long response
+    first = works(loop, [10, 600])  # a short query and a long response: two batches
     scheduler.add(first, Job(deadline=100.0), now=0.0)
     assert first[0] in scheduler.take(now=0.0).batch  # its query ran; its response is left
     for t in range(1, 4):  # a steady stream of short requests, each newer
@@ -381,3 +381,11 @@ def test_a_small_head_gets_a_short_batch_and_a_large_one_the_full_budget(loop) -
     short = scheduler.take(now=1.0).batch
     assert small[0] in short
     assert len(short) * 92 <= SMALL_BATCH_SHARE * 1024 < len(full) * 92
+
+
+def test_small_requests_alone_keep_the_full_budget(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=64, max_queue_texts=4096)
+    for t in range(20):  # per-sample calls (OpenRLHF's pattern): only small requests
+        scheduler.add(works(loop, [100 - TEXT_OVERHEAD] * 2), Job(deadline=100.0), now=t / 100)
+    batch = scheduler.take(now=1.0).batch
+    assert len(batch) == 1024 // 92  # as many as the full budget holds
