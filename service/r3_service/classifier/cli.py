@@ -97,7 +97,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
 def train_head_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The numpy head on the served encoder's embeddings, written as MODEL/qtype_head.json."""
     from r3_service.classifier.head import HEAD_FILE
-    from r3_service.classifier.train import TrainConfig, file_sha256, train_head
+    from r3_service.classifier.splits import file_sha256
+    from r3_service.classifier.train import TrainConfig, train_head
     from r3_service.encoder import load_encoder
 
     encoder = load_encoder(args.model)

@@ -12,13 +12,10 @@ that holds out whole task families (leading verbs).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import re
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from r3_service.classifier.calibration import fit_temperature, sigmoid
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     LABELS,
-    OPENENDED,
     QTypeHead,
     prepare_embeddings,
 )
+from r3_service.classifier.splits import group_folds, random_folds
 
 logger = logging.getLogger(__name__)
 
@@ -56,32 +54,6 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-# -- data ------------------------------------------------------------------------------------
-
-
-def load_rows(path: Path | str) -> tuple[list[str], np.ndarray]:
-    """Texts and 0/1 labels (1 = OPENENDED) of a JSON list of ``{"input", "qtype"}`` rows."""
-    rows = json.loads(Path(path).read_text())
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: expected a non-empty JSON list of rows")
-    texts: list[str] = []
-    labels: list[int] = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("input"), str):
-            raise ValueError(f"{path}: row {i} has no string 'input'")
-        qtype = str(row.get("qtype", "")).upper()
-        if qtype not in LABELS:
-            raise ValueError(f"{path}: row {i} has qtype {row.get('qtype')!r}, not one of {LABELS}")
-        texts.append(row["input"])
-        labels.append(1 if qtype == OPENENDED else 0)
-    return texts, np.asarray(labels, dtype=np.int64)
-
-
-def file_sha256(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # -- augmentation ----------------------------------------------------------------------------
@@ -159,33 +131,6 @@ def task_family(text: str) -> str:
     return words[0] if words else ""
 
 
-def group_folds(groups: Sequence[str], folds: int) -> np.ndarray:
-    """Fold index of each row such that no group spans two folds (greedy size balancing)."""
-    sizes: dict[str, int] = {}
-    for g in groups:
-        sizes[g] = sizes.get(g, 0) + 1
-    # Deterministic order: big groups first, ties broken by a stable hash.
-    order = sorted(sizes, key=lambda g: (-sizes[g], zlib.crc32(g.encode())))
-    load = [0] * folds
-    fold_of: dict[str, int] = {}
-    for g in order:
-        k = min(range(folds), key=lambda j: (load[j], j))
-        fold_of[g] = k
-        load[k] += sizes[g]
-    return np.asarray([fold_of[g] for g in groups], dtype=np.int64)
-
-
-def random_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
-    """Stratified random fold index of each row."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(labels), dtype=np.int64)
-    for value in np.unique(labels):
-        idx = np.flatnonzero(labels == value)
-        rng.shuffle(idx)
-        out[idx] = np.arange(len(idx)) % folds
-    return out
-
-
 # -- fitting ---------------------------------------------------------------------------------
 
 
@@ -218,30 +163,6 @@ def fit_logistic(
         if float(np.max(np.abs(step))) < tol:
             break
     return theta[:-1], float(theta[-1])
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature T > 0 minimising the log-loss of sigmoid(logits / T), by golden section."""
-    z = np.asarray(logits, dtype=np.float64)
-    s = 2.0 * y.astype(np.float64) - 1.0
-
-    def nll(log_t: float) -> float:
-        return float(np.mean(np.logaddexp(0.0, -s * z / np.exp(log_t))))
-
-    lo, hi = np.log(0.05), np.log(20.0)
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(a), nll(b)
-    for _ in range(60):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = nll(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = nll(b)
-    return float(np.exp((lo + hi) / 2.0))
 
 
 @dataclass
@@ -330,10 +251,6 @@ def classification_metrics(
     }
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 def train_head(
     texts: Sequence[str],
     labels: np.ndarray,
@@ -371,11 +288,11 @@ def train_head(
         "labels": list(LABELS),
         "shifted_split": {
             "description": shifted_description,
-            **classification_metrics(labels, _sigmoid(shifted_logits / temperature)),
+            **classification_metrics(labels, sigmoid(shifted_logits / temperature)),
         },
         "random_split": {
             "description": f"{folds}-fold stratified random CV",
-            **classification_metrics(labels, _sigmoid(random_logits / temperature)),
+            **classification_metrics(labels, sigmoid(random_logits / temperature)),
         },
     }
 
