@@ -31,7 +31,6 @@ import logging
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
+from _server import start_server
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "alpacafarm_qtype.json"
@@ -78,22 +77,6 @@ def load_items(path: Path, n: int, words: int) -> list[Item]:
 
 def chatml(query: str) -> str:
     return f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def start_server(model: str | None, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "R3_LOG_LEVEL": "warning", "R3_CACHE_BYTES": "0"}
-    args = [sys.executable, "-m", "r3_service", "--port", str(port)]
-    proc = subprocess.Popen(args + (["--model", model] if model else []), env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def direct(url: str, items: list[Item]) -> list[float]:
@@ -264,7 +247,7 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    server = start_server(args.model, port)
+    server = start_server(port, args.model, env={"R3_CACHE_BYTES": "0"})
     url = f"http://127.0.0.1:{port}"
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import start_server
 
 from r3_service.data import ALPACAFARM_QTYPE
 
@@ -95,26 +95,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(model: Path | None, port: int, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "r3_service", "--port", str(port)]
-    if model is not None:
-        args += ["--model", str(model)]
-    env = {**os.environ, "R3_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise TimeoutError("server not ready")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=None, help="default: the embedded export")
@@ -129,7 +109,7 @@ def main() -> int:
     if need > len(rows):
         raise SystemExit(f"need {need} prompts, the data has {len(rows)}")
     log = Path(tempfile.mkdtemp()) / "server.log"
-    proc = start_server(args.model, args.port, log)
+    proc = start_server(args.port, args.model, timeout=900, log=log)
     url = f"http://127.0.0.1:{args.port}"
     modes = {
         "GRPO, qtype given": lambda r: grpo_requests(r, True),

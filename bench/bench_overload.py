@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import start_server
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "alpacafarm_qtype.json"
@@ -84,26 +84,6 @@ class Level:
     factor: float
     offered: float
     outcomes: list[Outcome] = field(default_factory=list)
-
-
-def start_server(model: Path | None, port: int, deadline: float) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "R3_LOG_LEVEL": "warning", "R3_REQUEST_TIMEOUT_S": str(deadline)}
-    args = ["--model", str(model)] if model else []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r3_service", *args, "--port", str(port)], env=env
-    )
-    until = time.monotonic() + 300
-    while time.monotonic() < until:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 async def post(client: httpx.AsyncClient, body: dict[str, Any], kind: str) -> Outcome:
@@ -250,7 +230,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     items = Items(args.data)
     url = f"http://127.0.0.1:{args.port}"
-    server = start_server(args.model, args.port, args.deadline)
+    server = start_server(args.port, args.model, env={"R3_REQUEST_TIMEOUT_S": str(args.deadline)})
     try:
         warm = min(5.0, args.seconds)
         asyncio.run(capacity(url, items, args.large_items, warm, args.capacity_clients))

@@ -24,11 +24,12 @@ import logging
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _server import start_server
 
 from r3_client import Client
 from r3_service.config import Settings
@@ -78,13 +79,9 @@ def drive(
     return len(items) / (time.perf_counter() - start), [r for p in parts for r in p]
 
 
-def start_server(folder: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "R3_LOG_LEVEL": "warning", "R3_INTRA_OP_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "r3_service", "--model", str(folder), "--port", str(port)]
+def start_r3_serve(folder: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    with Client(base_url=f"http://127.0.0.1:{port}") as client:
-        client.wait_until_ready(timeout=120, interval=0.2)
+    proc = start_server(port, folder, env={"R3_INTRA_OP_THREADS": str(threads)}, timeout=120)
     log.info("r3-serve ready in %.1f s", time.perf_counter() - start)
     return proc
 
@@ -133,8 +130,8 @@ def main() -> None:
     folder = resolve_model_dir(None, Settings().cache_dir)  # the embedded default
     items = load_items(args.data, args.items)
     one_port, a_port, b_port = free_port(), free_port(), free_port()
-    procs = [start_server(folder, one_port, 0)]
-    procs += [start_server(folder, p, 1) for p in (a_port, b_port)]
+    procs = [start_r3_serve(folder, one_port, 0)]
+    procs += [start_r3_serve(folder, p, 1) for p in (a_port, b_port)]
     try:
         ray_url = start_ray(folder, tmp / "ray-cache")
         clients = {

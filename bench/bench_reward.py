@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _server import start_server
 
 from r3_service.data import ALPACAFARM_QTYPE
 from r3_service.encoder import load_encoder
@@ -138,23 +138,6 @@ def bench_ort(folder: Path, items: list[dict[str, str]]) -> float:
     n = len(items)
     reward_from(items, cosine(vectors[:n], vectors[n:]))
     return len(items) / (time.perf_counter() - started)
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    """The service as shipped: the embedded default (the same encoder graph as the plain
-    export of (b)) with its query-type classifier, exported at first start if need be."""
-    env = {**os.environ, "R3_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "r3_service", "--port", str(port)], env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def body(items: list[dict[str, Any]]) -> dict[str, object]:
@@ -326,7 +309,9 @@ def main() -> None:
         plain, fused, saved = Path(tmp) / "plain", Path(tmp) / "fused", Path(tmp) / "a.npy"
         paths = ["--plain", str(plain), "--fused", str(fused), "--rewards", str(saved)]
         _phase(["--phase", "export", "--data", str(args.data), *paths])
-        server = start_server(args.port)
+        # The service as shipped: the embedded default (the same encoder graph as the
+        # plain export of (b)) with its query-type classifier.
+        server = start_server(args.port, timeout=600)
         try:
             found = measure(args, f"http://127.0.0.1:{args.port}", paths, saved)
         finally:

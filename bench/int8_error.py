@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from _server import start_server
 
 from r3_service.data import ALPACAFARM_QTYPE
 from r3_service.models import export_default
@@ -44,22 +42,6 @@ def bench_items(n: int, offset: int) -> list[dict[str, Any]]:
                 }
             )
     return items
-
-
-def serve(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "R3_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "r3_service", "--model", str(folder), "--port", str(port)]
-    proc = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def score(url: str, items: list[dict[str, Any]], typed: bool) -> dict[str, np.ndarray]:
@@ -100,7 +82,7 @@ def main() -> None:
         for dtype in ("fp32", "int8"):
             folder = Path(tmp) / dtype
             export_default(folder, dtype=dtype)
-            proc = serve(folder, args.port)
+            proc = start_server(args.port, folder, timeout=120)
             try:
                 url = f"http://127.0.0.1:{args.port}"
                 results[dtype] = {
