@@ -296,6 +296,7 @@ async def test_small_request_is_not_stuck_behind_a_large_one(serve) -> None:  # 
 
             large = asyncio.ensure_future(post("large", big))
             while metric(server.url, "r3_queue_size") == 0:  # the large request is queued
+                assert not large.done(), large.exception()  # answered or refused: say so
                 await asyncio.sleep(0.01)
             await post("small", {"query": ["one small query"], "response": ["one answer"]})
             assert order == ["small"]
@@ -356,7 +357,8 @@ def test_cors_is_off_by_default(live_server: str) -> None:
 
 
 async def test_sigterm_drains_in_flight_requests(server_factory, minilm_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(minilm_dir)
+    # A long deadline: this is about the drain, and admission must not refuse any of the six.
+    server = server_factory(minilm_dir, env={"R3_REQUEST_TIMEOUT_S": "600"})
     server.wait_ready()
     long_text = "a long response that takes the model some time to read " * 40
     bodies = [
@@ -369,7 +371,10 @@ async def test_sigterm_drains_in_flight_requests(server_factory, minilm_dir: Pat
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         tasks = [asyncio.create_task(client.post("/reward", json=b)) for b in bodies]
         while metric(server.url, "r3_requests_in_flight", route="/reward") < len(bodies):
-            await asyncio.sleep(0.01)  # until all six are being served
+            # Until all six are being served; one answered first would keep the count
+            # below six for ever: say so instead of waiting for the test timeout.
+            assert not any(t.done() for t in tasks), [t.result() for t in tasks if t.done()]
+            await asyncio.sleep(0.01)
         server.proc.send_signal(signal.SIGTERM)
         answers = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
