@@ -14,6 +14,10 @@ HTTP protocol is subclassed here (``guarded_protocol``) to add them:
 - **Header size** (``R3_MAX_HEADER_BYTES``): larger request heads get 431 and are closed.
 - **Half-closed body**: a client that ends its side before the body it announced is
   complete gets 400, and the connection closes.
+- **Lingering close**: after such an error answer the server ends its side and reads (and
+  discards) what the client still sends for up to ``LINGER_S``, as nginx does. Closing at
+  once with unread input makes the kernel reset the connection, and a client still
+  writing its request would then see a broken pipe instead of the answer.
 
 The open-file limit is raised towards its hard limit at start, and the cap and listen
 backlog are kept well under it, so that the process never runs out of descriptors.
@@ -39,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: uvicorn's default listen backlog.
 BACKLOG = 2048
+
+#: Seconds a connection closed with an error answer keeps draining the client's input.
+LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,14 @@ class ConnectionGuard:
         self.open: set[Any] = set()
         #: Connections waiting for a request's headers, in the order they started waiting.
         self.waiting: OrderedDict[Any, None] = OrderedDict()
+        #: Connections answered and closing, still draining the client's input.
+        self.lingering: set[Any] = set()
         self.closed: dict[str, int] = {}
+
+    @property
+    def max_lingering(self) -> int:
+        """Lingering connections at most (a quarter of the cap; beyond, they close at once)."""
+        return max(4, self.limits.max_connections // 4)
 
     def count(self, reason: str) -> None:
         self.closed[reason] = self.closed.get(reason, 0) + 1
@@ -110,6 +124,7 @@ class GuardMixin:
     guard: ClassVar[ConnectionGuard]
     _r3_timer: asyncio.TimerHandle | None = None
     _r3_bytes = 0
+    _r3_lingering = False
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any
@@ -125,10 +140,13 @@ class GuardMixin:
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.open.discard(self)
         self.guard.waiting.pop(self, None)
+        self.guard.lingering.discard(self)
         self._r3_cancel()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        if self._r3_lingering:
+            return  # answered and closing: drain
         waiting = self in self.guard.waiting
         before = self.cycle
         super().data_received(data)  # type: ignore[misc]
@@ -149,6 +167,8 @@ class GuardMixin:
             self._r3_wait_headers()
 
     def eof_received(self) -> bool | None:
+        if self._r3_lingering:
+            return None  # the client has read the answer and ended: close now
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.response_started:
             cycle.disconnected = True  # the app sees a disconnect and writes nothing
@@ -184,10 +204,26 @@ class GuardMixin:
         self._r3_cancel()
         if self.transport.is_closing():
             return
+        self.guard.count(reason)
         if answer is not None:
             self.transport.write(answer)
+            if self._r3_linger():
+                return
         self.transport.close()
-        self.guard.count(reason)
+
+    def _r3_linger(self) -> bool:
+        """End our side and drain the client's input for ``LINGER_S``; False if not possible."""
+        if (
+            not self.transport.can_write_eof()
+            or len(self.guard.lingering) >= self.guard.max_lingering
+        ):
+            return False
+        self._r3_lingering = True
+        self.guard.lingering.add(self)
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self._r3_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        return True
 
 
 def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type:

@@ -347,11 +347,23 @@ def test_trickling_headers_get_408_and_the_connection_closes(guarded_server: str
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
 
 
-def test_oversized_headers_get_431(guarded_server: str) -> None:
+def test_oversized_headers_get_431_even_while_the_client_still_sends(
+    guarded_server: str,
+) -> None:
+    """The 431 reaches a client that is still writing its head when the server answers.
+
+    The server answers once 64 KiB of head have arrived; the client sends 64 KiB more
+    after that answer is readable. Closing at once would reset the connection (unread
+    input), and the client would get a broken pipe and lose the answer; the server
+    instead ends its side and drains the rest (lingering close).
+    """
+    filler = [b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(140)]
     with connect(guarded_server) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        for i in range(80):
-            sock.sendall(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(filler[:70]))
+        readable, _, _ = select.select([sock], [], [], 10)
+        assert readable, "no answer to a 70 KB head"
+        for line in filler[70:]:
+            sock.sendall(line)
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
 
