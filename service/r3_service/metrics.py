@@ -103,7 +103,9 @@ class Metrics:
             "r3_batch_running_seconds", "How long the running batch has run (0: none).", registry=r
         )
         self.hung_batches = Counter(
-            "r3_hung_batches", "Batches that ran past the hung-batch limit.", registry=r
+            "r3_hung_batches",
+            "Batches that ran past the hung-batch limit (inference and classifier workers).",
+            registry=r,
         )
         self.expired_texts = Counter(
             "r3_expired_texts",

@@ -60,6 +60,25 @@ async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> 
 
 
 @pytest.mark.integration
+async def test_metrics_count_the_classifier_workers_hung_batches_and_expired_texts(
+    minilm_dir: Path,
+) -> None:
+    replica = await _replica(minilm_dir)
+    app = replica.r3_app
+    async with app.router.lifespan_context(app):
+        await replica.check_health()
+        engine = replica.state.engine
+        assert engine is not None
+        typing = engine.classifier.engine  # type: ignore[union-attr]
+        typing.batcher.hung_batches += 2  # as the classifier's watchdog would count them
+        typing.batcher.expired_texts += 3
+        _, _, body = await replica.handle_request("GET", "/metrics", [], b"")
+        lines = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if line[:1] != "#")
+        assert float(lines["r3_hung_batches_total"]) == engine.batcher.hung_batches + 2
+        assert float(lines["r3_expired_texts_total"]) == engine.batcher.expired_texts + 3
+
+
+@pytest.mark.integration
 async def test_health_check_reports_a_model_that_failed_to_load(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     replica = await _replica(tmp_path)

@@ -7,6 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from r3_service.api.errors import error_response
 from r3_service.api.state import ServiceState, StateDep
+from r3_service.engine.batching import Batcher
+from r3_service.engine.engine import RewardEngine
 
 router = APIRouter(tags=["health"])
 
@@ -17,15 +19,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def worker_batchers(engine: RewardEngine) -> list[tuple[str, Batcher]]:
+    """The engine's batcher and, for a fine-tuned classifier, the classifier's own."""
+    batchers = [("inference", engine.batcher)]
+    typing = getattr(engine.classifier, "engine", None)
+    if typing is not None:
+        batchers.append(("query-type classifier", typing.batcher))
+    return batchers
+
+
 def not_ready_reason(state: ServiceState) -> str | None:
     """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
     if not state.ready or state.engine is None:
         return state.load_error or "model is loading"
-    batchers = [("inference", state.engine.batcher)]
-    typing = getattr(state.engine.classifier, "engine", None)  # a fine-tuned classifier's own
-    if typing is not None:
-        batchers.append(("query-type classifier", typing.batcher))
-    for name, batcher in batchers:
+    for name, batcher in worker_batchers(state.engine):
         if not batcher.alive:
             return f"{name} worker died"
         if batcher.hung:
@@ -45,7 +52,11 @@ async def readyz(state: StateDep) -> Response | dict[str, str]:
 
 
 def refresh_metrics(state: ServiceState) -> None:
-    """Copy the engine's queue, cache and worker tallies into the metrics registry."""
+    """Copy the engine's queue, cache and worker tallies into the metrics registry.
+
+    Queue and drain figures are the inference worker's; hung batches and expired texts
+    count both workers (inference and the classifier's), the running time is the longer.
+    """
     engine = state.engine
     if engine is not None:
         batcher = engine.batcher
@@ -56,12 +67,13 @@ def refresh_metrics(state: ServiceState) -> None:
             cache_bytes=engine.cache.bytes,
             dedup=engine.dedup_hits,
         )
+        workers = [b for _, b in worker_batchers(engine)]
         state.metrics.sync_worker(
             pending_tokens=batcher.pending_tokens,
             drain_rate=batcher.drain_rate,
-            running_for=batcher.running_for(),
-            hung_batches=batcher.hung_batches,
-            expired_texts=batcher.expired_texts,
+            running_for=max(b.running_for() for b in workers),
+            hung_batches=sum(b.hung_batches for b in workers),
+            expired_texts=sum(b.expired_texts for b in workers),
         )
 
 
