@@ -99,7 +99,7 @@ class FakeServer:
                     "relevance": [0.5] * n,
                     "length_incentive": [0.0] * n,
                     "repetition_penalty": [0.0] * n,
-                    "branch": ["openended"] * n,
+                    "branch": ["OPENENDED"] * n,
                 },
                 "model": "fake-model",
             },

@@ -53,7 +53,7 @@ def _ok_reward() -> httpx.Response:
                 "relevance": [0.5],
                 "length_incentive": [0.0],
                 "repetition_penalty": [0.0],
-                "branch": ["openended"],
+                "branch": ["OPENENDED"],
             },
             "model": "fake-model",
         },

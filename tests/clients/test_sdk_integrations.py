@@ -278,7 +278,7 @@ def test_verl_compute_score_returns_components(server: FakeServer, verl_client: 
         "r3_relevance": 0.5,
         "r3_length_incentive": 0.0,
         "r3_repetition_penalty": 0.0,
-        "r3_constrained": 0.0,  # the fake server answers branch "openended"
+        "r3_constrained": 0.0,  # the fake server answers branch "OPENENDED"
         "r3_failed": 0.0,
     }
     assert server.bodies("/reward") == [

@@ -45,7 +45,7 @@ def test_reward_request_and_result(server: FakeServer) -> None:
     assert res.components.relevance == [0.5, 0.5]
     assert res.components.length_incentive == [0.0, 0.0]
     assert res.components.repetition_penalty == [0.0, 0.0]
-    assert res.components.branch == ["openended", "openended"]
+    assert res.components.branch == ["OPENENDED", "OPENENDED"]
     assert res.model == "fake-model"
 
     (body,) = server.bodies("/reward")
