@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from fake_replies import reward_response
 
 try:
     import r3_client
@@ -88,22 +89,8 @@ class FakeServer:
     def _reward(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         body = json.loads(request.content)
-        n = len(body["response"])
-        qtypes = body.get("qtype") or [None] * n
-        return httpx.Response(
-            200,
-            json={
-                "rewards": [_num(r) for r in body["response"]],
-                "qtype": [q or "OPENENDED" for q in qtypes],
-                "components": {
-                    "relevance": [0.5] * n,
-                    "length_incentive": [0.0] * n,
-                    "repetition_penalty": [0.0] * n,
-                    "branch": ["OPENENDED"] * n,
-                },
-                "model": "fake-model",
-            },
-        )
+        qtypes = body.get("qtype") or [None] * len(body["response"])
+        return reward_response([_num(r) for r in body["response"]], qtypes)
 
     def _relevance(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)

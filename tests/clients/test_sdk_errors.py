@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from fake_replies import ok_reward
 
 from r3_client import (
     APIConnectionError,
@@ -43,23 +44,6 @@ FINAL_ERROR = {
 }
 
 
-def _ok_reward() -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "rewards": [0.25],
-            "qtype": ["OPENENDED"],
-            "components": {
-                "relevance": [0.5],
-                "length_incentive": [0.0],
-                "repetition_penalty": [0.0],
-                "branch": ["OPENENDED"],
-            },
-            "model": "fake-model",
-        },
-    )
-
-
 def _set(server: FakeServer, route: str, *responses: Any) -> None:
     server.router.routes[route].side_effect = list(responses)
 
@@ -68,7 +52,7 @@ def _set(server: FakeServer, route: str, *responses: Any) -> None:
 def test_retry_honours_retry_after_seconds(
     server: FakeServer, sleeps: list[float], make_error: Any, status: int
 ) -> None:
-    _set(server, "reward", make_error(status, headers={"Retry-After": "2"}), _ok_reward())
+    _set(server, "reward", make_error(status, headers={"Retry-After": "2"}), ok_reward())
     with Client(base_url=BASE) as client:
         res = client.reward(query=["q"], response=["r"])
     assert res.rewards == [0.25]
@@ -81,7 +65,7 @@ def test_retry_honours_retry_after_seconds(
 async def test_async_retry_honours_retry_after(
     server: FakeServer, sleeps: list[float], make_error: Any, status: int
 ) -> None:
-    _set(server, "reward", make_error(status, headers={"Retry-After": "1.5"}), _ok_reward())
+    _set(server, "reward", make_error(status, headers={"Retry-After": "1.5"}), ok_reward())
     async with AsyncClient(base_url=BASE) as client:
         res = await client.reward(query=["q"], response=["r"])
     assert res.rewards == [0.25]
@@ -90,7 +74,7 @@ async def test_async_retry_honours_retry_after(
 
 def test_retry_after_http_date(server: FakeServer, sleeps: list[float], make_error: Any) -> None:
     date = email.utils.formatdate(time.time() + 10, usegmt=True)
-    _set(server, "reward", make_error(503, headers={"Retry-After": date}), _ok_reward())
+    _set(server, "reward", make_error(503, headers={"Retry-After": date}), ok_reward())
     with Client(base_url=BASE) as client:
         client.reward(query=["q"], response=["r"])
     assert len(sleeps) == 1 and 8.0 <= sleeps[0] <= 10.0
@@ -124,7 +108,7 @@ def test_backoff_then_typed_error(
 
 
 def test_max_retries_zero(server: FakeServer, sleeps: list[float], make_error: Any) -> None:
-    _set(server, "reward", make_error(503, headers={"Retry-After": "1"}), _ok_reward())
+    _set(server, "reward", make_error(503, headers={"Retry-After": "1"}), ok_reward())
     with Client(base_url=BASE, max_retries=0) as client, pytest.raises(ServiceUnavailableError):
         client.reward(query=["q"], response=["r"])
     assert sleeps == []
@@ -133,7 +117,7 @@ def test_max_retries_zero(server: FakeServer, sleeps: list[float], make_error: A
 def test_long_retry_after_is_not_waited(
     server: FakeServer, sleeps: list[float], make_error: Any
 ) -> None:
-    _set(server, "reward", make_error(429, headers={"Retry-After": "3600"}), _ok_reward())
+    _set(server, "reward", make_error(429, headers={"Retry-After": "3600"}), ok_reward())
     with Client(base_url=BASE) as client, pytest.raises(RateLimitError) as ei:
         client.reward(query=["q"], response=["r"])
     assert ei.value.retry_after == 3600.0
@@ -157,7 +141,7 @@ def test_long_retry_after_is_not_waited(
 def test_non_retryable_status_maps_to_exception(
     server: FakeServer, sleeps: list[float], make_error: Any, status: int, exc: type[APIError]
 ) -> None:
-    _set(server, "reward", make_error(status, "bad input"), _ok_reward())
+    _set(server, "reward", make_error(status, "bad input"), ok_reward())
     with Client(base_url=BASE) as client, pytest.raises(exc) as ei:
         client.reward(query=["q"], response=["r"])
     err = ei.value
@@ -182,7 +166,7 @@ def test_non_retryable_status_maps_to_exception(
 async def test_async_no_retry_on_422(
     server: FakeServer, sleeps: list[float], make_error: Any
 ) -> None:
-    _set(server, "reward", make_error(422, "invalid"), _ok_reward())
+    _set(server, "reward", make_error(422, "invalid"), ok_reward())
     async with AsyncClient(base_url=BASE) as client:
         with pytest.raises(UnprocessableEntityError) as ei:
             await client.reward(query=["q"], response=["r"])
@@ -202,7 +186,7 @@ def test_non_json_error_body(server: FakeServer) -> None:
 
 
 def test_connection_error_retried(server: FakeServer, sleeps: list[float]) -> None:
-    _set(server, "reward", httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), _ok_reward())
+    _set(server, "reward", httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), ok_reward())
     with Client(base_url=BASE) as client:
         assert client.reward(query=["q"], response=["r"]).rewards == [0.25]
     assert sleeps == [0.5, 2.0]  # a read timeout backs off longer

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from fake_replies import ok_reward
 
 import r3_client._base
 from r3_client import APIConnectionError, AsyncClient, Client, ServiceUnavailableError
@@ -19,23 +20,6 @@ if TYPE_CHECKING:
     from conftest import FakeServer
 
 BASE = "http://r3.test"
-
-
-def _ok() -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "rewards": [0.25],
-            "qtype": ["OPENENDED"],
-            "components": {
-                "relevance": [0.5],
-                "length_incentive": [0.0],
-                "repetition_penalty": [0.0],
-                "branch": ["OPENENDED"],
-            },
-            "model": "fake-model",
-        },
-    )
 
 
 def _refusals(seconds: float) -> list[Any]:
@@ -51,7 +35,7 @@ def _refusals(seconds: float) -> list[Any]:
 def test_default_client_rides_through_a_35_second_restart(
     server: FakeServer, sleeps: list[float]
 ) -> None:
-    server.router.routes["reward"].side_effect = [*_refusals(35.0), _ok()]
+    server.router.routes["reward"].side_effect = [*_refusals(35.0), ok_reward()]
     with Client(base_url=BASE) as client:
         assert client.reward(query=["q"], response=["r"]).rewards == [0.25]
     assert sum(sleeps) >= 35.0
@@ -61,7 +45,7 @@ def test_default_client_rides_through_a_35_second_restart(
 async def test_async_client_rides_through_a_35_second_restart(
     server: FakeServer, sleeps: list[float]
 ) -> None:
-    server.router.routes["reward"].side_effect = [*_refusals(35.0), _ok()]
+    server.router.routes["reward"].side_effect = [*_refusals(35.0), ok_reward()]
     async with AsyncClient(base_url=BASE) as client:
         assert (await client.reward(query=["q"], response=["r"])).rewards == [0.25]
     assert sum(sleeps) >= 35.0
@@ -95,7 +79,7 @@ def test_retry_after_is_honoured_with_jitter(
 ) -> None:
     monkeypatch.setattr(r3_client._base.random, "random", lambda: 1.0)  # the most jitter
     busy = make_error(503, headers={"Retry-After": "10"})
-    server.router.routes["reward"].side_effect = [busy, busy, _ok()]
+    server.router.routes["reward"].side_effect = [busy, busy, ok_reward()]
     with Client(base_url=BASE) as client:
         client.reward(query=["q"], response=["r"])
     assert sleeps == [pytest.approx(11.0), pytest.approx(11.0)]  # at most 10% later
@@ -105,7 +89,7 @@ def test_retry_after_past_the_budget_is_raised_at_once(
     server: FakeServer, sleeps: list[float], make_error: Any
 ) -> None:
     busy = make_error(503, headers={"Retry-After": "45"})
-    server.router.routes["reward"].side_effect = [busy, busy, _ok()]
+    server.router.routes["reward"].side_effect = [busy, busy, ok_reward()]
     with Client(base_url=BASE) as client, pytest.raises(ServiceUnavailableError) as info:
         client.reward(query=["q"], response=["r"])
     assert sleeps == [45.0]  # 45 s fit the 60 s budget once, not twice
@@ -116,7 +100,7 @@ def test_a_504_is_never_resent_at_once(
     server: FakeServer, sleeps: list[float], make_error: Any
 ) -> None:
     late = make_error(504, "request timed out")
-    server.router.routes["reward"].side_effect = [late, late, late, _ok()]
+    server.router.routes["reward"].side_effect = [late, late, late, ok_reward()]
     with Client(base_url=BASE) as client:
         client.reward(query=["q"], response=["r"])
     assert sleeps == [2.0, 4.0, 8.0]

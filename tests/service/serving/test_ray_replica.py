@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from r3_service.engine import RewardEngine
 from r3_service.serving.model_ship import COMPLETE_MARK, digest_of, folder_files, write_copy
 from r3_service.serving.ray_app import REPLICA_HEADER, R3Replica, RayServeArgs, replica_settings
 
@@ -17,12 +20,21 @@ async def _replica(model: Path) -> R3Replica:
     return replica
 
 
-@pytest.mark.integration
-async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None:
-    replica = await _replica(minilm_dir)
+@asynccontextmanager
+async def _healthy_replica(model: Path) -> AsyncIterator[tuple[R3Replica, RewardEngine]]:
+    """A replica whose app is running and whose first health check has passed."""
+    replica = await _replica(model)
     app = replica.r3_app
     async with app.router.lifespan_context(app):
         await replica.check_health()  # the first check waits for the model to load
+        engine = replica.state.engine
+        assert engine is not None
+        yield replica, engine
+
+
+@pytest.mark.integration
+async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None:
+    async with _healthy_replica(minilm_dir) as (replica, engine):
         status, headers, body = await replica.handle_request("GET", "/readyz", [], b"")
         assert status == 200 and (REPLICA_HEADER, replica.replica_id) in headers
         status, _, body = await replica.handle_request(
@@ -32,8 +44,6 @@ async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None
             json.dumps({"query": ["What is 2+2?"], "response": ["4"]}).encode(),
         )
         assert status == 200 and len(json.loads(body)["rewards"]) == 1
-        engine = replica.state.engine
-        assert engine is not None
         engine.batcher.stop()  # the inference worker is gone
         status, _, body = await replica.handle_request("GET", "/readyz", [], b"")
         assert status == 503
@@ -45,12 +55,7 @@ async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None
 
 @pytest.mark.integration
 async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> None:
-    replica = await _replica(minilm_dir)
-    app = replica.r3_app
-    async with app.router.lifespan_context(app):
-        await replica.check_health()
-        engine = replica.state.engine
-        assert engine is not None
+    async with _healthy_replica(minilm_dir) as (replica, engine):
         typing = engine.classifier.engine  # type: ignore[union-attr]  # the shipped one
         typing.batcher.stop()  # the classifier's inference worker is gone
         status, _, body = await replica.handle_request("GET", "/readyz", [], b"")
@@ -63,12 +68,7 @@ async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> 
 async def test_metrics_count_the_classifier_workers_hung_batches_and_expired_texts(
     minilm_dir: Path,
 ) -> None:
-    replica = await _replica(minilm_dir)
-    app = replica.r3_app
-    async with app.router.lifespan_context(app):
-        await replica.check_health()
-        engine = replica.state.engine
-        assert engine is not None
+    async with _healthy_replica(minilm_dir) as (replica, engine):
         typing = engine.classifier.engine  # type: ignore[union-attr]
         typing.batcher.hung_batches += 2  # as the classifier's watchdog would count them
         typing.batcher.expired_texts += 3
