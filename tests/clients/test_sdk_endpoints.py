@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -195,3 +198,63 @@ def test_a_reward_made_from_a_pool_client_pickles_with_every_url() -> None:
         assert copy.client.endpoints.urls == ["http://a:1", "http://b:2"]
     finally:
         copy.close()
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with 200 over keep-alive; the server counts its connections."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_servers() -> Iterator[list[http.server.ThreadingHTTPServer]]:
+    servers = []
+    for _ in range(2):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+        server.connections = 0  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield servers
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_each_endpoint_keeps_its_own_connections(
+    counting_servers: list[http.server.ThreadingHTTPServer], asynchronous: bool
+) -> None:
+    """No endpoint's idle connection is closed to make room for another endpoint's.
+
+    A connection pool shared by the endpoints, when full, closes one host's idle connection
+    to open one to the other; under many threads it can close a connection another thread
+    has just taken, and that request then hangs until its read timeout.
+    """
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in counting_servers]
+    endpoints = Endpoints.parse(urls)
+    limits = httpx.Limits(max_connections=1)  # a full pool at every switch of endpoint
+    if asynchronous:
+        async with httpx.AsyncClient(
+            base_url=POOL_BASE_URL, **endpoints.async_httpx_options(limits)
+        ) as aclient:
+            codes = [(await aclient.get("/readyz")).status_code for _ in range(10)]
+    else:
+        with httpx.Client(base_url=POOL_BASE_URL, **endpoints.httpx_options(limits)) as client:
+            codes = [client.get("/readyz").status_code for _ in range(10)]
+    assert codes == [200] * 10
+    assert endpoints.pool is not None
+    assert [s.requests for s in endpoints.pool.stats()] == [5, 5]  # in turn
+    assert [s.connections for s in counting_servers] == [1, 1]  # type: ignore[attr-defined]

@@ -208,11 +208,18 @@ def _no_endpoint(request: httpx.Request) -> httpx.ConnectError:
 
 
 class PoolTransport(httpx.BaseTransport):
-    """Sends each request to the pool's choice, failing over to the others."""
+    """Sends each request to the pool's choice, failing over to the others.
 
-    def __init__(self, pool: EndpointPool, inner: httpx.BaseTransport) -> None:
+    Each endpoint has its own connection pool (``make_inner()``). One httpcore pool shared
+    by several hosts closes an idle connection of one host to open one to another when
+    it is full, and under many threads it can close a connection that another thread has
+    just taken for its request: that request then hangs until its read timeout (seen at
+    256 threads: EBADF after 60 s, and throughput halved).
+    """
+
+    def __init__(self, pool: EndpointPool, make_inner: Callable[[], httpx.BaseTransport]) -> None:
         self.pool = pool
-        self._inner = inner
+        self._inners = [make_inner() for _ in range(len(pool))]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
@@ -224,7 +231,8 @@ class PoolTransport(httpx.BaseTransport):
             if probe and not self.pool.probed(index, self._probe(index)):
                 continue
             try:
-                response = self._inner.handle_request(self.pool.request_for(index, request, body))
+                sent = self.pool.request_for(index, request, body)
+                response = self._inners[index].handle_request(sent)
                 response.read()
             except _FAILOVER_ERRORS as exc:
                 self.pool.finish(index, ok=False)
@@ -243,22 +251,25 @@ class PoolTransport(httpx.BaseTransport):
 
     def _probe(self, index: int) -> bool:
         try:
-            response = self._inner.handle_request(self.pool.probe_request(index))
+            response = self._inners[index].handle_request(self.pool.probe_request(index))
             response.read()
         except httpx.TransportError:
             return False
         return response.status_code == 200
 
     def close(self) -> None:
-        self._inner.close()
+        for inner in self._inners:
+            inner.close()
 
 
 class AsyncPoolTransport(httpx.AsyncBaseTransport):
-    """The asyncio twin of :class:`PoolTransport`."""
+    """The asyncio twin of :class:`PoolTransport` (one connection pool per endpoint too)."""
 
-    def __init__(self, pool: EndpointPool, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(
+        self, pool: EndpointPool, make_inner: Callable[[], httpx.AsyncBaseTransport]
+    ) -> None:
         self.pool = pool
-        self._inner = inner
+        self._inners = [make_inner() for _ in range(len(pool))]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
@@ -271,7 +282,7 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
                 continue
             try:
                 sent = self.pool.request_for(index, request, body)
-                response = await self._inner.handle_async_request(sent)
+                response = await self._inners[index].handle_async_request(sent)
                 await response.aread()
             except _FAILOVER_ERRORS as exc:
                 self.pool.finish(index, ok=False)
@@ -290,14 +301,16 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
 
     async def _probe(self, index: int) -> bool:
         try:
-            response = await self._inner.handle_async_request(self.pool.probe_request(index))
+            probe = self.pool.probe_request(index)
+            response = await self._inners[index].handle_async_request(probe)
             await response.aread()
         except httpx.TransportError:
             return False
         return response.status_code == 200
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        for inner in self._inners:
+            await inner.aclose()
 
 
 def _raise(exc: Exception) -> httpx.Response:
@@ -392,8 +405,8 @@ class Endpoints:
         if self.handle is not None:
             return {"transport": ServeHandleTransport(self.handle), "trust_env": False}
         if self.pool is not None:
-            inner = httpx.HTTPTransport(limits=limits)
-            return {"transport": PoolTransport(self.pool, inner), "trust_env": False}
+            transport = PoolTransport(self.pool, lambda: httpx.HTTPTransport(limits=limits))
+            return {"transport": transport, "trust_env": False}
         return {"limits": limits}
 
     def async_httpx_options(self, limits: httpx.Limits) -> dict[str, Any]:
@@ -401,6 +414,6 @@ class Endpoints:
         if self.handle is not None:
             return {"transport": AsyncServeHandleTransport(self.handle), "trust_env": False}
         if self.pool is not None:
-            inner = httpx.AsyncHTTPTransport(limits=limits)
-            return {"transport": AsyncPoolTransport(self.pool, inner), "trust_env": False}
+            pooled = AsyncPoolTransport(self.pool, lambda: httpx.AsyncHTTPTransport(limits=limits))
+            return {"transport": pooled, "trust_env": False}
         return {"limits": limits}
