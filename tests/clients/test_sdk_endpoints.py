@@ -15,7 +15,13 @@ import respx
 from tests_support import free_port
 
 from r3_client import AsyncClient, Client, InternalServerError
-from r3_client._endpoints import POOL_BASE_URL, EndpointPool, Endpoints, is_gateway_error
+from r3_client._endpoints import (
+    POOL_BASE_URL,
+    EndpointPool,
+    Endpoints,
+    busy_for,
+    is_gateway_error,
+)
 
 QUERIES = [f"Explain topic number {i} in a few words." for i in range(24)]
 RESPONSES = [f"Topic {i} is about things that matter {'a lot ' * (i % 5)}." for i in range(24)]
@@ -66,6 +72,68 @@ def test_pool_ejects_probes_after_the_cooldown_and_backs_off() -> None:
     assert pool.probed(0, ok=True)
     assert pool.stats()[0].healthy and pool.stats()[0].failures == 1
     assert pool.pick({0, 1}) is None
+
+
+def _full(status: int = 503, retry_after: str | None = "2", kind: str = "overloaded") -> Any:
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    body = {"error": {"type": kind, "message": "queue full", "details": []}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_a_full_endpoint_is_passed_over_for_its_retry_after_not_ejected() -> None:
+    clock = FakeClock()
+    pool = EndpointPool(["http://a", "http://b"], eject_s=1.0, max_eject_s=4.0, clock=clock)
+    assert pool.pick(set()) == (0, False)
+    assert pool.settle(0, _full(retry_after="2")) is False  # try the next one
+    a = pool.stats()[0]
+    assert (a.healthy, a.busy, a.refusals, a.failures) == (True, True, 1, 0)
+    assert pool.pick({0}) == (1, False)
+    assert pool.settle(1, httpx.Response(200, json={})) is True
+    for _ in range(3):  # while a is full, b takes everything, without probes
+        assert pool.pick(set()) == (1, False)
+        pool.finish(1, ok=True)
+    clock.now += 2.0  # Retry-After over: a is picked again, with no /readyz probe
+    assert sorted([pool.pick(set()), pool.pick(set())]) == [(0, False), (1, False)]
+    pool.finish(1, ok=True)
+    for _ in range(5):  # full again and again: never ejected, never backed off
+        pool.settle(0, _full(retry_after="30"))
+        assert pool.stats()[0].healthy
+        clock.now += 10.0  # at most MAX_BUSY_S (10 s), whatever the Retry-After
+        assert pool.pick({1}) == (0, False)
+    assert pool.stats()[0].refusals == 6
+
+
+def test_which_answers_mean_full() -> None:
+    assert busy_for(_full()) == 2.0
+    assert busy_for(_full(status=429, kind="rate_limited")) == 2.0
+    assert busy_for(_full(retry_after=None)) == 1.0  # no Retry-After: the ejection time
+    assert busy_for(_full(retry_after="600")) == 10.0
+    assert busy_for(_full(kind="service_unavailable")) is None  # not ready, stalled: eject
+    assert busy_for(httpx.Response(503, text="busy")) is None  # not the service's
+    assert busy_for(httpx.Response(200, json={})) is None
+    pool = EndpointPool(["http://a", "http://b"])
+    pool.pick(set())
+    assert pool.settle(0, _full(kind="service_unavailable")) is False
+    assert not pool.stats()[0].healthy and pool.stats()[0].failures == 1
+
+
+@respx.mock
+def test_a_client_goes_to_the_endpoint_with_room_at_once() -> None:
+    info = {"model": "m", "version": "0", "profile": {}, "limits": {}, "classifier": None}
+    respx.get(url__regex=r"http://[ab]\.test/v1/info").mock(
+        return_value=httpx.Response(200, json=info)
+    )
+    full = respx.post("http://a.test/relevance").mock(return_value=_full(retry_after="5"))
+    room = respx.post("http://b.test/relevance").mock(
+        return_value=httpx.Response(200, json={"relevance": [0.5], "model": "m"})
+    )
+    with Client(base_url=["http://a.test", "http://b.test"], max_retries=0) as client:
+        for _ in range(4):
+            assert client.relevance(anchor=["a"], text=["b"]).relevance == [0.5]
+        assert client.endpoints is not None
+        a, b = client.endpoints.stats()
+    assert full.call_count == 1 and room.call_count == 4  # a is left alone while full
+    assert (a.healthy, a.busy, a.refusals) == (True, True, 1)
 
 
 def test_base_url_forms() -> None:

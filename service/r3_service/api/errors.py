@@ -18,9 +18,13 @@ from r3_service.engine import (
     RequestTimeoutError,
     RequestTooLargeError,
     WorkerDeadError,
+    WorkerStalledError,
 )
 
 logger = logging.getLogger(__name__)
+
+#: The error ``type`` of a 503 from a replica that is healthy but full (queue, deadline).
+OVERLOADED = "overloaded"
 
 _TYPES = {
     400: "bad_request",
@@ -76,9 +80,13 @@ def error_response(
     message: str,
     details: Sequence[ErrorDetail] = (),
     headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> JSONResponse:
+    """The service's error envelope; ``kind`` (the ``type``) defaults to the status's."""
     body = ErrorResponse(
-        error=ErrorBody(type=_TYPES.get(status, "error"), message=message, details=list(details))
+        error=ErrorBody(
+            type=kind or _TYPES.get(status, "error"), message=message, details=list(details)
+        )
     )
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -213,7 +221,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OverloadedError)
     async def _overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
         count_rejected(request, exc.reason)
-        return error_response(503, str(exc), headers={"Retry-After": retry_after(exc.retry_after)})
+        # A full queue or an unreachable deadline: healthy, only busy (type "overloaded",
+        # so a client pool tries another replica without ejecting this one). A stalled
+        # worker is not healthy.
+        kind = None if isinstance(exc, WorkerStalledError) else OVERLOADED
+        headers = {"Retry-After": retry_after(exc.retry_after)}
+        return error_response(503, str(exc), headers=headers, kind=kind)
 
     @app.exception_handler(RequestTooLargeError)
     async def _too_large(request: Request, exc: RequestTooLargeError) -> JSONResponse:

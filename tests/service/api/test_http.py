@@ -324,7 +324,7 @@ async def test_full_queue_answers_503_with_retry_after_and_drops_nothing(
     for answer in answers:
         if answer.status_code == 503:
             assert int(answer.headers["retry-after"]) >= 1  # from the measured drain rate
-            assert error_of(answer)["type"] == "service_unavailable"
+            assert error_of(answer)["type"] == "overloaded"  # healthy, only full
         else:
             assert len(answer.json()["rewards"]) == 6
     assert httpx.get(server.url + "/readyz").status_code == 200

@@ -224,6 +224,7 @@ def test_hung_batch_turns_readyz_red_counts_and_refuses(serve) -> None:  # type:
         assert metric(server.url, "r3_batch_running_seconds") > 0.5
         refused = reward(server.url, ["a new request meanwhile"])
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["type"] == "service_unavailable"  # not just busy
         assert metric(server.url, "r3_rejected_requests_total", reason="stalled") == 1
         encoder.release.set()
         stuck.join()
@@ -269,6 +270,7 @@ async def test_overload_is_refused_early_not_timed_out(serve) -> None:  # type: 
             if answer.status_code == 503:
                 assert int(answer.headers["retry-after"]) >= 1
                 assert "overloaded" in answer.json()["error"]["message"]
+                assert answer.json()["error"]["type"] == "overloaded"
         assert metric(server.url, "r3_rejected_requests_total", reason="deadline") == codes.count(
             503
         )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import os
 import random
 import time
@@ -16,6 +14,7 @@ import httpx
 
 from ._endpoints import BaseURL, Endpoints, is_gateway_error
 from ._exceptions import APIResponseValidationError, InvalidInputError
+from ._headers import parse_retry_after
 from ._types import Info, Query, RewardOptions
 from ._version import __version__
 
@@ -42,26 +41,6 @@ delay do not come back in the same instant."""
 def encode_json(obj: Any) -> bytes:
     """Compact UTF-8 JSON, as sent on the wire."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:  # pragma: no cover - older Pythons
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def backoff_delay(attempt: int, heavy: bool = False) -> float:

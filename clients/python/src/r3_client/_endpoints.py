@@ -5,8 +5,11 @@ http://b:8000"``) sends each request to the healthy endpoint with the fewest req
 flight (ties in turn). An endpoint that refuses or drops the connection, or answers
 502/503 or a gateway's 500, is ejected and the request goes to the next endpoint at once.
 When its ejection time is over (1 s, doubling up to 30 s while it keeps failing), a
-``GET /readyz`` probe decides whether it is taken back. When every endpoint has failed,
-the last answer goes to the client's own retry policy (backoff, ``Retry-After``).
+``GET /readyz`` probe decides whether it is taken back. An endpoint that is healthy but
+full (429, or 503 of type ``overloaded``) is not ejected: the request goes to the next
+endpoint at once, and this one is passed over until its ``Retry-After`` is over (at most
+``MAX_BUSY_S``). When every endpoint has failed or is full, the last answer goes to the
+client's own retry policy (backoff, ``Retry-After``).
 
 ``Client(base_url=handle)`` with a Ray Serve ``DeploymentHandle`` of the ``R3Reward``
 deployment sends the same HTTP requests through ``handle.handle_request`` (Serve picks
@@ -29,6 +32,7 @@ from typing import Any
 import httpx
 
 from ._exceptions import InvalidInputError
+from ._headers import parse_retry_after
 
 #: What ``base_url`` may be: a URL, several (a list or a comma-separated string), a handle.
 BaseURL = str | Sequence[str] | Any
@@ -40,6 +44,10 @@ FAILOVER_STATUS = frozenset({502, 503})
 EJECT_S = 1.0
 MAX_EJECT_S = 30.0
 PROBE_TIMEOUT_S = 2.0
+#: Longest a full endpoint is passed over (its ``Retry-After``, capped).
+MAX_BUSY_S = 10.0
+#: The error ``type`` of the service's 503 when it is healthy but full.
+OVERLOADED_TYPE = "overloaded"
 _FAILOVER_ERRORS = (
     httpx.ConnectError,
     httpx.ReadError,
@@ -63,6 +71,28 @@ def is_gateway_error(response: httpx.Response) -> bool:
     return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
 
 
+def _error_type(response: httpx.Response) -> str | None:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def busy_for(response: httpx.Response) -> float | None:
+    """Seconds to pass over an endpoint that answered it is full (429, or a 503 of type
+    ``overloaded``): its ``Retry-After``, at most ``MAX_BUSY_S``; None for other answers."""
+    full = response.status_code == 429 or (
+        response.status_code == 503 and _error_type(response) == OVERLOADED_TYPE
+    )
+    if not full:
+        return None
+    wait = parse_retry_after(response.headers.get("retry-after"))
+    return min(EJECT_S if wait is None else wait, MAX_BUSY_S)
+
+
 @dataclass
 class EndpointStats:
     """What the pool knows about one endpoint."""
@@ -72,6 +102,10 @@ class EndpointStats:
     in_flight: int
     requests: int
     failures: int
+    #: Answers "full" (429, 503 overloaded); such an endpoint stays healthy.
+    refusals: int = 0
+    #: Passed over now, until the ``Retry-After`` of its last "full" answer.
+    busy: bool = False
 
 
 @dataclass
@@ -81,8 +115,14 @@ class _Endpoint:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    refusals: int = 0
     ejected_until: float = 0.0  # 0: healthy
+    busy_until: float = 0.0  # healthy but full until then
     probing: bool = False
+
+    @property
+    def free_at(self) -> float:
+        return max(self.ejected_until, self.busy_until)
 
 
 class EndpointPool:
@@ -114,9 +154,18 @@ class EndpointPool:
 
     def stats(self) -> list[EndpointStats]:
         """A snapshot per endpoint, in the order given."""
+        now = self._clock()
         with self._lock:
             return [
-                EndpointStats(e.url, e.ejected_until == 0.0, e.in_flight, e.requests, e.failures)
+                EndpointStats(
+                    e.url,
+                    e.ejected_until == 0.0,
+                    e.in_flight,
+                    e.requests,
+                    e.failures,
+                    e.refusals,
+                    e.busy_until > now,
+                )
                 for e in self._endpoints
             ]
 
@@ -136,14 +185,18 @@ class EndpointPool:
             if due:  # an ejected endpoint's time is over: probe it (this request waits)
                 self._endpoints[due[0]].probing = True
                 return due[0], True
-            healthy = [i for i in left if self._endpoints[i].ejected_until == 0.0]
-            if healthy:
+            ready = [
+                i
+                for i in left
+                if self._endpoints[i].ejected_until == 0.0 and self._endpoints[i].busy_until <= now
+            ]
+            if ready:
                 turn = next(self._turn)
-                best = min(healthy, key=lambda i: (self._endpoints[i].in_flight, (i - turn) % n))
+                best = min(ready, key=lambda i: (self._endpoints[i].in_flight, (i - turn) % n))
                 self._start(best)
                 return best, False
-            # Everything is ejected: try the one that recovers first rather than fail unheard.
-            soonest = min(left, key=lambda i: self._endpoints[i].ejected_until)
+            # Everything is ejected or full: try the one free first rather than fail unheard.
+            soonest = min(left, key=lambda i: self._endpoints[i].free_at)
             self._start(soonest)
             return soonest, False
 
@@ -159,11 +212,26 @@ class EndpointPool:
                 self._eject(e)
             return ok
 
-    def finish(self, index: int, ok: bool | None) -> None:
-        """A request ended: ``ok`` True (healthy), False (eject), None (no verdict)."""
+    def settle(self, index: int, response: httpx.Response) -> bool:
+        """Record endpoint ``index``'s ``response``; True if it is the answer to return
+        (False: try the next endpoint)."""
+        busy_s = busy_for(response)
+        if busy_s is not None:
+            self.finish(index, ok=True, busy_s=busy_s)
+            return False
+        ok = not (response.status_code in FAILOVER_STATUS or is_gateway_error(response))
+        self.finish(index, ok=ok)
+        return ok
+
+    def finish(self, index: int, ok: bool | None, busy_s: float | None = None) -> None:
+        """A request ended: ``ok`` True (healthy), False (eject), None (no verdict);
+        ``busy_s``: healthy but full, pass it over for that long."""
         with self._lock:
             e = self._endpoints[index]
             e.in_flight -= 1
+            if busy_s is not None:
+                e.refusals += 1
+                e.busy_until = self._clock() + busy_s
             if ok:
                 e.ejected_until = 0.0
                 e.eject_s = self._eject_s
@@ -197,10 +265,6 @@ class EndpointPool:
         }
         url = self._endpoints[index].url + "/readyz"
         return httpx.Request("GET", url, extensions={"timeout": timeout})
-
-
-def _failed(response: httpx.Response) -> bool:
-    return response.status_code in FAILOVER_STATUS or is_gateway_error(response)
 
 
 def _no_endpoint(request: httpx.Request) -> httpx.ConnectError:
@@ -241,8 +305,7 @@ class PoolTransport(httpx.BaseTransport):
             except BaseException:
                 self.pool.finish(index, ok=None)
                 raise
-            self.pool.finish(index, ok=not _failed(response))
-            if not _failed(response):
+            if self.pool.settle(index, response):
                 return response
             last = response
         if isinstance(last, Exception):
@@ -291,8 +354,7 @@ class AsyncPoolTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 self.pool.finish(index, ok=None)
                 raise
-            self.pool.finish(index, ok=not _failed(response))
-            if not _failed(response):
+            if self.pool.settle(index, response):
                 return response
             last = response
         if isinstance(last, Exception):
