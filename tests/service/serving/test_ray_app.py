@@ -202,23 +202,26 @@ def test_metrics_of_every_replica_reach_rays_endpoint(ray_app: RayApp) -> None:
     _wait_for(lambda: len(replicas_in_ray()) == 2, 60, "both replicas in Ray's metrics")
 
 
+LONG = " ".join(f"Step {i} of the procedure checks part {i % 7} again." for i in range(20))
+
+
 def test_killing_a_replica_loses_no_request(ray_app: RayApp, live_server: str) -> None:
     """Requests cut by the kill are answered on retry with the single-process rewards.
 
-    Every request carries texts no replica has seen (an embedding cache hit answers in
-    microseconds, and the kill would then cut nothing), so requests are in flight on
-    both replicas when one is killed.
+    Every request carries long texts no replica has seen (an embedding cache hit answers
+    in microseconds, and a short request in milliseconds: the kill then sometimes cut
+    nothing), so each replica holds a few tenths of a second of work when one is killed.
     """
     victims = [
         a for a in ray.util.list_named_actors(all_namespaces=True) if "#R3Reward#" in a["name"]
     ]
     assert len(victims) == 2
-    requests = 48
+    requests = 32
     bodies = []
     for k in range(requests):
         body = _body((8 * k) % N, (8 * k) % N + 8)
         body["query"] = [f"{q} (request {k})" for q in body["query"]]
-        body["response"] = [f"{r} Request {k}." for r in body["response"]]
+        body["response"] = [f"{r} Request {k}. " + LONG for r in body["response"]]
         bodies.append(body)
     with Client(base_url=live_server) as single:
         expected = [list(single.reward(**body).rewards) for body in bodies]
