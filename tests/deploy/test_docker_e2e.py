@@ -267,8 +267,14 @@ def test_reward_image(docker: Docker, images: dict[str, str], figures: dict[str,
 def _load_body(index: int, items: int) -> bytes:
     """A /reward body of distinct, longish texts (no cache hits), OPENENDED."""
     words = "the of sea waves wind light harbour keeper storm night boat shore".split()
+    # The item's own numbers in every text: with only the word pattern, the 576 texts were
+    # 12 distinct ones, the cache answered most, and the stop could come after the last.
     texts = [
-        " ".join(words[(index * 7 + i * 3 + k) % len(words)] + str(k % 13) for k in range(90))
+        f"Entry {index}-{i}. "
+        + " ".join(
+            words[(index * 7 + i * 3 + k) % len(words)] + str((k + 5 * i + 11 * index) % 97)
+            for k in range(90)
+        )
         for i in range(items)
     ]
     body = {
