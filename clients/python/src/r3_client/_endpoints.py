@@ -56,36 +56,31 @@ _FAILOVER_ERRORS = (
 )
 
 
+def _error_envelope(response: httpx.Response) -> dict[str, Any] | None:
+    """The service's ``{"error": {...}}`` object of an answer, or None if it has none."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
 def is_gateway_error(response: httpx.Response) -> bool:
     """A 500 without the service's JSON error envelope: a proxy's answer, safe to resend.
 
     Ray Serve's proxy answers a plain-text 500 when the replica died during the request;
     the service itself always answers ``{"error": ...}``. Scoring has no side effects.
     """
-    if response.status_code != 500:
-        return False
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return True
-    return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
-
-
-def _error_type(response: httpx.Response) -> str | None:
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    kind = error.get("type") if isinstance(error, dict) else None
-    return kind if isinstance(kind, str) else None
+    return response.status_code == 500 and _error_envelope(response) is None
 
 
 def busy_for(response: httpx.Response) -> float | None:
     """Seconds to pass over an endpoint that answered it is full (429, or a 503 of type
     ``overloaded``): its ``Retry-After``, at most ``MAX_BUSY_S``; None for other answers."""
     full = response.status_code == 429 or (
-        response.status_code == 503 and _error_type(response) == OVERLOADED_TYPE
+        response.status_code == 503
+        and (_error_envelope(response) or {}).get("type") == OVERLOADED_TYPE
     )
     if not full:
         return None
