@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# Markers that introduce an input block after an instruction (Alpaca, self-instruct, chat).
-_INPUT_MARKER = re.compile(
-    r"(?:\n\s*#{1,4}\s*input\s*:?\s*\n?|\n\s*input\s*:|^\s*input\s*:)", re.IGNORECASE | re.MULTILINE
-)
+# Markers that introduce an input block after an instruction (Alpaca, self-instruct, chat):
+# a newline (or the start of the text), whitespace, then "### Input:" or "Input:". The
+# regexes match at one place only: a leading ``\s*`` searched at every newline of a long
+# run of whitespace is quadratic (:func:`_input_marker`).
+_HASH_INPUT = re.compile(r"#{1,4}\s*input\s*:?\s*\n?", re.IGNORECASE)
+_PLAIN_INPUT = re.compile(r"input\s*:", re.IGNORECASE)
+_SPACE_RUN = re.compile(r"\s+")
 # Placeholder inputs that mean "no input" in Alpaca-style data.
 _EMPTY_INPUT = re.compile(r"^\W*(?:no\s*input|none|n/?a|empty|nothing)\W*$", re.IGNORECASE)
 # "Translate to French: Where is ..." -- an inline input after a short instruction.
@@ -30,9 +33,10 @@ _AUX = frozenset((
     "is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would",
     "should", "has", "have", "had", "may", "might", "shall",
 ))  # fmt: skip
-# A chat preamble before the actual task ("Hi! Quick question: could you please ...").
+# A chat preamble before the actual task ("Hi! Quick question: could you please ..."),
+# matched at a position (``match``), one preamble at a time.
 _PREAMBLE_RE = re.compile(
-    r"^(?:(?:hi|hello|hey|yo|ok|okay|so|well|now|alright|dear \w+|greetings)\b[\s!,.:;-]*|"
+    r"(?:(?:hi|hello|hey|yo|ok|okay|so|well|now|alright|dear \w+|greetings)\b[\s!,.:;-]*|"
     r"(?:a )?quick question\b[\s!,.:;-]*|(?:i have|i've got) a (?:quick )?question\b[\s!,.:;-]*|"
     r"i (?:was|am|'m) wondering(?: if| whether)?\b[\s,]*|"
     r"(?:would|do) you mind(?: helping me(?: with this| out)?)?\b[\s!,.:;-]*|"
@@ -47,7 +51,13 @@ _PREAMBLE_RE = re.compile(
     re.IGNORECASE,
 )
 _FILLER = frozenset(("first", "then", "also", "now", "just", "simply", "briefly", "quickly", "and"))
-_TRAILER = re.compile(r"(?:[\s.!)]|\b(?:thanks|thank you|thx|ty|pls|please)\b)*$", re.IGNORECASE)
+#: One trailing token after a question: a space, ".", "!", ")" or a thanks; matched backwards
+#: from the end of the text, at most 9 characters at a time (:func:`_strip_trailer`).
+_TRAILER_TOKEN = re.compile(
+    r"(?:[\s.!)]|\b(?:thanks|thank you|thx|ty|pls|please)\b)\Z", re.IGNORECASE
+)
+_TRAILER_SPAN = len("thank you")
+_LEADING_SPACE = re.compile(r"\s*")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 # Closed tasks: the answer is determined by the query (and the reference answer).
@@ -194,13 +204,56 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 def strip_preamble(text: str) -> str:
     """``text`` without a leading chat preamble ("Hi! Could you please ...", "Quick question:")."""
-    original = text
-    previous = None
-    text = text.lstrip()
-    while previous != text:
-        previous = text
-        text = _PREAMBLE_RE.sub("", text, count=1).lstrip()
-    return text if text else original
+    # One position moves forward (slicing the text once per preamble was quadratic on
+    # "hi hi hi ...").
+    position = _skip_space(text, 0)
+    while (found := _PREAMBLE_RE.match(text, position)) is not None and found.end() > position:
+        position = _skip_space(text, found.end())
+    return text[position:] or text
+
+
+def _skip_space(text: str, position: int) -> int:
+    found = _LEADING_SPACE.match(text, position)
+    return found.end() if found else position
+
+
+def _input_marker(text: str) -> tuple[int, int] | None:
+    """(start, end) of the first input marker, as the regex
+    ``\\n\\s*#{1,4}\\s*input\\s*:?\\s*\\n?|\\n\\s*input\\s*:|^\\s*input\\s*:`` (ignoring case,
+    ``^`` at every line start) finds it, in linear time.
+
+    A marker is a run of whitespace followed by ``#`` or ``input``; every start the regex
+    could take inside one run of whitespace ends that run at the same place, so each run is
+    tried once: from the text's start (``^``), else from its first newline.
+    """
+    runs = _SPACE_RUN.finditer(text)
+    first = next(runs, None)
+    if first is None or first.start() > 0:  # the text starts with no whitespace
+        found = _PLAIN_INPUT.match(text)
+        if found:
+            return 0, found.end()
+    elif (found := _PLAIN_INPUT.match(text, first.end())) is not None:
+        return 0, found.end()
+    for run in [first, *runs] if first is not None else []:
+        newline = text.find("\n", run.start(), run.end())
+        if newline < 0:
+            continue
+        found = _HASH_INPUT.match(text, run.end()) or _PLAIN_INPUT.match(text, run.end())
+        if found:
+            return newline, found.end()
+    return None
+
+
+def _strip_trailer(text: str) -> str:
+    """``text`` without its trailing spaces, ".", "!", ")" and thanks, removed backwards one
+    token at a time (a regex ``(...)*$`` searched forwards was quadratic on long runs)."""
+    end = len(text)
+    while end > 0:
+        found = _TRAILER_TOKEN.search(text, max(0, end - _TRAILER_SPAN), end)
+        if found is None:
+            break
+        end = found.start()
+    return text[:end]
 
 
 def _looks_like_task(paragraph: str) -> bool:
@@ -224,9 +277,9 @@ def split_query(text: str) -> tuple[str, str]:
     """
     text = strip_preamble(text.strip())
     instruction, rest = text, ""
-    match = _INPUT_MARKER.search(text)
-    if match:
-        instruction, rest = text[: match.start()], text[match.end() :]
+    marker = _input_marker(text)
+    if marker:
+        instruction, rest = text[: marker[0]], text[marker[1] :]
     elif "\n\n" in text:
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         first, last = paragraphs[0], paragraphs[-1]
@@ -298,7 +351,7 @@ def query_features(text: str) -> list[float]:
         math.log1p(len(input_words)) / 5.0,
         math.log1p(len(words)) / 4.0,
         math.log1p(len(sentences)) / 2.0,
-        1.0 if _TRAILER.sub("", instruction).endswith("?") else 0.0,
+        1.0 if _strip_trailer(instruction).endswith("?") else 0.0,
         1.0 if "?" in instruction else 0.0,
         1.0 if firsts & _WH_FACT else 0.0,
         1.0 if firsts & _WH_OPEN else 0.0,

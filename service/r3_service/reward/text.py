@@ -137,33 +137,76 @@ def query_text(query: str | Sequence[Mapping[str, str]]) -> str:
     return collapse_whitespace(" ".join(user_turns))
 
 
-# Chat templates whose rendered prompts we can take apart: (pattern of one turn,
-# group holding the role, group holding the content).
-_TEMPLATES: tuple[tuple[re.Pattern[str], int, int], ...] = (
-    # ChatML (Qwen, SmolLM): <|im_start|>user\n...<|im_end|>
-    (re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S), 1, 2),
-    # Llama 3: <|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>
-    (
-        re.compile(
-            r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n*(.*?)(?:<\|eot_id\|>|$)", re.S
-        ),
-        1,
-        2,
-    ),
-    # Tulu / Zephyr: <|user|>\n...
-    (
-        re.compile(
-            r"<\|(user|assistant|system)\|>\n?(.*?)(?=<\|(?:user|assistant|system)\|>|$)", re.S
-        ),
-        1,
-        2,
-    ),
-)
-_LLAMA2 = re.compile(r"\[INST\](.*?)\[/INST\]", re.S)
-_SYS_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.S)
+# Chat templates whose rendered prompts we can take apart. Every prompt is request text, so
+# the parsing below is linear in its length: markers are found with ``str.find`` and the
+# only regexes match at one place (a role name), never a lazy ``.*?`` up to a closing marker
+# that may be missing (``\[INST\](.*?)\[/INST\]`` on ``"[INST]" * 8333`` took 9 s).
+_CHATML_ROLE = re.compile(r"(\w+)\n")
+_LLAMA3_ROLE = re.compile(r"(\w+)<\|end_header_id\|>\n*")
+_TULU_MARKER = re.compile(r"<\|(user|assistant|system)\|>\n?")
 _SPECIAL = re.compile(r"<s>|</s>|<\|begin_of_text\|>|<\|endoftext\|>")
 # Special tokens other than "</s>", which the Alpaca normalisation removes itself.
 _SPECIAL_BUT_EOS = re.compile(r"<s>|<\|begin_of_text\|>|<\|endoftext\|>")
+
+
+def _headed_turns(
+    prompt: str, opener: str, role: re.Pattern[str], closer: str
+) -> list[tuple[str, str]]:
+    """(role, content) of each ``opener`` + ``role`` + content + ``closer`` (or the end).
+
+    ChatML (``<|im_start|>user\\n...<|im_end|>``) and Llama 3
+    (``<|start_header_id|>user<|end_header_id|>\\n\\n...<|eot_id|>``). An opener whose role
+    does not parse is skipped. Linear: each character is looked at a bounded number of times.
+    """
+    turns = []
+    position = prompt.find(opener)
+    while position >= 0:
+        head = role.match(prompt, position + len(opener))
+        if head is None:
+            position = prompt.find(opener, position + 1)
+            continue
+        end = prompt.find(closer, head.end())
+        if end < 0:
+            turns.append((head.group(1), prompt[head.end() :]))
+            break
+        turns.append((head.group(1), prompt[head.end() : end]))
+        position = prompt.find(opener, end + len(closer))
+    return turns
+
+
+def _tulu_turns(prompt: str) -> list[tuple[str, str]]:
+    """Tulu / Zephyr: ``<|user|>\\n...`` up to the next role marker or the end."""
+    markers = list(_TULU_MARKER.finditer(prompt))
+    ends = [m.start() for m in markers[1:]] + [len(prompt)]
+    return [(m.group(1), prompt[m.end() : end]) for m, end in zip(markers, ends)]
+
+
+def _enclosed(text: str, opener: str, closer: str) -> list[tuple[int, int]]:
+    """(start, end) of each ``opener ... closer`` block, the shortest from each opener, left
+    to right; an opener without a closer after it ends the search (so does every later one)."""
+    blocks = []
+    start = text.find(opener)
+    while start >= 0:
+        end = text.find(closer, start + len(opener))
+        if end < 0:
+            break
+        blocks.append((start, end + len(closer)))
+        start = text.find(opener, end + len(closer))
+    return blocks
+
+
+def _llama2_turns(prompt: str) -> list[str]:
+    """The content of each ``[INST] ... [/INST]`` block."""
+    return [prompt[start + 6 : end - 7] for start, end in _enclosed(prompt, "[INST]", "[/INST]")]
+
+
+def _drop_sys_blocks(text: str) -> str:
+    """Each ``<<SYS>> ... <</SYS>>`` block replaced by a space."""
+    pieces, last = [], 0
+    for start, end in _enclosed(text, "<<SYS>>", "<</SYS>>"):
+        pieces += [text[last:start], " "]
+        last = end
+    return "".join(pieces) + text[last:]
 
 
 def is_alpaca(text: str) -> bool:
@@ -198,15 +241,20 @@ def user_text_from_prompt(prompt: str) -> str:
     prompt in none of the chat templates) that carries the Alpaca template is normalised
     by :func:`alpaca_query`; any other prompt is returned with whitespace collapsed.
     """
-    for pattern, role_group, content_group in _TEMPLATES:
-        turns = [(m.group(role_group), m.group(content_group)) for m in pattern.finditer(prompt)]
+    templates = (
+        lambda: _headed_turns(prompt, "<|im_start|>", _CHATML_ROLE, "<|im_end|>"),
+        lambda: _headed_turns(prompt, "<|start_header_id|>", _LLAMA3_ROLE, "<|eot_id|>"),
+        lambda: _tulu_turns(prompt),
+    )
+    for parse in templates:
+        turns = parse()
         if turns:
             return query_text(
                 [{"role": r, "content": _user_turn(c) if r == "user" else c} for r, c in turns]
             )
-    inst = _LLAMA2.findall(prompt)
+    inst = _llama2_turns(prompt)
     if inst:
-        return collapse_whitespace(" ".join(_user_turn(_SYS_BLOCK.sub(" ", t)) for t in inst))
+        return collapse_whitespace(" ".join(_user_turn(_drop_sys_blocks(t)) for t in inst))
     if is_alpaca(prompt):
         return alpaca_query(_SPECIAL_BUT_EOS.sub(" ", prompt))
     return collapse_whitespace(_SPECIAL.sub(" ", prompt))
