@@ -12,6 +12,13 @@ HTTP protocol is subclassed here (``guarded_protocol``) to add them:
   headers within this time of connecting or of its previous answer; else it is closed
   (with 408 if it sent part of a request).
 - **Header size** (``R3_MAX_HEADER_BYTES``): larger request heads get 431 and are closed.
+  Counted per request, whatever the read sizes: the URL and headers as the parser hands
+  them over (a whole head in one read), and every read spent inside an unfinished head (one
+  huge header). A head pipelined behind a request in progress counts the same; the 431
+  goes out after the answers to the requests before it.
+- **Malformed HTTP** gets uvicorn's 400, in the service's error shape (JSON, not
+  uvicorn's plain text). WebSocket upgrades are not served (``ws="none"``): such a request
+  is an ordinary HTTP request (404 in the error shape, not uvicorn's empty 403).
 - **Half-closed body**: a client that ends its side before the body it announced is
   complete gets 400, and the connection closes.
 - **Lingering close**: after such an error answer the server ends its side and reads (and
@@ -111,6 +118,11 @@ _BUSY = raw_response(
 _BODY_INCOMPLETE = raw_response(
     400, "Bad Request", "the client closed its side before the body was complete", "bad_request"
 )
+_MALFORMED = raw_response(400, "Bad Request", "invalid HTTP request", "bad_request")
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limit."""
 
 
 class GuardMixin:
@@ -125,6 +137,17 @@ class GuardMixin:
     _r3_timer: asyncio.TimerHandle | None = None
     _r3_bytes = 0
     _r3_lingering = False
+    #: The current request's head: bytes of its URL and headers seen by the parser, bytes
+    #: of the reads that fell wholly inside it, whether it is unfinished, and whether it
+    #: began in the read being parsed.
+    _r3_head = 0
+    _r3_head_reads = 0
+    _r3_in_head = False
+    _r3_head_began = False
+    #: Set once the connection is refused (431, 400): its input is ignored from then on.
+    _r3_refused = False
+    #: (reason, answer) of a refusal that waits for the requests in progress to be answered.
+    _r3_pending: tuple[str, bytes] | None = None
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any
@@ -145,11 +168,19 @@ class GuardMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        if self._r3_lingering:
-            return  # answered and closing: drain
+        if self._r3_lingering or self._r3_refused:
+            return  # answered and closing, or refused: drain
         waiting = self in self.guard.waiting
         before = self.cycle
+        self._r3_head_began = False
         super().data_received(data)  # type: ignore[misc]
+        if self._r3_refused:
+            return
+        if self._r3_in_head and not self._r3_head_began:  # the whole read is head
+            self._r3_head_reads += len(data)
+            if self._r3_head_reads > self.guard.limits.max_header_bytes:
+                self._r3_refuse("header_too_large", _HEADER_TOO_LARGE)
+                return
         if not waiting:
             return
         if self.cycle is not before:  # headers complete: a request started
@@ -157,11 +188,62 @@ class GuardMixin:
             self._r3_cancel()
             return
         self._r3_bytes += len(data)  # still in the request's head
-        if self._r3_bytes > self.guard.limits.max_header_bytes:
-            self.r3_close("header_too_large", _HEADER_TOO_LARGE)
+
+    # httptools' parser callbacks (uvicorn's h11 protocol has its own head limit).
+    def on_message_begin(self) -> None:
+        self._r3_head = self._r3_head_reads = 0
+        self._r3_in_head = self._r3_head_began = True
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_url(self, url: bytes) -> None:
+        self._r3_count_head(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._r3_count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self._r3_in_head = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def _r3_count_head(self, size: int) -> None:
+        self._r3_head += size
+        if self._r3_head > self.guard.limits.max_header_bytes:
+            self._r3_refuse("header_too_large", _HEADER_TOO_LARGE)
+            raise _HeadTooLarge  # stops the parser; uvicorn calls send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused: the service's error shape."""
+        if not self._r3_refused:  # else the refusal is already on its way
+            self._r3_refuse("malformed", _MALFORMED)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        logger.debug("upgrade request served as plain HTTP")
+
+    def _r3_refuse(self, reason: str, answer: bytes) -> None:
+        """Refuse the request being read: answer and close once the requests before it
+        on this connection are answered (at once when there are none)."""
+        self._r3_refused = True
+        self.transport.pause_reading()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not self.transport.is_closing():
+            self._r3_pending = (reason, answer)
+            return
+        self.r3_close(reason, answer)
 
     def on_response_complete(self) -> None:
+        pending = self._r3_pending
+        if pending is not None and not getattr(self, "pipeline", None):  # the last answer
+            super().on_response_complete()  # type: ignore[misc]
+            self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+            self._r3_pending = None
+            self.r3_close(*pending)
+            return
         super().on_response_complete()  # type: ignore[misc]
+        if pending is not None:
+            self.transport.pause_reading()  # resumed by uvicorn: keep the refused input out
+            return
         cycle = self.cycle
         if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
             self._r3_wait_headers()
@@ -292,6 +374,8 @@ def build_server(
         http=guarded_protocol(http_protocol_base(), guard),
         backlog=backlog,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # when h11 is the parser
         timeout_graceful_shutdown=int(settings.request_timeout_s),
         log_level=settings.log_level.lower(),
         access_log=False,

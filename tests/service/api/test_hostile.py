@@ -394,23 +394,112 @@ def test_slow_endless_chunked_body_gets_408(guarded_server: str) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
 
 
+def flood(sock: socket.socket, piece: bytes, times: int) -> bytes:
+    """Send ``piece`` up to ``times`` times until the server answers (or stops reading);
+    return everything it sends until it closes the connection."""
+    for _ in range(times):
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            break
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return read_until_closed(sock)
+
+
 def test_fast_endless_chunked_body_gets_413_and_the_connection_closes(guarded_server: str) -> None:
     head = b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     chunk = b"2000\r\n" + b"a" * 0x2000 + b"\r\n"
     with connect(guarded_server) as sock:
         sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
-        answer = b""
-        for _ in range(1000):  # 8 MB at most; the limit is 64 KB
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                answer = read_until_closed(sock)
-                break
-            try:
-                sock.sendall(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                answer = read_until_closed(sock)
-                break
+        answer = flood(sock, chunk, 1000)  # 8 MB at most; the limit is 64 KB
     assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+
+
+def error_of(answer: bytes) -> dict[str, object]:
+    """The JSON error body of a raw HTTP answer (the last one on the connection)."""
+    head, _, body = answer.rpartition(b"HTTP/1.1 ")[2].partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    error: dict[str, object] = json.loads(body)["error"]
+    return error
+
+
+#: A head of 70,000 bytes: over the 64 KiB limit.
+BIG_HEADER = b"X-Big: " + b"y" * 70_000 + b"\r\n"
+
+
+def test_oversized_head_in_one_write_gets_431(guarded_server: str) -> None:
+    """A whole head over the limit arrives in one read (before: 200, the limit was
+    counted only across reads while waiting for headers)."""
+    with connect(guarded_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + BIG_HEADER + b"\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert answer.count(b"HTTP/1.1") == 1
+    assert error_of(answer)["type"] == "request_too_large"
+
+
+def test_oversized_head_in_many_writes_gets_431(guarded_server: str) -> None:
+    with connect(guarded_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        answer = flood(sock, b"y" * 500, 2000)  # 1 MB at most
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def test_oversized_head_pipelined_behind_a_slow_request_gets_431_after_its_answer(
+    guarded_server: str,
+) -> None:
+    """A head pipelined behind a /reward in progress: the /reward is answered, then 431,
+    then the connection closes. Before: the head was never counted (157 MB were read into
+    memory) and got 200. The client sends up to 8 MB of one header; the server stops
+    reading at the limit."""
+    texts = [f"a long answer number {i} " * 60 for i in range(24)]
+    body = json.dumps({"query": ["a question"] * 24, "response": texts}).encode()
+    slow = (
+        b"POST /reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with connect(guarded_server, timeout=60) as sock:
+        sock.sendall(slow + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        answer = flood(sock, b"y" * 8192, 1000)
+        if answer.count(b"HTTP/1.1 ") < 2:  # the 431 follows the /reward's answer
+            answer += read_until_closed(sock, timeout=60)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert answer.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 431" in answer
+    assert error_of(answer)["type"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["not HTTP", "space in a header name", "negative length"],
+)
+def test_malformed_http_gets_400_in_the_error_shape(guarded_server: str, head: bytes) -> None:
+    """uvicorn's own refusal (before: text/plain "Invalid HTTP request received.")."""
+    with connect(guarded_server) as sock:
+        sock.sendall(head)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert error_of(answer)["type"] == "bad_request"
+
+
+def test_websocket_upgrade_is_plain_http_in_the_error_shape(guarded_server: str) -> None:
+    """No WebSocket routes: an upgrade is an ordinary request (before: 403, empty body)."""
+    head = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with connect(guarded_server) as sock:
+        sock.sendall(head)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
+    assert error_of(answer)["type"] == "not_found"
 
 
 ATTACKER = r"""
