@@ -112,6 +112,18 @@ class Metrics:
             "Texts answered with a timeout instead of being run (deadline passed).",
             registry=r,
         )
+        self.admitted = Counter(
+            "r3_admitted_requests",
+            "Requests admitted to the inference queue (a place planned for their work).",
+            registry=r,
+        )
+        self.admitted_late = Counter(
+            "r3_admitted_late_requests",
+            "Admitted requests that then missed their deadline (504): the machine slowed "
+            "after admission, or the plan was wrong. Should stay under 0.5% of "
+            "r3_admitted_requests_total.",
+            registry=r,
+        )
 
     def _connection_metrics(self, r: CollectorRegistry) -> None:
         self.connections = Gauge("r3_open_connections", "Open HTTP connections.", registry=r)
@@ -144,6 +156,11 @@ class Metrics:
         self.batch_running.set(running_for)
         _catch_up(self.hung_batches, hung_batches)
         _catch_up(self.expired_texts, expired_texts)
+
+    def sync_admission(self, admitted: int, late: int) -> None:
+        """Bring the engine's admission tallies into the registry (called at scrape time)."""
+        _catch_up(self.admitted, admitted)
+        _catch_up(self.admitted_late, late)
 
     def sync(
         self, queued: int, cache_hits: int, cache_misses: int, cache_bytes: int, dedup: int

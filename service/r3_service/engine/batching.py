@@ -241,14 +241,30 @@ class Batcher:
             self.scheduler.add(works, job, now)
             self._cond.notify()
 
-    def reserve(self, count: int, cost: float, deadline: float, timeout: float) -> Job:
-        """Admit a job of about ``cost`` before any work is spent on it, and hold its place
-        (``Scheduler.reserve``); raises if refused. Give it back with ``cancel``."""
+    def reserve(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        lead_s: float = 0.0,
+        least_cost: float | None = None,
+    ) -> Job:
+        """Admit a job of about ``cost`` (at least ``least_cost``) before any work is spent on
+        it, and hold its place (``Scheduler.reserve``); ``lead_s``: seconds before its texts
+        can be queued (tokenising). Raises if refused. Give it back with ``cancel``."""
         now = time.monotonic()
         with self._cond:
             self._check_worker(now)
             return self.scheduler.reserve(
-                count, cost, deadline, timeout, now, self._busy_seconds(now)
+                count,
+                cost,
+                deadline,
+                timeout,
+                now,
+                self._busy_seconds(now),
+                lead_s=lead_s,
+                least_cost=least_cost,
             )
 
     def cancel(self, reservation: Job) -> None:

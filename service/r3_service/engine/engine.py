@@ -57,6 +57,15 @@ PRECHECK_CHARS_PER_TOKEN = 4.0
 CHARS_PER_TOKEN_BOUNDS = (2.0, 8.0)
 #: Weight of what was tokenised before, against the newest texts, in that ratio.
 CHARS_PER_TOKEN_DECAY = 0.99
+#: A text of n tokens takes about n * n / ATTENTION_TOKENS more than n of the drain rate's
+#: cost units (measured with MiniLM on 2 CPU cores: 512-token texts ran at 0.66 times the
+#: tokens per second of 64-token ones, the texts the drain rate mostly sees). Admission
+#: estimates long texts with it, so that a request of many long texts is not under-priced.
+ATTENTION_TOKENS = 768.0
+#: Characters per second of the tokenizer thread until measured (a slow machine's), and
+#: the weight of earlier chunks in the measured rate.
+PRECHECK_TOKENIZE_CHARS_PER_S = 1_000_000.0
+TOKENIZE_RATE_DECAY = 0.9
 
 #: When the current request arrived (monotonic seconds); set by the HTTP layer so that a
 #: request's deadline counts from its arrival. Unset: from when the engine is called.
@@ -208,6 +217,12 @@ def _texts_of(items: Sequence[RewardItem], options: RewardOptions) -> Iterator[s
         yield item.response
 
 
+def _estimated_cost(tokens: int) -> float:
+    """A text's cost in the drain rate's units, counting that long texts cost more per
+    token (attention): ``ATTENTION_TOKENS``."""
+    return tokens + TEXT_OVERHEAD + tokens * tokens / ATTENTION_TOKENS
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a request that gave up leaves it unread)."""
     if not future.cancelled():
@@ -256,6 +271,11 @@ class RewardEngine:
         self.dedup_hits = 0
         self._chars_seen = 0.0  # decayed sums of untruncated texts' characters and tokens
         self._tokens_seen = 0.0
+        self._tokenized_chars = 0.0  # decayed sums of the tokenizer thread's work
+        self._tokenized_seconds = 0.0
+        #: Requests admitted (a place reserved), and those of them that then got a timeout.
+        self.admitted_requests = 0
+        self.late_requests = 0
 
     @property
     def profile(self) -> EncoderProfile:
@@ -264,6 +284,8 @@ class RewardEngine:
     def start(self, calibrate: bool = True) -> None:
         """Start the worker; its first job measures the drain rate on a full synthetic batch."""
         batch = calibration_batch(self.encoder, self.config) if calibrate else None
+        if calibrate:  # the tokenizer's speed, for the lead time of large requests
+            self._timed_tokenize(["calibrating the tokenizer's speed " * 2000])
         self.batcher.start(batch)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -310,8 +332,16 @@ class RewardEngine:
         if not fresh:
             return None
         longest, ratio = self.profile.max_length, self.chars_per_token
-        cost = extra + sum(min(int(len(t) / ratio), longest) + TEXT_OVERHEAD for t in fresh)
-        return self.batcher.reserve(len(fresh), cost, deadline, self.config.request_timeout_s)
+        most = CHARS_PER_TOKEN_BOUNDS[1]  # the fewest tokens a text can have
+        lengths = [len(t) for t in fresh]
+        cost = extra + sum(_estimated_cost(min(int(n / ratio), longest)) for n in lengths)
+        least = extra + sum(_estimated_cost(min(int(n / most), longest)) for n in lengths)
+        chars = sum(lengths)
+        lead = chars / self.tokenize_chars_per_s if chars > INLINE_CHARS else 0.0
+        timeout = self.config.request_timeout_s
+        place = self.batcher.reserve(len(fresh), cost, deadline, timeout, lead, least)
+        self.admitted_requests += 1
+        return place
 
     async def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of ``texts``; large inputs in chunks on the tokenizer thread."""
@@ -320,10 +350,29 @@ class RewardEngine:
         loop = asyncio.get_running_loop()
         out: list[np.ndarray] = []
         for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS):
-            out.extend(
-                await loop.run_in_executor(self._tokenizer_pool, self.encoder.tokenize, chunk)
-            )
+            pool, tokenize = self._tokenizer_pool, self._timed_tokenize
+            out.extend(await loop.run_in_executor(pool, tokenize, chunk))
         return out
+
+    def _timed_tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """``encoder.tokenize``, learning the characters per second it gets through (the
+        lead time admission counts for a large request before its texts can queue)."""
+        started = time.perf_counter()
+        ids = self.encoder.tokenize(texts)
+        seconds = time.perf_counter() - started
+        chars = sum(len(t) for t in texts)
+        if seconds > 0 and chars >= INLINE_CHARS:
+            d = TOKENIZE_RATE_DECAY
+            self._tokenized_chars = d * self._tokenized_chars + chars
+            self._tokenized_seconds = d * self._tokenized_seconds + seconds
+        return ids
+
+    @property
+    def tokenize_chars_per_s(self) -> float:
+        """Characters per second the tokenizer thread gets through (a prior until measured)."""
+        if self._tokenized_seconds <= 0:
+            return PRECHECK_TOKENIZE_CHARS_PER_S
+        return self._tokenized_chars / self._tokenized_seconds
 
     # -- embeddings ----------------------------------------------------------------------
 
@@ -357,8 +406,10 @@ class RewardEngine:
                 await self._enqueue(fresh, cache_of, waiting, deadline, reservation)
             if waiting:
                 await self._collect(waiting, rows_of, out, deadline)
-        except BaseException:
+        except BaseException as exc:
             self._release(waiting)
+            if owned is not None and isinstance(exc, RequestTimeoutError):
+                self.late_requests += 1
             raise
         finally:
             if owned is not None:
@@ -501,6 +552,10 @@ class RewardEngine:
             plan = await plan_qtypes(self.classifier, self, items, options)
             result = await self._score_typed(plan.items, options, stop_strings, deadline, place)
             return fold(result, plan)
+        except RequestTimeoutError:
+            if place is not None:
+                self.late_requests += 1
+            raise
         finally:
             if place is not None:
                 self.batcher.cancel(place)

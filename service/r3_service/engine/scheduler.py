@@ -12,13 +12,16 @@ budget, and the batch holding the head job's next text runs. The texts of a batc
 similar lengths; a small job's short query and long response may run in two batches,
 one after the other.
 
-**Admission.** The drain rate (cost per second of batch time, an EWMA over batches)
-turns costs into seconds. A new job of cost C runs after the queued jobs with less
-remaining work, and delays every queued job with more by C. It is refused, with the
-seconds until it would fit, when it would miss its own deadline (within ``ADMIT_SHARE``
-of its time: the rest is slack for smaller jobs that arrive later) or push a queued job
-that would make its deadline past it. That protection bounds how long small jobs can
-hold a large one back. On an idle engine every job is tried.
+**Admission by place in the order.** The drain rate (cost per second of batch time, an
+EWMA over batches) turns costs into seconds. A new job's wait counts only the work the
+scheduler runs before it: the batch in flight, then, for a small job, the small jobs queued
+before it (never the large ones, which it overtakes); for a large job, every small job, the
+large jobs whose turn comes before its own, and the small jobs expected to arrive while it
+waits. A small job is refused only when it would miss its deadline in that place; a large
+one must finish within ``ADMIT_SHARE`` of its time (the rest is slack for estimate errors)
+and must not push a queued larger job that would make its deadline past it. A refusal
+says, in ``retry_after``, the seconds until the job would fit. On an idle engine every job
+that can finish alone is tried; one that cannot even alone is too large (413).
 
 **Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
 never run; texts nobody waits for any more are dropped.
@@ -49,9 +52,16 @@ WINDOW_BATCHES = 16
 #: A new job must be estimated to finish within this share of its time to deadline; the
 #: rest is slack for small jobs that arrive later and run before its tail.
 ADMIT_SHARE = 0.8
-#: Time constant (seconds) of the small-job arrival rate that large jobs plan around.
+#: Size classes, as shares of the token budget: a job whose remaining cost fits in
+#: ``SIZE_CLASSES[i]`` of the budget (and not in the class before) is in class i; one
+#: larger than a batch is in class ``LARGE``. Smaller classes run first; within a class,
+#: arrival order (large jobs: shortest remaining first, see ``_large_key``).
+SIZE_CLASSES = (0.25, 0.5, 1.0)
+LARGE = len(SIZE_CLASSES)
+#: Time constant (seconds) of the arrival rate of each size class, which the larger
+#: classes plan around (those jobs will run before them).
 SMALL_WINDOW_S = 10.0
-#: A large job is planned at least this share of the drain rate, whatever the small jobs take.
+#: A job is planned at least this share of the drain rate, whatever smaller jobs take.
 MIN_LARGE_SHARE = 0.25
 #: Share of its time kept by a queued job when later ones would delay it.
 PROTECT_SHARE = 0.1
@@ -230,9 +240,10 @@ class Scheduler:
         #: Jobs with texts still pending, shortest remaining first (ties: arrival).
         self._jobs: list[Job] = []
         self._seq = 0
-        self._small_cost = 0.0  # decayed sum of small jobs' cost (see small_cost_per_s)
-        self._small_at = 0.0
-        self._small_first: float | None = None
+        #: Decayed sums of the cost admitted in each size class (see ``stream_cost_per_s``).
+        self._stream = [0.0] * (LARGE + 1)
+        self._stream_at = 0.0
+        self._stream_first: float | None = None
         #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
         self._earliest = math.inf
 
@@ -276,13 +287,16 @@ class Scheduler:
         busy_s: float,
         estimate: bool = False,
         reserved: bool = False,
+        lead_s: float = 0.0,
+        least_cost: float | None = None,
     ) -> None:
         """``admit`` for a job of ``count`` texts and ``cost``; ``estimate``: the cost is a
-        guess from characters (a precheck before tokenising), so only a retryable 503 or
-        the queue-size 413 can come of it; ``reserved``: the job was admitted on its
-        estimate already (``reserve``), only its size and the queue's are checked."""
-        if count > self.max_queue_texts or not estimate:
-            self._check_size(count, cost, timeout)
+        guess from characters (a precheck before tokenising), ``least_cost`` the least it
+        can be (what a 413 is decided on); ``reserved``: the job was admitted on its
+        estimate already (``reserve``), only its size and the queue's are checked;
+        ``lead_s``: seconds of work (tokenising) before its texts can be queued at all."""
+        sure = cost if least_cost is None else min(cost, least_cost)
+        self._check_size(count, sure, timeout, lead_s, estimate)
         if self.in_flight + count > self.max_queue_texts:
             excess = self.in_flight + count - self.max_queue_texts
             raise QueueFullError(
@@ -293,10 +307,35 @@ class Scheduler:
         if reserved:
             return
         if not self.rate.known or (not self._jobs and busy_s <= 0):
-            return  # nothing measured yet, or idle: always try
-        start = busy_s + self.rate.cautious_seconds(self.max_batch_tokens)  # one batch
-        self._check_own_deadline(cost, deadline - now, start, now)
-        self._check_queued_deadlines(cost, now, start)
+            return  # nothing measured yet, or idle: always try (what can never fit is 413)
+        ahead, behind = self._place(cost, now)
+        finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
+        self._check_own_deadline(cost, finish, deadline - now)
+        if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
+            self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
+
+    def _place(self, cost: float, now: float) -> tuple[float, list[Job]]:
+        """Where a new job of ``cost`` would go in the serving order (``_serving_order``): the
+        queued cost that runs before it, and the queued jobs it would run before (in order)."""
+        own = self.size_class(cost)
+        ahead, behind = 0.0, []
+        for job in self._serving_order(now):
+            size = self.job_class(job)
+            if size < own or (size == own and (own < LARGE or self._large_key(job, now) <= cost)):
+                ahead += job.remaining
+            else:
+                behind.append(job)
+        return ahead, behind
+
+    def finish_in(self, cost: float, ahead: float, now: float, busy_s: float) -> float:
+        """Seconds until a new job of ``cost`` with ``ahead`` queued before it would be done:
+        the batch in flight, the batch granularity (the first batch that holds its texts
+        may carry other requests' texts as well: a short batch for a job of the smallest
+        class, a full one for the others), then the work ahead and its own at the cautious
+        rate."""
+        smallest = self.size_class(cost) == 0
+        filler = (SMALL_BATCH_SHARE if smallest else 1.0) * self.max_batch_tokens
+        return busy_s + self.rate.cautious_seconds(filler) + self._seconds(cost, ahead + cost, now)
 
     def reserve(
         self,
@@ -306,6 +345,8 @@ class Scheduler:
         timeout: float,
         now: float,
         busy_s: float,
+        lead_s: float = 0.0,
+        least_cost: float | None = None,
     ) -> Job:
         """Admit a job on an estimate of its cost and hold its place until its texts come.
 
@@ -313,9 +354,19 @@ class Scheduler:
         (classifying its queries, tokenising) is never spent on a request refused later,
         and requests admitted meanwhile see the work it will bring.
         """
-        self.admit_cost(count, cost, deadline, timeout, now, busy_s, estimate=True)
+        self.admit_cost(
+            count,
+            cost,
+            deadline,
+            timeout,
+            now,
+            busy_s,
+            estimate=True,
+            lead_s=lead_s,
+            least_cost=least_cost,
+        )
         job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
-        job.remaining = cost
+        job.remaining = job.cost = cost
         self._seq += 1
         job.seq = self._seq
         job.admitted = now
@@ -328,15 +379,22 @@ class Scheduler:
             job.reserved = False
             self._jobs = [j for j in self._jobs if j is not job]
 
-    def _check_size(self, count: int, cost: float, timeout: float) -> None:
+    def _check_size(
+        self, count: int, cost: float, timeout: float, lead_s: float, estimate: bool
+    ) -> None:
+        """413 for a job that can never be served: more texts than the queue holds, or more
+        model time (at the measured average rate, on an idle worker) than its timeout allows.
+        On exact token counts a job is tried up to ``TOO_LARGE_TIMEOUTS`` timeouts (the rate
+        may be pessimistic); on an estimate from characters (``estimate``), refused before
+        any work, it must fit within one timeout, ``lead_s`` (tokenising) included."""
         if count > self.max_queue_texts:
             raise RequestTooLargeError(
                 f"request needs {count} texts at once; the queue holds at most "
                 f"{self.max_queue_texts} (R3_MAX_QUEUE_TEXTS): send fewer items per request",
                 limit="R3_MAX_QUEUE_TEXTS",
             )
-        seconds = self.rate.seconds(cost)
-        if seconds > TOO_LARGE_TIMEOUTS * timeout:
+        seconds = self.rate.seconds(cost) + lead_s
+        if seconds > (1.0 if estimate else TOO_LARGE_TIMEOUTS) * timeout:
             raise RequestTooLargeError(
                 f"request needs about {seconds:.0f} s of model time at the measured rate "
                 f"({cost:.0f} tokens), more than the request timeout of {timeout:g} s "
@@ -344,33 +402,60 @@ class Scheduler:
                 limit="R3_REQUEST_TIMEOUT_S",
             )
 
-    def small_cost_per_s(self, now: float) -> float:
-        """Cost per second of the small jobs (one batch or less) admitted lately: a decayed
+    def size_class(self, cost: float) -> int:
+        """The size class of a job of ``cost`` (0: the smallest; ``LARGE``: over a batch)."""
+        budget = self.max_batch_tokens
+        return next((i for i, share in enumerate(SIZE_CLASSES) if cost <= share * budget), LARGE)
+
+    def job_class(self, job: Job) -> int:
+        """A queued job's size class: that of its cost when it came (texts of it that ride
+        along in other batches do not move it up), except that a large job whose remaining
+        work fits in a batch joins the largest class of one batch (being old, it goes first)."""
+        size = self.size_class(job.cost)
+        if size == LARGE and job.remaining <= self.max_batch_tokens:
+            return LARGE - 1
+        return size
+
+    def stream_cost_per_s(self, now: float, below: int = LARGE) -> float:
+        """Cost per second admitted lately in the size classes under ``below``: a decayed
         sum over the time it covers (so the first seconds of a stream count in full)."""
-        if self._small_first is None:
+        if self._stream_first is None:
             return 0.0
-        decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
-        covered = max(1.0, now - self._small_first)
+        decay = math.exp(-max(0.0, now - self._stream_at) / SMALL_WINDOW_S)
+        covered = max(1.0, now - self._stream_first)
         span = SMALL_WINDOW_S * (1.0 - math.exp(-covered / SMALL_WINDOW_S))
-        return self._small_cost * decay / max(span, 1.0)
+        return sum(self._stream[:below]) * decay / max(span, 1.0)
+
+    def small_cost_per_s(self, now: float) -> float:
+        """Cost per second of the jobs of one batch or less admitted lately."""
+        return self.stream_cost_per_s(now, LARGE)
+
+    def _count_stream(self, cost: float, now: float) -> None:
+        decay = math.exp(-max(0.0, now - self._stream_at) / SMALL_WINDOW_S)
+        self._stream = [c * decay for c in self._stream]
+        self._stream[self.size_class(cost)] += cost
+        self._stream_at = now
+        if self._stream_first is None:
+            self._stream_first = now
 
     def _seconds(self, cost: float, amount: float, now: float) -> float:
         """Seconds to drain ``amount`` of work ahead of, and including, a job of ``cost``.
 
-        A job larger than one batch gets what the stream of small jobs (which run
-        before it) leaves of the cautious rate, at least ``MIN_LARGE_SHARE`` of it.
+        A job gets what the stream of smaller classes' jobs (which will run before it)
+        leaves of the cautious rate, at least ``MIN_LARGE_SHARE`` of it.
         """
         rate = self.rate.cautious_cost_per_s
         if rate <= 0:
             return 0.0
-        if cost > self.max_batch_tokens:
-            rate = max(rate - self.small_cost_per_s(now), MIN_LARGE_SHARE * rate)
-        return amount / rate
+        smaller = self.stream_cost_per_s(now, self.size_class(cost))
+        return amount / max(rate - smaller, MIN_LARGE_SHARE * rate)
 
-    def _check_own_deadline(self, cost: float, time_left: float, start: float, now: float) -> None:
-        ahead = sum(job.remaining for job in self._jobs if job.remaining <= cost)
-        finish = start + self._seconds(cost, ahead + cost, now)
-        allowed = ADMIT_SHARE * time_left
+    def _check_own_deadline(self, cost: float, finish: float, time_left: float) -> None:
+        """A job of the smallest class may use all its time (no later job runs before it);
+        the others ``ADMIT_SHARE`` of it, the rest being slack for what their estimate
+        cannot see (more small jobs than planned, a slower machine)."""
+        share = 1.0 if self.size_class(cost) == 0 else ADMIT_SHARE
+        allowed = share * time_left
         if finish > allowed:
             raise DeadlineUnreachableError(
                 f"overloaded: the queued work ahead means this request would take about "
@@ -378,15 +463,17 @@ class Scheduler:
                 retry_after=finish - allowed,
             )
 
-    def _check_queued_deadlines(self, cost: float, now: float, start: float) -> None:
+    def _check_queued_deadlines(
+        self, cost: float, behind: Sequence[Job], ahead: float, now: float, busy_s: float
+    ) -> None:
+        """Refuse a large job that would push a queued one it overtakes, which would finish
+        before its deadline, past that deadline less its margin."""
         delay = self.rate.cautious_seconds(cost)
-        done = 0.0
-        for job in self._jobs:
+        done = ahead
+        for job in behind:
             done += job.remaining
-            if job.remaining <= cost:
-                continue  # runs before the new job
-            finish = now + start + self._seconds(job.remaining, done, now)
-            if finish <= job.deadline - job.margin < finish + delay:
+            finish = now + self.finish_in(job.remaining, done - job.remaining, now, busy_s)
+            if finish <= job.deadline and finish + delay > job.deadline - job.margin:
                 raise DeadlineUnreachableError(
                     "overloaded: this request would push queued requests past their deadlines",
                     retry_after=finish - now,
@@ -402,13 +489,7 @@ class Scheduler:
             self.cancel(job)
             job.remaining = 0.0
         cost = sum(w.cost for w in works)
-        if cost <= self.max_batch_tokens:
-            now = time.monotonic() if now is None else now
-            decay = math.exp(-max(0.0, now - self._small_at) / SMALL_WINDOW_S)
-            self._small_cost = self._small_cost * decay + cost
-            self._small_at = now
-            if self._small_first is None:
-                self._small_first = now
+        self._count_stream(cost, time.monotonic() if now is None else now)
         if not reserved:  # a reserved job keeps its place in arrival order and its age
             self._seq += 1
             job.seq = self._seq
@@ -490,29 +571,39 @@ class Scheduler:
         window = self._window(order)
         lengths = [w.tokens for w in window]
         budget = self.max_batch_tokens
-        if order[0].cost <= budget and any(job.cost > budget for job in order):
-            # A small request ahead of large ones: a short batch (less of the large ones'
-            # texts as filler), so that it, and the small ones behind it, are done soon.
+        if self.job_class(order[0]) < max(self.job_class(job) for job in order):
+            # A request ahead of larger ones: a short batch (less of the larger ones' texts
+            # as filler), so that it, and the small ones behind it, are done soon.
             budget = max(1, int(SMALL_BATCH_SHARE * budget))
         batches = cut_batches(lengths, budget, self.max_batch_size)
         return [window[i] for i in next(b for b in batches if 0 in b)]
 
     def _serving_order(self, now: float) -> list[Job]:
-        """Jobs whose remaining work fits in one batch first, oldest first; then the larger
-        ones by remaining cost less what the worker could have done while they waited (at
-        most one batch), so that none overtakes a job more than a batch larger than itself.
+        """Jobs by size class of their remaining work (``SIZE_CLASSES``), smallest first;
+        within a class of one batch or less, oldest first; the large ones by remaining
+        cost less what the worker could have done while they waited (at most one batch),
+        so that none overtakes a job more than a batch larger than itself.
 
-        Among small jobs, arrival order: ranking them by size too would let a steady stream
-        of short ones starve a job whose one long text is left (measured at 2x overload:
-        such 1-item requests queued 4 to 6 s while newer ones ran at once)."""
-        rate, budget = self.rate.cost_per_s, self.max_batch_tokens
+        Classes rather than sizes: ranking every small job by size let a steady stream of
+        short ones starve a job whose one long text was left (measured at 2x overload: such
+        1-item requests queued 4 to 6 s while newer ones ran at once); arrival order among
+        all jobs of a batch or less queued 1-item requests behind 8-item ones (1-item p50
+        1.6 s at 2x overload with a 5 s deadline). A large job only moves to a smaller class as
+        it is served (``job_class``), and, being old, goes first there."""
 
         def key(job: Job) -> tuple[int, float, int]:
-            if job.remaining <= budget:
-                return 0, job.admitted, job.seq
-            return 1, job.remaining - min(rate * max(0.0, now - job.admitted), budget), job.seq
+            size = self.job_class(job)
+            if size < LARGE:
+                return size, job.admitted, job.seq
+            return LARGE, self._large_key(job, now), job.seq
 
         return sorted(self._jobs, key=key)
+
+    def _large_key(self, job: Job, now: float) -> float:
+        """A large job's rank: its remaining cost less what the worker could have done while
+        it waited (at most one batch)."""
+        credit = self.rate.cost_per_s * max(0.0, now - job.admitted)
+        return job.remaining - min(credit, self.max_batch_tokens)
 
     def _window(self, jobs: Sequence[Job]) -> list[Work]:
         """The texts the next batch is cut from: jobs in serving order, up to and including

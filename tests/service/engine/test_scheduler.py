@@ -296,18 +296,33 @@ def test_a_large_request_plans_around_the_stream_of_small_ones(loop) -> None:  #
         scheduler.admit(large, deadline=now + 14.0, timeout=14.0, now=now, busy_s=0.0)
 
 
-def test_among_small_requests_the_one_waiting_longer_goes_first(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = Scheduler(max_batch_tokens=400, max_batch_size=32, max_queue_texts=4096)
+def test_smaller_size_classes_go_first_and_arrival_order_within_a_class(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
-    waiting = works(loop, [300])  # a larger small request, queued at t=0
-    scheduler.add(waiting, Job(deadline=100.0), now=0.0)
-    fresh = works(loop, [20])  # smaller, but arrives 0.5 s later
-    scheduler.add(fresh, Job(deadline=100.0), now=0.5)
-    # 308 - min(500, 400) < 28: not overtaken again (and 2 x 300 is over the budget)
-    assert scheduler.take(now=0.5).batch == waiting
-    large = works(loop, [100] * 40)
-    scheduler.add(large, Job(deadline=100.0), now=0.0)  # waited as long, but far larger
-    assert fresh[0] in scheduler.take(now=0.5).batch
+    older = works(loop, [120] * 8)  # an 8-item request: 1024, one batch
+    scheduler.add(older, Job(deadline=100.0), now=0.0)
+    newer = works(loop, [200] * 3)  # smaller (624), same class, arrives later
+    scheduler.add(newer, Job(deadline=100.0), now=0.1)
+    probe = works(loop, [30, 60])  # a 1-item request: 106, the smallest class
+    scheduler.add(probe, Job(deadline=100.0), now=0.5)
+    assert scheduler.size_class(106) < scheduler.size_class(624) == scheduler.size_class(1024)
+    assert scheduler.take(now=0.5).batch == probe  # overtakes both
+    assert scheduler.take(now=0.5).batch == older  # within a class, the one waiting longer
+    assert scheduler.take(now=0.5).batch == newer
+
+
+def test_a_request_with_a_long_text_left_waits_only_for_smaller_classes(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    first = works(loop, [10, 600])  # a short query and a long response: two batches
+    scheduler.add(first, Job(deadline=100.0), now=0.0)
+    assert first[0] in scheduler.take(now=0.0).batch  # its query ran; its response is left
+    for t in range(1, 4):  # newer requests of its own class: they never overtake it
+        scheduler.add(works(loop, [300, 300]), Job(deadline=100.0), now=float(t))
+    short = works(loop, [5, 5])  # a newer one of a smaller class runs first, in a short batch
+    scheduler.add(short, Job(deadline=100.0), now=3.0)
+    assert scheduler.take(now=3.5).batch == short
+    assert first[1] in scheduler.take(now=3.5).batch
 
 
 def test_large_requests_run_one_after_the_other(loop) -> None:  # type: ignore[no-untyped-def]
@@ -359,17 +374,6 @@ def test_texts_take_their_reserved_place_without_a_second_deadline_check(loop) -
         scheduler.admit(works(loop, [5] * 5000), 10.0, 10.0, 1.0, 0.0, reserved=True)
 
 
-def test_a_small_request_with_a_long_text_left_is_not_starved_by_newer_short_ones(loop) -> None:  # type: ignore[no-untyped-def]
-    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
-    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
-    first = works(loop, [10, 600])  # a short query and a long response: two batches
-    scheduler.add(first, Job(deadline=100.0), now=0.0)
-    assert first[0] in scheduler.take(now=0.0).batch  # its query ran; its response is left
-    for t in range(1, 4):  # a steady stream of short requests, each newer
-        scheduler.add(works(loop, [5, 5]), Job(deadline=100.0), now=float(t))
-    assert first[1] in scheduler.take(now=3.5).batch  # the oldest small request goes first
-
-
 def test_a_small_head_gets_a_short_batch_and_a_large_one_the_full_budget(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=64, max_queue_texts=4096)
     large = works(loop, [100 - TEXT_OVERHEAD] * 40)
@@ -389,3 +393,59 @@ def test_small_requests_alone_keep_the_full_budget(loop) -> None:  # type: ignor
         scheduler.add(works(loop, [100 - TEXT_OVERHEAD] * 2), Job(deadline=100.0), now=t / 100)
     batch = scheduler.take(now=1.0).batch
     assert len(batch) == 1024 // 92  # as many as the full budget holds
+
+
+def test_a_small_request_is_admitted_by_its_place_in_the_order(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)  # 1000 cost units per second
+    # Eight 8-item requests queued (8.2 s of work); the first one is due just after its
+    # estimated end (0.3 s in flight + 0.256 s short batch + 1.024 s = 1.58 s).
+    scheduler.add(works(loop, [120] * 8), Job(deadline=1.7, margin=0.2), now=0.0)
+    for _ in range(7):
+        scheduler.add(works(loop, [120] * 8), Job(deadline=100.0, margin=10.0), now=0.0)
+    probe = works(loop, [30, 60])  # a 1-item request (106): it runs before all of them
+    # In its place: the batch in flight, a short batch, itself = 0.66 s. Counting all
+    # queued work (or the first request's margin) it would have been refused.
+    scheduler.admit(probe, deadline=1.0, timeout=1.0, now=0.0, busy_s=0.3)
+    same_class = works(loop, [120] * 8)  # behind the eight: 0.3 + 1.024 + 9.216 s
+    with pytest.raises(DeadlineUnreachableError) as info:
+        scheduler.admit(same_class, deadline=5.0, timeout=5.0, now=0.0, busy_s=0.3)
+    assert info.value.retry_after == pytest.approx(0.3 + 1.024 + 9.216 - ADMIT_SHARE * 5.0)
+
+
+def test_a_small_request_that_would_miss_its_deadline_in_its_place_is_refused(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    for t in range(5):  # five older requests of its class: 1 s of work ahead of it
+        scheduler.add(works(loop, [92, 92]), Job(deadline=100.0), now=t / 10)
+    probe = works(loop, [30, 60])
+    with pytest.raises(DeadlineUnreachableError) as info:  # 0.3 + 0.256 + 1.106 s > 1 s
+        scheduler.admit(probe, deadline=1.5, timeout=1.0, now=0.5, busy_s=0.3)
+    assert info.value.retry_after == pytest.approx(0.3 + 0.256 + 1.106 - 1.0)
+    scheduler.admit(probe, deadline=2.2, timeout=1.7, now=0.5, busy_s=0.3)  # all its time
+
+
+def test_a_request_whose_least_cost_cannot_fit_even_alone_is_413_before_any_work(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    with pytest.raises(RequestTooLargeError) as info:  # idle, but 12 s of work in 10 s
+        scheduler.reserve(40, 20000.0, 10.0, 10.0, now=0.0, busy_s=0.0, least_cost=12000.0)
+    assert info.value.limit == "R3_REQUEST_TIMEOUT_S"
+    with pytest.raises(RequestTooLargeError):  # 8 s of model time after 3 s of tokenising
+        scheduler.reserve(40, 8000.0, 10.0, 10.0, now=0.0, busy_s=0.0, lead_s=3.0)
+    place = scheduler.reserve(40, 8000.0, 10.0, 10.0, now=0.0, busy_s=0.0, lead_s=1.0)
+    scheduler.cancel(place)  # 9 s alone: tried on an idle worker
+    # On exact token counts (its texts were admitted already) the tolerance is wider.
+    scheduler.admit_cost(40, 12000.0, 10.0, 10.0, now=0.0, busy_s=0.0)
+
+
+def test_tokenising_time_counts_in_a_busy_admission(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    # queued long ago (no stream of smaller requests to plan around now)
+    scheduler.add(works(loop, [120] * 8), Job(deadline=100.0), now=-100.0)
+    # 0.3 + 1.024 (a full batch) + 1.024 + 2.0 s <= 80% of 10 s: taken
+    place = scheduler.reserve(20, 2000.0, 10.0, 10.0, now=0.0, busy_s=0.3)
+    scheduler.cancel(place)
+    with pytest.raises(DeadlineUnreachableError):  # the same after 5 s of tokenising
+        scheduler.reserve(20, 2000.0, 10.0, 10.0, now=0.0, busy_s=0.3, lead_s=5.0)

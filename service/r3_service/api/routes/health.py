@@ -75,6 +75,7 @@ def refresh_metrics(state: ServiceState) -> None:
             hung_batches=sum(b.hung_batches for b in workers),
             expired_texts=sum(b.expired_texts for b in workers),
         )
+        state.metrics.sync_admission(engine.admitted_requests, engine.late_requests)
 
 
 @router.get("/metrics")
