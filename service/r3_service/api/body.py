@@ -1,9 +1,10 @@
 """Body-level checks of a JSON request, before any route parses it.
 
-Whatever the route: the body is UTF-8, nested at most ``max_depth`` arrays/objects deep,
-and every string in it, in any field, is at most ``max_chars`` characters and valid
-Unicode (no lone surrogate escapes such as ``"\\ud800"``). Cheap C-level scans run on
-every body; only a body they flag is parsed here, to name the field and item index.
+Whatever the route: the body is UTF-8 (not UTF-16 or UTF-32), nested at most
+``max_depth`` arrays/objects deep, and every string in it, in any field, is at most
+``max_chars`` characters and valid Unicode (no lone surrogate escapes such as
+``"\\ud800"``). Cheap C-level scans run on every body; only a body they flag is parsed
+here, to name the field and item index.
 """
 
 from __future__ import annotations
@@ -81,8 +82,31 @@ def json_depth(raw: bytes) -> int:
 SMALL_BODY = 4096
 
 
+def not_utf8(raw: bytes) -> BodyProblem | None:
+    """400 for a body that is not UTF-8 text, UTF-16 and UTF-32 included.
+
+    Python's ``json.loads`` would guess those from the NUL bytes and read them; JSON text
+    never holds a raw NUL (not even in a string), so one means another encoding.
+    """
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        reason = f"not UTF-8 (a NUL byte at offset {nul}: UTF-16 or UTF-32?)"
+    elif raw.isascii():
+        return None
+    else:
+        try:
+            raw.decode("utf-8")
+            return None
+        except UnicodeDecodeError as err:
+            reason = f"not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})"
+    return BodyProblem(400, f"body is not valid JSON: {reason}; send UTF-8 JSON")
+
+
 def check_json_body(raw: bytes, max_depth: int, max_chars: int) -> BodyProblem | None:
     """The first problem of a JSON body, or None (a body that is not JSON is left alone)."""
+    problem = not_utf8(raw)
+    if problem is not None:
+        return problem
     if len(raw) <= SMALL_BODY:
         return _check_small(raw, max_depth, max_chars)
     depth, longest = scan_json(raw)

@@ -100,8 +100,14 @@ def retry_after(seconds: float) -> str:
 QUERY_FORMS = 'a string, or a list of chat messages {"role": "user", "content": "..."}'
 
 
+#: Where FastAPI says a value came from: the first element of a validation error's ``loc``.
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
 def _detail_from_pydantic(error: dict[str, Any]) -> ErrorDetail:
-    loc = [part for part in error.get("loc", ()) if part != "body"]
+    loc = list(error.get("loc", ()))
+    if len(loc) > 1 and loc[0] in _SOURCES:  # ("query", "extra_logs") is extra_logs
+        loc = loc[1:]
     field = str(loc[0]) if loc else "body"
     index = next((p for p in loc[1:] if isinstance(p, int)), None)
     rest = [str(p) for p in loc[1:] if not isinstance(p, int)]
@@ -143,9 +149,16 @@ def _known_fields(field: str) -> str:
 
 
 def where(detail: ErrorDetail) -> str:
-    """``field[index]``, or ``field[index].sub`` for a sub-field such as ``query.content``."""
+    """The one spelling of a field and index, in messages and docs alike.
+
+    ``index`` is the position in the list the field names: for the item columns that is
+    the item (``query[0]``, ``query[0].role``, ``labels[3].qtype``); for an option's list,
+    the element (``options.stop_strings[0]``).
+    """
     if detail.index is None:
         return detail.field
+    if detail.field.startswith("options."):
+        return f"{detail.field}[{detail.index}]"
     base, _, sub = detail.field.partition(".")
     return f"{base}[{detail.index}]" + (f".{sub}" if sub else "")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3_service.api.body import BodyProblem, check_json_body
-from r3_service.api.errors import error_response
+from r3_service.api.errors import error_response, where
 from r3_service.api.schemas import ErrorDetail
 from r3_service.engine import request_started
 from r3_service.metrics import Metrics
@@ -158,8 +158,7 @@ async def _refuse(problem: BodyProblem, scope: Scope, receive: Receive, send: Se
     headers = None
     if problem.status == 422:
         details = [ErrorDetail(field=problem.field, index=problem.index, message=problem.message)]
-        where = problem.field if problem.index is None else f"{problem.field}[{problem.index}]"
-        message = f"{where}: {problem.message}"
+        message = f"{where(details[0])}: {problem.message}"
     else:
         message = problem.message
         headers = {"Connection": "close"}  # the rest of the body is never read

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from r3_service.reward.formula import Branch, QueryType, RewardOptions
 from r3_service.reward.text import DEFAULT_STOP_STRINGS
@@ -26,13 +26,20 @@ class ChatMessage(_Strict):
 Query = str | list[ChatMessage]
 
 
-def _upper(value: object) -> object:
-    """Query types are case-insensitive: ``"constrained"`` is ``CONSTRAINED``."""
-    return value.strip().upper() if isinstance(value, str) else value
+def qtype_name(value: object) -> object:
+    """A query type's name as sent, in upper case: ``"constrained"`` is ``CONSTRAINED``.
+
+    Only ASCII text is folded (and stripped): Unicode case folding maps look-alikes onto
+    the names (``"conſtrained"``, ``"constraıned"``, ``"conﬆrained"``), so anything else
+    is returned as it is and fails as an unknown type.
+    """
+    if isinstance(value, str) and value.isascii():
+        return value.strip().upper()
+    return value
 
 
-#: A query type as sent by callers: OPENENDED or CONSTRAINED, in any case.
-QTypeIn = Annotated[QueryType, BeforeValidator(_upper)]
+#: A query type as sent by callers: OPENENDED or CONSTRAINED, in any ASCII case.
+QTypeIn = Annotated[QueryType, BeforeValidator(qtype_name)]
 
 
 #: The defaults live in :class:`RewardOptions`; the schema shows the same values.
@@ -42,15 +49,17 @@ _DEFAULT_OPTIONS = RewardOptions()
 class RewardOptionsModel(_Strict):
     """The paper's ablation switches, stop strings and F's scale."""
 
-    length_incentive: bool = _DEFAULT_OPTIONS.length_incentive
-    repetition_penalty: bool = _DEFAULT_OPTIONS.repetition_penalty
-    relevance: bool = _DEFAULT_OPTIONS.relevance
-    reward_branching: bool = _DEFAULT_OPTIONS.reward_branching
+    # Strict types: a switch is true or false (not 0, 1, "off"), the length an integer (not
+    # true, "512" or 512.0); anything else is a 422 naming the option.
+    length_incentive: StrictBool = _DEFAULT_OPTIONS.length_incentive
+    repetition_penalty: StrictBool = _DEFAULT_OPTIONS.repetition_penalty
+    relevance: StrictBool = _DEFAULT_OPTIONS.relevance
+    reward_branching: StrictBool = _DEFAULT_OPTIONS.reward_branching
     stop_strings: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=64)]
         | None
     ) = Field(default=None, description="Replaces the default stop strings when given.")
-    max_sequence_length: Annotated[int, Field(ge=1, le=1_000_000)] = (
+    max_sequence_length: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = (
         _DEFAULT_OPTIONS.max_sequence_length
     )
     query_format: Literal["text", "alpaca"] = Field(

@@ -261,6 +261,101 @@ def test_body_checks_cover_every_field(
         assert (detail["field"], detail["index"]) == where
 
 
+# -- strict types, one spelling of fields, UTF-8 only -------------------------------------
+
+WRONG_TYPES = [
+    ({"max_sequence_length": True}, "options.max_sequence_length"),
+    ({"max_sequence_length": "512"}, "options.max_sequence_length"),
+    ({"max_sequence_length": 512.0}, "options.max_sequence_length"),
+    ({"relevance": "off"}, "options.relevance"),
+    ({"relevance": 0}, "options.relevance"),
+    ({"reward_branching": "true"}, "options.reward_branching"),
+]
+
+
+@pytest.mark.parametrize(("options", "field"), WRONG_TYPES, ids=[repr(o) for o, _ in WRONG_TYPES])
+def test_options_of_the_wrong_type_are_refused_not_coerced(
+    live_server: str, options: dict[str, object], field: str
+) -> None:
+    """Before: ``true`` was read as 1 (reward 0.0069 instead of 3.54), strings and 0 coerced."""
+    body = {"query": ["q"], "response": ["an answer"], "options": options}
+    answer = httpx.post(live_server + "/reward", json=body, timeout=30)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["details"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("qtype", "status"),
+    [
+        ("constrained", 200),
+        (" Constrained ", 200),
+        ("OPENENDED", 200),
+        ("conſtrained", 422),  # long s: "ſ".upper() == "S"
+        ("constraıned", 422),  # dotless i
+        ("conﬆrained", 422),  # the "st" ligature
+        ("\u3000constrained", 422),  # ideographic space
+    ],
+)
+def test_qtype_accepts_only_ascii_case_variants(live_server: str, qtype: str, status: int) -> None:
+    body = {"query": ["q"], "response": ["an answer"], "qtype": [qtype]}
+    answer = httpx.post(live_server + "/reward", json=body, timeout=30)
+    assert answer.status_code == status, answer.text
+    if status == 422:
+        detail = answer.json()["error"]["details"][0]
+        assert (detail["field"], detail["index"]) == ("qtype", 0)
+
+
+SAME_FIELD = [
+    (  # the body check (a lone surrogate) and the schema (too long) name one place
+        '{"query": [[{"role": "us\\udc00er", "content": "hi"}]], "response": ["x"]}',
+        json.dumps({"query": [[{"role": "r" * 65, "content": "hi"}]], "response": ["x"]}),
+        "query[0].role",
+    ),
+    (
+        '{"query": ["q"], "response": ["x"], "options": {"stop_strings": ["\\ud800"]}}',
+        json.dumps({"query": ["q"], "response": ["x"], "options": {"stop_strings": [""]}}),
+        "options.stop_strings[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("by_body_check", "by_schema", "where"), SAME_FIELD)
+def test_errors_spell_a_field_one_way_whichever_check_finds_them(
+    live_server: str, by_body_check: str, by_schema: str, where: str
+) -> None:
+    for raw in (by_body_check, by_schema):
+        answer = httpx.post(live_server + "/reward", content=raw.encode(), headers=JSON)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["message"].startswith(where + ": "), answer.text
+
+
+def test_a_bad_query_parameter_is_named(live_server: str) -> None:
+    """Before: the field was ``query`` (FastAPI's name for where the value came from)."""
+    body = {"query": ["a b"], "prompts": ["a"]}
+    answer = httpx.post(live_server + "/openrlhf/reward?extra_logs=maybe", json=body)
+    assert answer.status_code == 422
+    assert answer.json()["error"]["details"][0]["field"] == "extra_logs"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_bodies_not_in_utf8_are_400(live_server: str, encoding: str) -> None:
+    """Before: 200 (Python's JSON reader guesses UTF-16/32), and the depth scan, reading
+    bytes as UTF-8, missed 200-deep nesting in them (422 instead of 400)."""
+    for body in (
+        json.dumps({"query": ["q"], "response": ["an answer"]}),
+        '{"query": ["q"], "response": ["x"], "options": {"stop_strings": '
+        + "[" * 200
+        + "]" * 200
+        + "}}",
+    ):
+        answer = httpx.post(
+            live_server + "/reward", content=body.encode(encoding), headers=JSON, timeout=30
+        )
+        assert answer.status_code == 400, (encoding, answer.text[:200])
+        assert "not UTF-8" in answer.json()["error"]["message"]
+        assert is_error_shape(answer)
+
+
 def test_escaped_emoji_pairs_are_not_lone_surrogates(live_server: str) -> None:
     raw = json.dumps({"query": ["smile 😀"], "response": ["back 😀"]}, ensure_ascii=True)
     assert "\\ud83d" in raw

@@ -86,6 +86,8 @@ LABEL_CASES: list[tuple[Any, str | None, str | None]] = [
     (["4", "four"], "4", None),
     ([], None, None),
     ("{4} is the answer", "{4} is the answer", None),
+    # text that does not start like a JSON object ('{"' or '{}') is a reference
+    ("{1, 2, 3}", "{1, 2, 3}", None),
 ]
 
 
@@ -116,6 +118,10 @@ def test_missing_labels_column(live_server: str) -> None:
         ('{"reference": "4", "qtpye": "CONSTRAINED"}', "labels.qtpye", "unknown key"),
         ({"answer": "4"}, "labels.answer", "unknown key"),
         ({"reference": {"text": "4"}}, "labels.reference", "string"),
+        # a label object cut short: before, scored as a plain reference (0.85 for 5.12)
+        ('{"reference": "4", "qtype": "CONSTRAINED"', "labels", "starts like a JSON object"),
+        ('{"reference": "4"} and more', "labels", "starts like a JSON object"),
+        ({"reference": "4", "qtype": "conſtrained"}, "labels.qtype", "OPENENDED or CONSTRAINED"),
         ([[[[[[[[["deep"]]]]]]]]], "labels", "nested deeper"),
         ('{"reference": ' * 20 + '"x"' + "}" * 20, "labels", "nested deeper"),
         ("x" * 70_000, "labels", "too long"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -16,11 +17,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from r3_service.api.errors import validation_error
-from r3_service.api.schemas import ErrorResponse, OpenRLHFRequest, OpenRLHFResponse
+from r3_service.api.schemas import (
+    ErrorResponse,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    qtype_name,
+)
 from r3_service.api.state import EngineDep, ServiceState, StateDep, observe_rewards
 from r3_service.api.validation import check_items, check_same_length, check_text, check_texts
 from r3_service.config import Settings
-from r3_service.engine import QueueFullError, RewardBatch, RewardEngine, RewardItem
+from r3_service.engine import (
+    QueueFullError,
+    RequestTimeoutError,
+    RewardBatch,
+    RewardEngine,
+    RewardItem,
+)
+from r3_service.engine.engine import INLINE_CHARS
 from r3_service.reward.formula import QueryType, RewardOptions
 from r3_service.reward.text import split_prompt_response, user_text_from_prompt
 
@@ -66,19 +79,33 @@ def check_label(label: Any, index: int, settings: Settings) -> None:
         check_text("labels", index, json.dumps(label, ensure_ascii=False), settings)
 
 
+#: Text that starts like a JSON object: "{", then a key's quote or the closing brace.
+_OBJECT_START = re.compile(r'\{\s*["}]')
+
+
 def _as_object(text: str, index: int) -> dict[str, Any] | None:
-    """``text`` as a JSON object, or None when it is not one (too deep: 422)."""
-    if not text.startswith("{"):
+    """``text`` as a JSON object, or None when it does not start like one.
+
+    Text that starts like an object (``{"``, or ``{}``) must be one: a label cut short
+    (``{"reference": "4", "qtype": "CONSTRAINED"``) is a 422, not a reference scored with
+    the wrong formula. Other text, ``{1, 2, 3}`` or ``{x} + 1``, is a reference.
+    """
+    if _OBJECT_START.match(text) is None:
         return None
     try:
         value = json.loads(text)
     except RecursionError:
         value = None
-    except ValueError:
-        return None
+    except ValueError as exc:
+        raise validation_error(
+            "labels",
+            index,
+            f"starts like a JSON object but is not one ({exc}); send a label object, or a "
+            'reference that starts with "{" inside one: {"reference": "..."}',
+        ) from None
     if value is None or _label_depth(value) > MAX_LABEL_DEPTH:
         raise validation_error("labels", index, f"nested deeper than {MAX_LABEL_DEPTH} levels")
-    return value if isinstance(value, dict) else None
+    return dict(value)  # text that starts with "{" and parses is an object
 
 
 def _scalar_text(value: Any) -> str | None:
@@ -105,11 +132,12 @@ def _parse_object(obj: dict[str, Any], index: int) -> tuple[str | None, QueryTyp
     qtype = obj.get("qtype")
     if qtype is None:
         return _scalar_text(reference), None
-    if not isinstance(qtype, str) or qtype.strip().upper() not in QueryType.__members__:
+    name = qtype_name(qtype)
+    if name not in QueryType.__members__:
         raise validation_error(
             "labels.qtype", index, f"must be OPENENDED or CONSTRAINED (any case), got {qtype!r}"
         )
-    return _scalar_text(reference), QueryType(qtype.strip().upper())
+    return _scalar_text(reference), QueryType(name)
 
 
 def parse_label(label: Any, index: int) -> tuple[str | None, QueryType | None]:
@@ -162,6 +190,37 @@ def response_of(sequence: str, prompt: str) -> str:
     return split_prompt_response(sequence, prompt)
 
 
+def read_items(
+    sequences: Sequence[str],
+    prompts: Sequence[str],
+    labels: Sequence[Any],
+    settings: Settings,
+    deadline: float,
+) -> list[RewardItem]:
+    """The items of an OpenRLHF request, each checked: the prompt's user turns, the
+    response, the label's reference and query type. Past ``deadline`` (the request's, in
+    monotonic seconds): :class:`RequestTimeoutError` (504), checked between items."""
+    check_texts("query", sequences, settings)
+    check_texts("prompts", prompts, settings)
+    items = []
+    for index, (sequence, prompt, label) in enumerate(zip(sequences, prompts, labels)):
+        if time.monotonic() > deadline:
+            raise RequestTimeoutError(f"reading item {index} of {len(sequences)} took too long")
+        check_label(label, index, settings)
+        reference, qtype = parse_label(label, index)
+        if reference is not None:
+            check_text("labels", index, reference, settings)
+        items.append(
+            RewardItem(
+                query=user_text_from_prompt(prompt),
+                response=response_of(sequence, prompt),
+                reference=reference,
+                qtype=qtype,
+            )
+        )
+    return items
+
+
 def scores_of(rewards: Sequence[float], options: RewardOptions) -> list[float]:
     """``reward / (max_sequence_length / 100)``, the top of F, clipped to [0, 1]."""
     top = options.max_sequence_length / 100.0
@@ -210,23 +269,14 @@ async def openrlhf_reward(
     check_items("query", body.query, settings)
     check_same_length("prompts", body.prompts, n)
     check_same_length("labels", body.labels, n)
-    check_texts("query", body.query, settings)
-    check_texts("prompts", body.prompts, settings)
     labels = body.labels if body.labels is not None else [None] * n
-    items = []
-    for index, (sequence, prompt, label) in enumerate(zip(body.query, body.prompts, labels)):
-        check_label(label, index, settings)
-        reference, qtype = parse_label(label, index)
-        if reference is not None:
-            check_text("labels", index, reference, settings)
-        items.append(
-            RewardItem(
-                query=user_text_from_prompt(prompt),
-                response=response_of(sequence, prompt),
-                reference=reference,
-                qtype=qtype,
-            )
-        )
+    weight = sum(map(len, body.query)) + sum(map(len, body.prompts))
+    weight += sum(len(label) if isinstance(label, str) else 64 for label in labels)
+    args = (body.query, body.prompts, labels, settings, engine.deadline())
+    if weight <= INLINE_CHARS:
+        items = read_items(*args)
+    else:  # linear, but tens of milliseconds for a large body: off the event loop
+        items = await asyncio.to_thread(read_items, *args)
     result = await score_when_admitted(engine, items, state)
     observe_rewards(state, "/openrlhf/reward", result, response)
     logs = {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Response
 
 from r3_service.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ErrorResponse,
+    Query,
     RelevanceRequest,
     RelevanceResponse,
     ResponseCuts,
@@ -22,7 +26,9 @@ from r3_service.api.validation import (
     check_texts,
     query_texts,
 )
+from r3_service.config import Settings
 from r3_service.engine import RewardItem
+from r3_service.engine.engine import INLINE_CHARS
 from r3_service.reward.formula import QueryType, RewardOptions
 from r3_service.reward.text import alpaca_query
 
@@ -31,6 +37,25 @@ router = APIRouter(tags=["reward"])
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503, 504)
 }
+
+
+def request_chars(queries: Sequence[Query], *columns: Sequence[str | None]) -> int:
+    """Characters of a request's texts (chat messages counted by their content)."""
+    chars = sum(len(q) if isinstance(q, str) else sum(len(m.content) for m in q) for q in queries)
+    return chars + sum(len(text) for column in columns for text in column if text)
+
+
+def read_texts(
+    body: RewardRequest, references: Sequence[str | None], settings: Settings
+) -> list[str]:
+    """The plain query texts of a /reward body (Alpaca-normalised when asked), after
+    checking every text of it."""
+    queries = query_texts(body.query, settings)
+    check_texts("response", body.response, settings)
+    check_texts("reference", references, settings)
+    if body.options is not None and body.options.query_format == "alpaca":
+        queries = [alpaca_query(q) for q in queries]
+    return queries
 
 
 @router.post("/reward", response_model=RewardResponse, responses=_ERRORS)
@@ -44,15 +69,13 @@ async def reward(
     check_same_length("response", body.response, n)
     check_same_length("reference", body.reference, n)
     check_same_length("qtype", body.qtype, n)
-    queries = query_texts(body.query, settings)
-    check_texts("response", body.response, settings)
     references = body.reference or [None] * n
-    check_texts("reference", references, settings)
     qtypes = body.qtype or [None] * n
-
     opts = body.options
-    if opts is not None and opts.query_format == "alpaca":
-        queries = [alpaca_query(q) for q in queries]
+    if request_chars(body.query, body.response, references) <= INLINE_CHARS:
+        queries = read_texts(body, references, settings)
+    else:  # linear, but tens of milliseconds for a large body: off the event loop
+        queries = await asyncio.to_thread(read_texts, body, references, settings)
     options = opts.to_options() if opts else RewardOptions()
     items = [
         RewardItem(query=q, response=r, reference=ref, qtype=t)
@@ -98,7 +121,10 @@ async def relevance(
 async def classify(body: ClassifyRequest, engine: EngineDep, state: StateDep) -> ClassifyResponse:
     """Query type of each query, with P(OPENENDED)."""
     check_items("query", body.query, state.settings)
-    queries = query_texts(body.query, state.settings)
+    if request_chars(body.query) <= INLINE_CHARS:
+        queries = query_texts(body.query, state.settings)
+    else:
+        queries = await asyncio.to_thread(query_texts, body.query, state.settings)
     probs = await engine.classify(queries)
     state.metrics.items.labels("/classify").inc(len(queries))
     classifier = engine.classifier
