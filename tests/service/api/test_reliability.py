@@ -183,6 +183,28 @@ def test_deadline_gives_504_and_drops_queued_work(serve) -> None:  # type: ignor
         assert reward(server.url, ["fresh"]).status_code == 200
         assert encoder.vocab["zebra"] not in encoder.seen_ids
         assert metric(server.url, "r3_queue_size") == 0
+        # Both were admitted (the worker looked idle), then missed their deadline: counted.
+        assert metric(server.url, "r3_admitted_late_requests_total") == 2
+        assert metric(server.url, "r3_admitted_requests_total") == 3
+
+
+def test_long_texts_that_cannot_fit_the_deadline_are_413_before_any_work(serve) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: many 50,000-character responses, within every limit, are refused from
+    their lengths (413, no Retry-After) on an idle server, not run until a 504."""
+    server, encoder = serve(request_timeout_s=1.0)
+    with server:
+        words = "zebra " * 8_000  # 48,000 characters, 512 tokens once truncated
+        body = {
+            "query": [f"question {i}" for i in range(64)],
+            "response": [f"{i} {words}" for i in range(64)],
+            "qtype": ["OPENENDED"] * 64,
+        }
+        answer = httpx.post(server.url + "/reward", json=body, timeout=60)
+        assert answer.status_code == 413, answer.text
+        assert "R3_REQUEST_TIMEOUT_S" in answer.json()["error"]["message"]
+        assert "retry-after" not in answer.headers
+        assert metric(server.url, "r3_rejected_requests_total", reason="too_large") == 1
+        assert encoder.vocab["zebra"] not in encoder.seen_ids
 
 
 def test_disconnected_client_work_is_dropped_and_counted_499(serve) -> None:  # type: ignore[no-untyped-def]

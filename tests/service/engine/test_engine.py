@@ -17,6 +17,8 @@ from r3_service.engine import (
     DeadlineUnreachableError,
     EmbeddingCache,
     EngineConfig,
+    RequestTimeoutError,
+    RequestTooLargeError,
     RewardEngine,
     RewardItem,
 )
@@ -334,5 +336,97 @@ async def test_a_refused_request_costs_no_typing_and_typing_counts_in_admission(
         assert (await engine.score(small)).qtype == [QueryType.OPENENDED]
         assert classifier.typed == 1
         assert engine.batcher.scheduler._jobs == []  # no place left behind
+    finally:
+        engine.stop()
+
+
+class BatchRecorder(ThreadRecorder):
+    """Also records the token ids of every batch the model runs, in order."""
+
+    def __init__(self, inner: Encoder) -> None:
+        super().__init__(inner)
+        self.batches: list[list[tuple[int, ...]]] = []
+
+    def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        vectors = super().embed_tokens(batch)
+        self.batches.append([tuple(ids) for ids in batch])
+        return vectors
+
+
+def typed(texts: Sequence[tuple[str, str]]) -> list[RewardItem]:
+    return [RewardItem(query=q, response=r, qtype=QueryType.OPENENDED) for q, r in texts]
+
+
+async def test_one_item_request_is_admitted_and_runs_before_8_item_ones(encoder) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24 at the engine: 8-item requests are admitted until their deadline is
+    reached; a 1-item request that comes after them runs before them, so it is still
+    admitted (its wait counts only the batch in flight), and its texts run first."""
+    recorder = BatchRecorder(encoder)
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=10.0))
+    engine.start(calibrate=False)
+    try:
+        busy = await occupy_worker(engine, recorder)  # 100 cost units per second
+        eights: list[asyncio.Future[Any]] = []
+        for i in range(20):  # each about 260 cost units: 2.6 s of the 8 s they may use
+            items = typed([(f"eight {i} {k}", f"answer {i} {k} " * 5) for k in range(8)])
+            task = asyncio.ensure_future(engine.score(items))
+            await asyncio.sleep(0)  # it runs until it waits: admitted and queued, or refused
+            if task.done():
+                with pytest.raises(DeadlineUnreachableError):
+                    task.result()
+                break
+            eights.append(task)
+        else:
+            pytest.fail("the queue of 8-item requests never reached their deadline")
+        assert eights  # some were taken before the queue reached their deadline
+        probe = typed([("one question", "one short answer")])
+        small = asyncio.ensure_future(engine.score(probe))
+        await asyncio.sleep(0)
+        assert not small.done()  # admitted (a refusal raises at once)
+        recorder.release.set()
+        assert len((await small).rewards) == 1
+        await asyncio.gather(busy, *eights, return_exceptions=True)
+        answer_ids = tuple(encoder.tokenize(["one short answer"])[0])
+        ran = [i for i, batch in enumerate(recorder.batches) if answer_ids in batch]
+        assert ran == [1]  # the first batch after the one holding the worker
+    finally:
+        engine.stop()
+
+
+async def test_long_texts_that_cannot_fit_alone_are_413_before_tokenising(encoder) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22: many 50,000-character responses (within every limit) on an idle engine
+    are refused from their lengths, before any work, not discovered at 504."""
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=5.0))
+    engine.start(calibrate=False)
+    try:  # 1000 cost units per second; a truncated 512-token text costs about 860
+        engine.batcher.scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+        calls = len(recorder.tokenize_threads)
+        words = "word " * 10_000
+        long = typed([(f"q {i}", f"{i} {words}") for i in range(8)])  # 7 s of model time
+        with pytest.raises(RequestTooLargeError) as info:
+            await engine.score(long)
+        assert info.value.limit == "R3_REQUEST_TIMEOUT_S"
+        assert len(recorder.tokenize_threads) == calls  # refused before any tokenisation
+        assert engine.batcher.scheduler._jobs == []  # no place left behind
+        result = await engine.score(long[:2])  # 1.7 s alone: tried, and answered
+        assert len(result.rewards) == 2
+    finally:
+        engine.stop()
+
+
+async def test_an_admitted_request_that_misses_its_deadline_is_counted_late(encoder) -> None:  # type: ignore[no-untyped-def]
+    recorder = ThreadRecorder(encoder)
+    engine = RewardEngine(recorder, EngineConfig(request_timeout_s=0.5, hung_batch_s=60))
+    engine.start(calibrate=False)
+    try:
+        recorder.hold.set()  # the machine "slows" after admission: the batch hangs
+        with pytest.raises(RequestTimeoutError):
+            await engine.score(typed([("admitted, then late", "an answer")]))
+        assert (engine.admitted_requests, engine.late_requests) == (1, 1)
+        recorder.release.set()
+        recorder.hold.clear()
+        await engine.score(typed([("in time", "an answer")]))
+        assert (engine.admitted_requests, engine.late_requests) == (2, 1)
     finally:
         engine.stop()
