@@ -394,37 +394,52 @@ def _gpu_run(
     return run
 
 
-def phase_http(check: Check) -> None:
-    def run() -> Any:
-        for module in ("fastapi", "uvicorn", "pydantic_settings"):
-            try:
-                __import__(module)
-            except ImportError:
-                return f"{NOT_RUN}: {module} is not installed"
-        names = check.models()
-        chosen = (check.folder(names[-1], "fp16") if check.cuda else None) or check.folder(
-            names[0], "fp32"
-        )
-        if chosen is None:
-            return f"{NOT_RUN}: no model"
-        out = check.out / "http_overload.json"
-        args = (
-            ["--seconds", "2", "--capacity-seconds", "2", "--levels", "1", "--large-items", "8"]
-            if check.quick
-            else ["--seconds", "10", "--capacity-seconds", "6", "--levels", "1,2,4"]
-        )
-        command = [sys.executable, str(HERE / "bench_overload.py"), "--model", str(chosen)]
-        command += ["--port", str(_free_port()), "--json", str(out), *args]
-        # A random model has no query-type classifier: its untyped items are OPENENDED.
-        env = {**os.environ, "R3_ALLOW_NO_CLASSIFIER": "true"}
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=max(30.0, check.budget.left()), env=env
-        )
-        if done.returncode != 0:
-            return {"error": done.stderr[-2000:]}
-        return {"model": str(chosen), **json.loads(out.read_text()), "table": done.stdout}
+#: bench_overload.py runs of the HTTP phase: (key, quick arguments, full arguments). The
+#: second is issue 24's check of admission by place in the scheduling order: 1-item
+#: probes every 0.1 s beside open-loop 8-item requests, 5 s deadline, qtype given.
+HTTP_RUNS = (
+    (
+        "bench_overload",
+        ["--seconds", "2", "--capacity-seconds", "2", "--levels", "1", "--large-items", "8"],
+        ["--seconds", "10", "--capacity-seconds", "6", "--levels", "1,2,4"],
+    ),
+    (
+        "bench_overload_small_first",
+        ["--case", "small-first", "--seconds", "2", "--capacity-seconds", "2", "--levels", "2"],
+        ["--case", "small-first", "--seconds", "10", "--capacity-seconds", "6"],
+    ),
+)
 
-    check.run("http", "bench_overload", run)
+
+def _http_run(check: Check, name: str, args: list[str]) -> Any:
+    for module in ("fastapi", "uvicorn", "pydantic_settings"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{NOT_RUN}: {module} is not installed"
+    names = check.models()
+    chosen = (check.folder(names[-1], "fp16") if check.cuda else None) or check.folder(
+        names[0], "fp32"
+    )
+    if chosen is None:
+        return f"{NOT_RUN}: no model"
+    out = check.out / f"http_{name}.json"
+    command = [sys.executable, str(HERE / "bench_overload.py"), "--model", str(chosen)]
+    command += ["--port", str(_free_port()), "--json", str(out), *args]
+    # A random model has no query-type classifier: its untyped items are OPENENDED.
+    env = {**os.environ, "R3_ALLOW_NO_CLASSIFIER": "true"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=max(30.0, check.budget.left()), env=env
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    return {"model": str(chosen), **json.loads(out.read_text()), "table": done.stdout}
+
+
+def phase_http(check: Check) -> None:
+    for name, quick, full in HTTP_RUNS:
+        args = quick if check.quick else full
+        check.run("http", name, partial(_http_run, check, name, args))
 
 
 def _free_port() -> int:
@@ -445,13 +460,15 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"[{section}]")
         for key, value in results.get(section, {}).items():
             lines.append(f"  {key}: {_short(value)}")
-    http = results.get("http", {}).get("bench_overload")
     lines.append("[http]")
-    lines.append(
-        http["table"].rstrip()
-        if isinstance(http, dict) and "table" in http
-        else f"  {_short(http)}"
-    )
+    for name, _, _ in HTTP_RUNS:
+        http = results.get("http", {}).get(name)
+        lines.append(f"  {name}:")
+        lines.append(
+            http["table"].rstrip()
+            if isinstance(http, dict) and "table" in http
+            else f"  {_short(http)}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -43,3 +43,8 @@ def test_gpu_check_runs_without_a_gpu_and_marks_the_gpu_parts(tmp_path: Path) ->
     level = http["levels"][0]
     assert level["capacity_items_per_s"] > 0 and level["goodput_items_per_s"] > 0
     assert "not run: no CUDA device" in summary and "goodput" in summary
+    # Issue 24's case covers admission by place: 1-item probes beside 8-item requests.
+    probes = results["http"]["bench_overload_small_first"]["levels"][0]
+    assert probes["factor"] == 2 and sum(probes["small"].values()) > 0
+    assert probes["admitted_requests"] > 0 and probes["admitted_late_requests"] >= 0
+    assert "bench_overload_small_first" in summary and "1-item time" in summary
