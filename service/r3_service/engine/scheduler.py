@@ -1,10 +1,12 @@
 """Which texts run next, and which requests are taken at all. No threads: ``Batcher`` locks it.
 
-**Order: shortest remaining job first.** Each submission (one request's new texts) is a
-job. Jobs run in order of their remaining cost (token counts plus a per-text overhead),
-ties by arrival. So a 1-item request that arrives behind a 500-item one runs in the
-next batch, while requests of similar size run first come, first served, each finishing
-as early as it can (no request is slowed down by sharing the worker with its peers).
+**Order: smaller size classes first.** Each submission (one request's new texts) is a
+job, costed by its token counts plus a per-text overhead. Jobs of one batch or less fall
+in size classes (a quarter, a half, a whole token budget, by their cost when they came)
+and run smallest class first, in arrival order within a class; larger jobs run after
+them, shortest remaining first. So a 1-item request runs before queued 8-item ones and a
+500-item one, while requests of similar size run first come, first served, each
+finishing as early as it can.
 
 **Padding.** A batch is not just the head job's next texts: a window of the next few
 batches' worth of texts (in job order) is sorted by token length and cut by the token
@@ -14,14 +16,14 @@ one after the other.
 
 **Admission by place in the order.** The drain rate (cost per second of batch time, an
 EWMA over batches) turns costs into seconds. A new job's wait counts only the work the
-scheduler runs before it: the batch in flight, then, for a small job, the small jobs queued
-before it (never the large ones, which it overtakes); for a large job, every small job, the
-large jobs whose turn comes before its own, and the small jobs expected to arrive while it
-waits. A small job is refused only when it would miss its deadline in that place; a large
-one must finish within ``ADMIT_SHARE`` of its time (the rest is slack for estimate errors)
-and must not push a queued larger job that would make its deadline past it. A refusal
-says, in ``retry_after``, the seconds until the job would fit. On an idle engine every job
-that can finish alone is tried; one that cannot even alone is too large (413).
+scheduler runs before it: the batch in flight, one batch of granularity, the queued jobs
+of smaller classes and the older ones of its own class (for a large job, the large jobs
+whose turn comes first), at what the recent stream of smaller classes' jobs (which will
+overtake it) leaves of the rate. A job of the smallest class may use all its time; the
+others ``ADMIT_SHARE`` of it (slack for estimate errors); a large job must also not push
+a queued larger one that would make its deadline past it. A refusal says, in
+``retry_after``, the seconds until the job would fit. On an idle engine every job that can
+finish alone is tried; one that cannot even alone is too large (413).
 
 **Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
 never run; texts nobody waits for any more are dropped.
