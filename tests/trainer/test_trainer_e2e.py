@@ -166,7 +166,7 @@ def test_tokens_trained_on_spell_the_text_the_service_scored(
         for early_stop in (stops, []):  # [] as when the service's list could not be read
             trainer._stop_strings = early_stop
             torch.manual_seed(3)
-            samples = trainer._generate(examples)
+            samples = trainer.sample(examples)
             scores = trainer._score(examples, samples.texts)
             batches.append((samples, scores, trainer._rollouts(samples, scores)))
     finally:

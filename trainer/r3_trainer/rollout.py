@@ -137,14 +137,22 @@ class Rollouts:
         return int(self.input_ids.shape[0])
 
     def select(self, index: torch.Tensor | list[int]) -> Rollouts:
-        """The rollouts at ``index``, trimmed to their longest response."""
+        """The rollouts at ``index``, trimmed to their longest prompt and longest response.
+
+        Prompts are left-padded to the widest prompt of the whole batch; the columns that are
+        padding in every selected row are dropped (positions count from each row's first real
+        token, so log-probs and values do not change), which saves their compute.
+        """
         idx = torch.as_tensor(index, dtype=torch.long)
         mask = self.response_mask[idx]
         width = self.response_start + max(int(mask.sum(1).max()), 1)
+        prompt_mask = self.attention_mask[idx, : self.response_start]
+        real = prompt_mask.any(0).nonzero()
+        lead = min(int(real[0]) if len(real) else self.response_start, self.response_start - 1)
         return Rollouts(
-            self.input_ids[idx, :width],
-            self.attention_mask[idx, :width],
-            self.response_start,
+            self.input_ids[idx, lead:width],
+            self.attention_mask[idx, lead:width],
+            self.response_start - lead,
             mask[:, : width - self.response_start],
             [self.texts[i] for i in idx.tolist()],
         )

@@ -248,7 +248,11 @@ class PPOTrainer:
                     return []
         return self._stop_strings
 
-    def _generate(self, examples: list[Example], do_sample: bool = True) -> Samples:
+    def sample(self, examples: Sequence[Example], *, do_sample: bool = True) -> Samples:
+        """Responses of the current policy to ``examples`` (sampled as in training, or greedy).
+
+        Does not touch the optimizer; sampling draws from torch's global random state.
+        """
         cfg, tok = self.cfg, self.tokenizer
         prompts = [
             format_prompt(
@@ -301,8 +305,11 @@ class PPOTrainer:
         values = torch.zeros(n, width, device=self.device)
         ref_logprobs = torch.zeros(n, width, device=self.device)
         self.policy.eval()
+        # Rows of similar prompt and response length together: less padding to compute.
+        prompt_len = rollouts.attention_mask[:, : rollouts.response_start].sum(1)
+        order = sorted(range(n), key=lambda i: (int(prompt_len[i]), int(rollouts.lengths[i])))
         for start in range(0, n, cfg.forward_batch_size):
-            idx = list(range(start, min(n, start + cfg.forward_batch_size)))
+            idx = order[start : start + cfg.forward_batch_size]
             sub = rollouts.select(idx)
             w = sub.response_mask.shape[1]
             lp, _, v = self.policy(
@@ -333,7 +340,7 @@ class PPOTrainer:
         cfg = self.cfg
         clock = [time.perf_counter()]
         examples = self.stream.next_batch(cfg.batch_size, self.rank, self.world)
-        samples = self._generate(examples)
+        samples = self.sample(examples)
         clock.append(time.perf_counter())
         scores = self._score(examples, samples.texts)
         clock.append(time.perf_counter())
@@ -430,6 +437,8 @@ class PPOTrainer:
             "time_forward_s": clock[3] - clock[2],
             "time_train_s": clock[4] - clock[3],
             "rollouts_per_s": n_all / elapsed if elapsed > 0 else float("nan"),
+            # Other work on the machine slows a step: the 1-minute load average at its end.
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
         }
 
     def _ppo_update(
@@ -528,7 +537,7 @@ class PPOTrainer:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # leaves the training RNG untouched
             torch.manual_seed(cfg.seed)
-            samples = self._generate(self.eval_examples, do_sample=not cfg.eval_greedy)
+            samples = self.sample(self.eval_examples, do_sample=not cfg.eval_greedy)
         scores = self._score(self.eval_examples, samples.texts)
         rollouts = self._rollouts(samples, scores)
         lengths = rollouts.lengths.tolist()
@@ -630,6 +639,15 @@ class PPOTrainer:
             raise
         self.step += 1
         row = {"step": self.step, **row}
+        if self.is_main:
+            log.info(
+                "step %d: reward %.4f, kl %.3f, length %.1f tokens, %.1f s",
+                self.step,
+                row["reward_mean"],
+                row["kl"],
+                row["response_length_mean"],
+                row["time_step_s"],
+            )
         finished = self.step == cfg.steps
         if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or finished):
             row.update(self.evaluate())
