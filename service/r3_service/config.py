@@ -110,6 +110,18 @@ class Settings(BaseSettings):
         default=32, ge=4, description="Nesting of arrays and objects in a body (deeper: 400)."
     )
     max_items_per_request: int = Field(default=512, ge=1, description="Items in one request.")
+    max_item_elements: int = Field(
+        default=256,
+        ge=1,
+        description="Elements of a list or object inside one item: a chat's messages, a "
+        "label's elements (more: 422, before the body is parsed).",
+    )
+    max_json_values: int = Field(
+        default=32_768,
+        ge=64,
+        description="JSON values (strings, numbers, lists, objects...) in one body (more: 413, "
+        "before it is parsed): keeps parsing and validation within tens of milliseconds.",
+    )
     max_chars_per_text: int = Field(
         default=50_000, ge=1, description="Characters in one text (longer: 422)."
     )

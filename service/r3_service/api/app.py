@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from r3_service import __version__
+from r3_service.api.body import ElementLimits
 from r3_service.api.docs import install_docs
 from r3_service.api.errors import install_error_handlers
 from r3_service.api.middleware import (
@@ -185,6 +186,11 @@ def create_app(
         timeout_s=settings.body_timeout_s,
         max_depth=settings.max_json_depth,
         max_chars=settings.max_chars_per_text,
+        limits=ElementLimits(
+            max_items=settings.max_items_per_request,
+            max_item_elements=settings.max_item_elements,
+            max_values=settings.max_json_values,
+        ),
     )
     if settings.api_key_list:
         open_paths = {"/healthz", "/readyz"} | (set() if settings.metrics_auth else {"/metrics"})

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from r3_service.api.body import BodyProblem, check_json_body
+from r3_service.api.body import BodyProblem, ElementLimits, check_json_body
 from r3_service.api.errors import error_response, where
 from r3_service.api.schemas import ErrorDetail
 from r3_service.engine import request_started
@@ -40,6 +40,8 @@ class BodyMiddleware:
     - larger than ``max_bytes`` (by Content-Length or by counting a stream): 413;
     - not complete within ``timeout_s`` of the headers: 408;
     - JSON (or no content type) that is not UTF-8 or nested deeper than ``max_depth``: 400;
+    - more values than ``limits`` allow: 413 for the body, 422 naming the field and item
+      for a column or an item's list (counted on the bytes, before anything is parsed);
       a string in any field over ``max_chars`` or with a lone surrogate: 422 naming the
       field and item index (``api/body.py``).
 
@@ -54,12 +56,14 @@ class BodyMiddleware:
         timeout_s: float = 30.0,
         max_depth: int = 32,
         max_chars: int = 50_000,
+        limits: ElementLimits | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_depth = max_depth
         self.max_chars = max_chars
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in _NO_BODY:
@@ -112,7 +116,7 @@ class BodyMiddleware:
                 return b"".join(chunks)
 
     async def _inspect(self, body: bytes) -> BodyProblem | None:
-        args = (body, self.max_depth, self.max_chars)
+        args = (body, self.max_depth, self.max_chars, self.limits)
         if len(body) <= _INLINE_BODY_BYTES:
             return check_json_body(*args)
         return await asyncio.get_running_loop().run_in_executor(None, check_json_body, *args)

@@ -363,6 +363,98 @@ def test_escaped_emoji_pairs_are_not_lone_surrogates(live_server: str) -> None:
     assert answer.status_code == 200
 
 
+# -- the event loop stays free while a hostile body is read -------------------------------
+
+#: Longest /healthz round trip allowed while one hostile request is read and checked: the
+#: issue's ~100 ms for the event loop, plus the probe's own round trip on 2 busy cores.
+LOOP_LAG_S = 0.25
+
+
+class LoopLagProbe:
+    """GET /healthz back to back on one connection, in a thread; the longest round trip
+    measures how long the server's event loop was kept from answering."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.client = httpx.Client(base_url=url, timeout=60)
+        self.longest = 0.0
+        self.count = 0
+        self.running = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            started = time.perf_counter()
+            assert self.client.get("/healthz").status_code == 200
+            self.longest = max(self.longest, time.perf_counter() - started)
+            self.count += 1
+            self.running.set()
+
+    def __enter__(self) -> LoopLagProbe:
+        self.thread.start()
+        assert self.running.wait(30), "the probe got no answer"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.client.close()
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+LAGGING_BODIES = [
+    (  # the quadratic Llama-2 pattern: /healthz stalled 9.4 s
+        "llama2 markers",
+        "/openrlhf/reward",
+        _compact({"query": ["[INST]" * 8333 + "ok"] * 4, "prompts": ["[INST]" * 8333] * 4}),
+        200,
+    ),
+    (  # 15 MB of chat messages: stalled 3.1 s, RSS +665 MB
+        "512 chats of 1,000 messages",
+        "/reward",
+        _compact(
+            {
+                "query": [[{"role": "user", "content": "hi"}] * 1000] * 512,
+                "response": ["x"] * 512,
+            }
+        ),
+        413,
+    ),
+    (  # 16 MB of zeros in one label
+        "a label of 8M zeros",
+        "/openrlhf/reward",
+        _compact({"query": ["a b"], "prompts": ["a"], "labels": [[0] * 8_000_000]}),
+        413,
+    ),
+    (  # the classifier's features and prompt cleaning backtracked over whitespace
+        "untyped queries of long whitespace runs",
+        "/reward",
+        _compact(
+            {"query": ["a" + " " * 40_000 + "b?", "a" + "\n" * 40_000 + "b"], "response": ["x"] * 2}
+        ),
+        200,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "raw", "status"), LAGGING_BODIES, ids=[b[0] for b in LAGGING_BODIES]
+)
+def test_a_hostile_body_never_stalls_the_event_loop(
+    live_server: str, name: str, path: str, raw: bytes, status: int
+) -> None:
+    with LoopLagProbe(live_server) as probe:
+        answer = httpx.post(live_server + path, content=raw, headers=JSON, timeout=300)
+    log.info("%s: %d, longest /healthz %.0f ms", name, answer.status_code, probe.longest * 1000)
+    assert answer.status_code == status, answer.text[:300]
+    assert probe.longest < LOOP_LAG_S, (name, probe.longest)
+
+
 # -- connection hygiene (raw sockets against a real server) ------------------------------
 
 HYGIENE_ENV = {
