@@ -7,14 +7,22 @@ route's rules are checked item by item against POST /reward on the same items.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from r3_service.api.errors import APIError
-from r3_service.api.routes.openrlhf import MAX_LABEL_DEPTH, check_label, parse_label, response_of
+from r3_service.api.routes.openrlhf import (
+    MAX_LABEL_DEPTH,
+    check_label,
+    parse_label,
+    read_items,
+    response_of,
+)
 from r3_service.config import Settings
+from r3_service.engine import RequestTimeoutError
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +145,15 @@ def test_bad_labels_are_422_naming_the_field(
     (detail,) = answer.json()["error"]["details"]
     assert (detail["field"], detail["index"]) == (field, 1)
     assert words in detail["message"]
+
+
+def test_reading_items_stops_at_the_request_deadline() -> None:
+    """Prompt parsing runs under the request's deadline: past it, 504 between items."""
+    n = 4
+    args = (["[INST] q [/INST] a"] * n, ["[INST] q [/INST]"] * n, [None] * n, Settings())
+    assert len(read_items(*args, deadline=time.monotonic() + 60)) == n
+    with pytest.raises(RequestTimeoutError):
+        read_items(*args, deadline=time.monotonic() - 1)
 
 
 def test_label_depth_limit_is_exact() -> None:
