@@ -323,7 +323,11 @@ class Scheduler:
         ahead, behind = 0.0, []
         for job in self._serving_order(now):
             size = self.job_class(job)
-            if size < own or (size == own and (own < LARGE or self._large_key(job, now) <= cost)):
+            if (
+                size < own
+                or (size == own and (own < LARGE or self._large_key(job, now) <= cost))
+                or self._urgent(job, now)
+            ):
                 ahead += job.remaining
             else:
                 behind.append(job)
@@ -591,15 +595,30 @@ class Scheduler:
         1-item requests queued 4 to 6 s while newer ones ran at once); arrival order among
         all jobs of a batch or less queued 1-item requests behind 8-item ones (1-item p50
         1.6 s at 2x overload with a 5 s deadline). A large job only moves to a smaller class as
-        it is served (``job_class``), and, being old, goes first there."""
+        it is served (``job_class``), and, being old, goes first there.
+
+        Before all of them, earliest deadline first: admitted jobs with a batch or less left
+        whose slack (the time to their deadline less that work at the drain rate) has shrunk
+        below their margin, as when the machine slowed after admission or more small jobs came than
+        planned; what can no longer make it is expired by ``take``, not run."""
 
         def key(job: Job) -> tuple[int, float, int]:
+            if self._urgent(job, now):
+                return -1, job.deadline, job.seq
             size = self.job_class(job)
             if size < LARGE:
                 return size, job.admitted, job.seq
             return LARGE, self._large_key(job, now), job.seq
 
         return sorted(self._jobs, key=key)
+
+    def _urgent(self, job: Job, now: float) -> bool:
+        """An admitted job with a batch or less left and less slack than its margin (see
+        ``_serving_order``); larger ones are never promoted, so a small job waits behind
+        at most a batch of each."""
+        if job.margin <= 0 or job.remaining > self.max_batch_tokens:
+            return False
+        return job.deadline - now - self.rate.seconds(job.remaining) < job.margin
 
     def _large_key(self, job: Job, now: float) -> float:
         """A large job's rank: its remaining cost less what the worker could have done while

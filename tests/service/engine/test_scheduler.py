@@ -449,3 +449,25 @@ def test_tokenising_time_counts_in_a_busy_admission(loop) -> None:  # type: igno
     scheduler.cancel(place)
     with pytest.raises(DeadlineUnreachableError):  # the same after 5 s of tokenising
         scheduler.reserve(20, 2000.0, 10.0, 10.0, now=0.0, busy_s=0.3, lead_s=5.0)
+
+
+def test_an_admitted_request_whose_slack_ran_out_goes_before_smaller_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    eight = works(loop, [120] * 8, deadline=5.0)  # 1.024 s of work, admitted with 5 s
+    scheduler.add(eight, Job(deadline=5.0, margin=0.5), now=0.0)
+    probe = works(loop, [30, 60])
+    scheduler.add(probe, Job(deadline=9.0, margin=0.5), now=3.0)
+    assert scheduler.take(now=3.0).batch == probe  # 0.98 s of slack: smaller first
+    late = works(loop, [30, 60])
+    scheduler.add(late, Job(deadline=9.0, margin=0.5), now=3.5)
+    # The machine was slower than planned: at 3.6 s only 0.38 s of slack is left.
+    first = scheduler.take(now=3.6).batch  # its batch runs first (the 1-item one rides)
+    assert eight[0] in first
+    both = first + scheduler.take(now=3.6).batch
+    assert all(w in both for w in eight)
+    large = works(loop, [120] * 40, deadline=6.0)  # more than a batch: never promoted
+    scheduler.add(large, Job(deadline=6.0, margin=0.5), now=3.6)
+    probe2 = works(loop, [30, 60])
+    scheduler.add(probe2, Job(deadline=9.0, margin=0.5), now=3.6)
+    assert scheduler.take(now=3.6).batch == probe2
