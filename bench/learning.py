@@ -97,7 +97,7 @@ ARMS: dict[str, Arm] = {
 class Settings:
     """What every arm trains with (chosen by measurement: see docs/trainer.md, "Does it learn?")."""
 
-    steps: int = 60
+    steps: int = 40
     batch_size: int = 8
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 2
@@ -127,7 +127,7 @@ class Settings:
 
 
 #: ``--short``: the full arm only, sized to finish within 20 minutes on 2 cores.
-SHORT = Settings(steps=36)
+SHORT = Settings(steps=32)
 
 
 def split_held_out(
