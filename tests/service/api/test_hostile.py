@@ -385,12 +385,13 @@ class LoopLagProbe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        assert self.client.get("/healthz").status_code == 200  # connects: not counted
+        self.running.set()
         while not self.stopped.is_set():
             started = time.perf_counter()
             assert self.client.get("/healthz").status_code == 200
             self.longest = max(self.longest, time.perf_counter() - started)
             self.count += 1
-            self.running.set()
 
     def __enter__(self) -> LoopLagProbe:
         self.thread.start()
