@@ -599,8 +599,9 @@ class Scheduler:
 
         Before all of them, earliest deadline first: admitted jobs with a batch or less left
         whose slack (the time to their deadline less that work at the drain rate) has shrunk
-        below their margin, as when the machine slowed after admission or more small jobs came than
-        planned; what can no longer make it is expired by ``take``, not run."""
+        below their margin and one full batch, as when the machine slowed after admission
+        or more small jobs came than planned; what can no longer make it is expired by
+        ``take``, not run."""
 
         def key(job: Job) -> tuple[int, float, int]:
             if self._urgent(job, now):
@@ -613,12 +614,14 @@ class Scheduler:
         return sorted(self._jobs, key=key)
 
     def _urgent(self, job: Job, now: float) -> bool:
-        """An admitted job with a batch or less left and less slack than its margin (see
-        ``_serving_order``); larger ones are never promoted, so a small job waits behind
-        at most a batch of each."""
+        """An admitted job with a batch or less left whose slack is less than its margin
+        and than one full batch: waiting one more batch would make it late (see
+        ``_serving_order``). Larger ones are never promoted, so a small job waits behind
+        at most a batch of each, and only at that last moment."""
         if job.margin <= 0 or job.remaining > self.max_batch_tokens:
             return False
-        return job.deadline - now - self.rate.seconds(job.remaining) < job.margin
+        slack = job.deadline - now - self.rate.seconds(job.remaining)
+        return slack < min(job.margin, self.rate.seconds(self.max_batch_tokens))
 
     def _large_key(self, job: Job, now: float) -> float:
         """A large job's rank: its remaining cost less what the worker could have done while

@@ -471,3 +471,17 @@ def test_an_admitted_request_whose_slack_ran_out_goes_before_smaller_ones(loop) 
     probe2 = works(loop, [30, 60])
     scheduler.add(probe2, Job(deadline=9.0, margin=0.5), now=3.6)
     assert scheduler.take(now=3.6).batch == probe2
+
+
+def test_a_request_is_promoted_only_when_one_more_batch_would_make_it_late(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)  # a full batch: 1.024 s
+    eight = works(loop, [120] * 8, deadline=10.0)
+    scheduler.add(eight, Job(deadline=10.0, margin=3.0), now=0.0)
+    probe = works(loop, [30, 60])
+    scheduler.add(probe, Job(deadline=20.0, margin=0.5), now=7.0)
+    # 10 - 7.5 - 1.024 = 1.48 s of slack: under its margin, but more than a batch
+    assert scheduler.take(now=7.5).batch == probe
+    later = works(loop, [30, 60])
+    scheduler.add(later, Job(deadline=20.0, margin=0.5), now=8.0)
+    assert eight[0] in scheduler.take(now=8.1).batch  # 0.88 s: less than a batch
