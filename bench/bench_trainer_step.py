@@ -63,11 +63,11 @@ def _code(variant: str) -> Iterator[None]:
         yield
         return
     current = Rollouts.select
-    Rollouts.select = _select_before
+    Rollouts.select = _select_before  # type: ignore[method-assign,unused-ignore]
     try:
         yield
     finally:
-        Rollouts.select = current
+        Rollouts.select = current  # type: ignore[method-assign,unused-ignore]
 
 
 LAYOUTS: dict[str, dict[str, int]] = {
