@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,3 +46,21 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"server not ready within {timeout:g} s")
+
+
+@contextmanager
+def service(url: str | None, *, log: Path | None = None) -> Iterator[str]:
+    """``url`` when given; else the base URL of ``r3-serve`` (the embedded default) started
+    on a free loopback port for the duration of the ``with`` block."""
+    if url is not None:
+        yield url
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = start_server(port, log=log)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)

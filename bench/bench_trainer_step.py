@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _server import start_server
+from _server import service
 
 from r3_service.data import ALPACAFARM_QTYPE
 from r3_trainer.config import PPOConfig
@@ -82,25 +81,10 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="Counted steps per variant.")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--reward-url", default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-
+def measure(url: str, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The counted steps of every variant, taken round by round against ``url``."""
     from r3_trainer.trainer import PPOTrainer
 
-    server = None
-    url = args.reward_url
-    if url is None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        server = start_server(port)
-        url = f"http://127.0.0.1:{port}"
     out_dir = Path("/tmp") / f"bench-trainer-step-{int(time.time())}"
     cfg = PPOConfig(
         dataset=str(ALPACAFARM_QTYPE),
@@ -134,9 +118,22 @@ def main(argv: list[str] | None = None) -> int:
                     rows[variant].append({k: row[k] for k in (*PHASES, "response_length_mean")})
     finally:
         trainer.close()
-        if server is not None:
-            server.terminate()
-            server.wait(30)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="Counted steps per variant.")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--reward-url", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with service(args.reward_url) as url:
+        rows = measure(url, args)
     summary = {
         v: {k: statistics.mean(r[k] for r in rs) for k in (*PHASES, "response_length_mean")}
         for v, rs in rows.items()

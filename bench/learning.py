@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import platform
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _server import start_server
+from _server import service
 from judge import Judge, bootstrap_mean_ci, repeated_trigram_share
 
 from r3_client import Client
@@ -437,14 +436,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     judge = Judge(args.judge_model)
 
-    server = None
-    url = args.reward_url
-    if url is None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        server = start_server(port, log=args.out / "server.log")
-        url = f"http://127.0.0.1:{port}"
+    with service(args.reward_url, log=args.out / "server.log") as url:
+        run_arms(args, names, settings, train, held_out, url, judge)
+    return 0
+
+
+def run_arms(
+    args: argparse.Namespace,
+    names: Sequence[str],
+    settings: Settings,
+    train: Sequence[Example],
+    held_out: Sequence[Example],
+    url: str,
+    judge: Judge,
+) -> None:
+    """Run ``names`` one after the other against ``url``, writing the outputs after each."""
+    train_file = args.out / "train.json"
     started = time.perf_counter()
     summary: dict[str, Any] = {
         "settings": dataclasses.asdict(settings),
@@ -459,43 +466,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     base: list[dict[str, Any]] | None = None
-    try:
-        for name in names:
-            t0 = time.perf_counter()
-            log.info("arm %s (%s): %s", name, ARMS[name].title, ARMS[name].options)
-            base, end, timings = run_arm(
-                name, settings, args.model, train_file, held_out, url, judge, args.out, base
-            )
-            if not (args.out / "eval_base.jsonl").exists():
-                write_jsonl(args.out / "eval_base.jsonl", base)
-            write_jsonl(args.out / f"eval_{name}.jsonl", end)
-            figures = summarise(base, end, settings.seed)
-            summary["arms"][name] = {
-                "title": ARMS[name].title,
-                "options": ARMS[name].options,
-                "paper": ARMS[name].paper,
-                **figures,
-                "steps": settings.steps,
-                "seconds": time.perf_counter() - t0,
-                **timings,
-            }
-            summary["seconds"] = time.perf_counter() - started
-            _write(args.out, summary, base, names)
-            log.info(
-                "arm %s: reward %.3f -> %.3f %s, judge %.3f -> %.3f %s",
-                name,
-                figures["reward_start"],
-                figures["reward_end"],
-                _ci(figures["reward_delta_ci"]),
-                figures["judge_start"],
-                figures["judge_end"],
-                _ci(figures["judge_delta_ci"]),
-            )
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(30)
-    return 0
+    for name in names:
+        t0 = time.perf_counter()
+        log.info("arm %s (%s): %s", name, ARMS[name].title, ARMS[name].options)
+        base, end, timings = run_arm(
+            name, settings, args.model, train_file, held_out, url, judge, args.out, base
+        )
+        if not (args.out / "eval_base.jsonl").exists():
+            write_jsonl(args.out / "eval_base.jsonl", base)
+        write_jsonl(args.out / f"eval_{name}.jsonl", end)
+        figures = summarise(base, end, settings.seed)
+        summary["arms"][name] = {
+            "title": ARMS[name].title,
+            "options": ARMS[name].options,
+            "paper": ARMS[name].paper,
+            **figures,
+            "steps": settings.steps,
+            "seconds": time.perf_counter() - t0,
+            **timings,
+        }
+        summary["seconds"] = time.perf_counter() - started
+        _write(args.out, summary)
+        log.info(
+            "arm %s: reward %.3f -> %.3f %s, judge %.3f -> %.3f %s",
+            name,
+            figures["reward_start"],
+            figures["reward_end"],
+            _ci(figures["reward_delta_ci"]),
+            figures["judge_start"],
+            figures["judge_end"],
+            _ci(figures["judge_delta_ci"]),
+        )
 
 
 def _cpus() -> int:
@@ -514,13 +515,24 @@ def _ci(ci: Sequence[float]) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def _write(
-    out: Path, summary: dict[str, Any], base: list[dict[str, Any]], names: list[str]
-) -> None:
-    """summary.json, results.md and curves.png from what has finished so far."""
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+def _write(out: Path, summary: dict[str, Any]) -> None:
+    """summary.json, results.md and curves.png from what has finished so far.
+
+    Arms that another run with the same settings wrote into ``out`` meanwhile are kept, so
+    arms can run as separate processes (one per core) into one folder.
+    """
+    path = out / "summary.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before.get("settings") == summary["settings"]:
+            for name, arm in before.get("arms", {}).items():
+                summary["arms"].setdefault(name, arm)
+    summary["arms"] = {n: summary["arms"][n] for n in ARMS if n in summary["arms"]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
     (out / "results.md").write_text(results_markdown(summary, out), encoding="utf-8")
-    plot_curves(out, [n for n in names if n in summary["arms"]], out / "curves.png")
+    plot_curves(out, list(summary["arms"]), out / "curves.png")
 
 
 def results_markdown(summary: dict[str, Any], out: Path) -> str:
