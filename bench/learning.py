@@ -465,7 +465,7 @@ def run_arms(
             "torch_threads": _torch_threads(),
         },
     }
-    base: list[dict[str, Any]] | None = None
+    base = _saved_base(args.out, held_out, summary["settings"])
     for name in names:
         t0 = time.perf_counter()
         log.info("arm %s (%s): %s", name, ARMS[name].title, ARMS[name].options)
@@ -503,6 +503,26 @@ def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def _saved_base(
+    out: Path, held_out: Sequence[Example], settings: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """The base policy's answers saved in ``out`` by a run with the same settings, if any.
+
+    Greedy decoding of the same prompts by the same policy gives the same answers, so an arm
+    run later (or in a parallel process) does not evaluate the base policy again.
+    """
+    saved = out / "summary.json"
+    rows = _read_jsonl(out / "eval_base.jsonl")
+    if not rows or not saved.is_file():
+        return None
+    if json.loads(saved.read_text(encoding="utf-8")).get("settings") != settings:
+        return None
+    if [r["prompt"] for r in rows] != [e.input for e in held_out]:
+        return None
+    log.info("base policy answers read from %s", out / "eval_base.jsonl")
+    return rows
 
 
 def _torch_threads() -> int:

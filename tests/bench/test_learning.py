@@ -187,32 +187,27 @@ def test_a_whole_run_writes_the_summary(
     rows = [{"input": p, "output": p, "qtype": qtypes[i % 2]} for i, p in enumerate(PROMPTS)]
     data.write_text(json.dumps(rows), encoding="utf-8")
     out = tmp_path / "out"
-    code = learning.main(
-        [
-            "--out",
-            str(out),
-            "--reward-url",
-            live_server,
-            "--model",
-            str(policy),
-            "--judge-model",
-            str(tiny_bert_source),
-            "--dataset",
-            str(data),
-            "--arms",
-            "full,relevance",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--mini-batch-size",
-            "2",
-            "--max-new-tokens",
-            "6",
-            "--eval-size",
-            "4",
-        ]
-    )
+    common = [
+        "--reward-url",
+        live_server,
+        "--model",
+        str(policy),
+        "--judge-model",
+        str(tiny_bert_source),
+        "--dataset",
+        str(data),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--mini-batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--eval-size",
+        "4",
+    ]
+    code = learning.main(["--out", str(out), "--arms", "full,relevance", *common])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["held_out"] == {"OPENENDED": 2, "CONSTRAINED": 2}
@@ -239,3 +234,13 @@ def test_a_whole_run_writes_the_summary(
     table = (out / "results.md").read_text()
     assert "SFT (start)" in table and "`relevance`" in table
     assert (out / "curves.png").stat().st_size > 10_000
+
+    # A later run into the same folder (another process, or after a stop) adds its arm and
+    # reads the base answers instead of generating them again.
+    base_file = (out / "eval_base.jsonl").read_text()
+    assert learning.main(["--out", str(out), "--arms", "relevance_li", *common]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == ["full", "relevance", "relevance_li"]
+    assert "base_eval_seconds" not in summary["arms"]["relevance_li"]
+    assert (out / "eval_base.jsonl").read_text() == base_file
+    assert "`relevance_li`" in (out / "results.md").read_text()
