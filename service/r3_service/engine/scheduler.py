@@ -389,7 +389,8 @@ class Scheduler:
         self, count: int, cost: float, timeout: float, lead_s: float, estimate: bool
     ) -> None:
         """413 for a job that can never be served: more texts than the queue holds, or more
-        model time (at the measured average rate, on an idle worker) than its timeout allows.
+        than a batch of work needing more model time (at the measured average rate, on an
+        idle worker) than its timeout allows.
         On exact token counts a job is tried up to ``TOO_LARGE_TIMEOUTS`` timeouts (the rate
         may be pessimistic); on an estimate from characters (``estimate``), refused before
         any work, it must fit within one timeout, ``lead_s`` (tokenising) included."""
@@ -399,6 +400,11 @@ class Scheduler:
                 f"{self.max_queue_texts} (R3_MAX_QUEUE_TEXTS): send fewer items per request",
                 limit="R3_MAX_QUEUE_TEXTS",
             )
+        if cost <= self.max_batch_tokens:
+            # One batch is the least the worker runs: if it cannot finish in time, the
+            # machine is slow now (a measured rate, which load lowers), and that passes: the
+            # deadline checks refuse it with 503 and Retry-After, never a final 413.
+            return
         seconds = self.rate.seconds(cost) + lead_s
         if seconds > (1.0 if estimate else TOO_LARGE_TIMEOUTS) * timeout:
             raise RequestTooLargeError(
