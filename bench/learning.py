@@ -436,9 +436,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     judge = Judge(args.judge_model)
 
-    with service(args.reward_url, log=args.out / "server.log") as url:
-        run_arms(args, names, settings, train, held_out, url, judge)
+    claims = [claim_arm(args.out, name) for name in names]
+    try:
+        with service(args.reward_url, log=args.out / "server.log") as url:
+            run_arms(args, names, settings, train, held_out, url, judge)
+    finally:
+        for path in claims:
+            path.unlink(missing_ok=True)
     return 0
+
+
+def claim_arm(out: Path, name: str) -> Path:
+    """Mark arm ``name`` in ``out`` as taken by this process; refuse one a live process holds.
+
+    Two processes training the same arm into one folder would overwrite each other's
+    per-step metrics.
+    """
+    import os
+
+    path = out / f".{name}.running"
+    try:
+        holder = int(path.read_text(encoding="utf-8") or 0)
+    except (FileNotFoundError, ValueError):
+        holder = 0
+    if holder and holder != os.getpid():
+        try:
+            os.kill(holder, 0)
+        except ProcessLookupError:
+            pass  # a stale claim: that process is gone
+        else:
+            raise SystemExit(f"arm {name} is being trained into {out} by process {holder}")
+    path.write_text(str(os.getpid()), encoding="utf-8")
+    return path
 
 
 def run_arms(

@@ -244,3 +244,20 @@ def test_a_whole_run_writes_the_summary(
     assert "base_eval_seconds" not in summary["arms"]["relevance_li"]
     assert (out / "eval_base.jsonl").read_text() == base_file
     assert "`relevance_li`" in (out / "results.md").read_text()
+
+
+def test_an_arm_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """Two processes training one arm into one folder would overwrite each other's metrics."""
+    import subprocess
+
+    path = learning.claim_arm(tmp_path, "full")
+    assert path.read_text() == str(__import__("os").getpid())
+    assert learning.claim_arm(tmp_path, "full") == path  # this process again: fine
+    path.write_text("1")  # held by a live process (init)
+    with pytest.raises(SystemExit, match="being trained"):
+        learning.claim_arm(tmp_path, "full")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path.write_text(str(gone.pid))  # a stale claim
+    assert learning.claim_arm(tmp_path, "full") == path
+    assert learning.claim_arm(tmp_path, "relevance").name == ".relevance.running"

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tiny_lm import PROMPTS, build_tiny_lm, build_tiny_tokenizer  # noqa: F401 - re-exported
+from tiny_lm import PROMPTS, build_tiny_lm
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import free_port
+from tests_support import free_port
 
 from r3_client import APIConnectionError
 from r3_trainer.checkpoint import find_latest, list_checkpoints

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_tokenizer
+from tiny_lm import build_tiny_tokenizer
 
 from r3_trainer.config import PPOConfig
 from r3_trainer.data import Example, PromptStream, load_examples, split_eval
