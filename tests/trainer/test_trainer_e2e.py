@@ -90,11 +90,12 @@ def tiny_config(tiny_lm_dir: Path, prompts: Path, out: Path, **changes: Any) -> 
 
 
 def numbers(row: dict[str, Any]) -> dict[str, Any]:
-    """The row without timings; NaN (a local reward says nothing of copies) as None."""
+    """The row without timings and machine load; NaN (a local reward says nothing of copies)
+    as None."""
     return {
         k: None if isinstance(v, float) and math.isnan(v) else v
         for k, v in row.items()
-        if not k.startswith("time_") and k != "rollouts_per_s"
+        if not k.startswith("time_") and k not in ("rollouts_per_s", "load_avg_1m")
     }
 
 
