@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -200,7 +201,8 @@ def evaluate(
     judge: Judge,
     own_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Greedy answers of the current policy to ``examples``, each with every figure."""
+    """Greedy answers of the current policy to ``examples``, each with every figure (the
+    arm's own reward read on the answer as cut, as for the base answers)."""
     samples = trainer.sample(list(examples), do_sample=False)
     queries = [e.input for e in examples]
     references = [e.output for e in examples]
@@ -211,13 +213,6 @@ def evaluate(
         reference=references,
         qtype=qtypes,
         options={"query_format": "alpaca"},
-    )
-    own = client.reward(
-        query=queries,
-        response=samples.texts,
-        reference=references,
-        qtype=qtypes,
-        options={**own_options, "query_format": "alpaca"},
     )
     cut = full.cut
     scored = cut.scored(samples.texts) if cut is not None else list(samples.texts)
@@ -238,7 +233,6 @@ def evaluate(
                 "reference": e.output,
                 "response": scored[i],
                 "reward": float(full.rewards[i]),
-                "own_reward": float(own.rewards[i]),
                 "judge": float(judged[i]),
                 "words": len(wordpunct_tokenize(scored[i])),
                 "policy_tokens": len(tokens),
@@ -248,7 +242,7 @@ def evaluate(
                 "truncated": not ended and not stopped and len(tokens) >= max_new,
             }
         )
-    return rows
+    return own_rewards(client, rows, own_options)
 
 
 #: Per-answer figures summarised start vs end (booleans become rates).
@@ -452,8 +446,6 @@ def claim_arm(out: Path, name: str) -> Path:
     Two processes training the same arm into one folder would overwrite each other's
     per-step metrics.
     """
-    import os
-
     path = out / f".{name}.running"
     try:
         holder = int(path.read_text(encoding="utf-8") or 0)
@@ -529,8 +521,6 @@ def run_arms(
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
