@@ -97,11 +97,13 @@ ARMS: dict[str, Arm] = {
 class Settings:
     """What every arm trains with (chosen by measurement: see docs/trainer.md, "Does it learn?")."""
 
-    steps: int = 40
-    batch_size: int = 8
+    steps: int = 28
+    batch_size: int = 16
+    samples_per_prompt: int = 4
+    advantage_estimator: str = "rloo"
     mini_batch_size: int = 4
     gradient_accumulation_steps: int = 2
-    ppo_epochs: int = 2
+    ppo_epochs: int = 1
     learning_rate: float = 2e-4
     max_new_tokens: int = 64
     eval_size: int = 128
@@ -112,6 +114,8 @@ class Settings:
         return PPOConfig(
             steps=self.steps,
             batch_size=self.batch_size,
+            samples_per_prompt=self.samples_per_prompt,
+            advantage_estimator=self.advantage_estimator,
             mini_batch_size=self.mini_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             ppo_epochs=self.ppo_epochs,
@@ -127,7 +131,10 @@ class Settings:
 
 
 #: ``--short``: the full arm only, sized to finish within 20 minutes on 2 cores.
-SHORT = Settings(steps=32)
+SHORT = Settings(steps=10)
+
+#: The settings that decide the base policy's held-out answers (greedy, same prompts).
+BASE_KEYS = ("max_new_tokens", "eval_size", "seed")
 
 
 def split_held_out(
@@ -529,14 +536,16 @@ def _saved_base(
 ) -> list[dict[str, Any]] | None:
     """The base policy's answers saved in ``out`` by a run with the same settings, if any.
 
-    Greedy decoding of the same prompts by the same policy gives the same answers, so an arm
-    run later (or in a parallel process) does not evaluate the base policy again.
+    Greedy decoding of the same prompts by the same policy gives the same answers (only
+    ``BASE_KEYS`` of the settings matter), so an arm run later, in a parallel process or with
+    other training settings does not evaluate the base policy again.
     """
     saved = out / "summary.json"
     rows = _read_jsonl(out / "eval_base.jsonl")
     if not rows or not saved.is_file():
         return None
-    if json.loads(saved.read_text(encoding="utf-8")).get("settings") != settings:
+    before = json.loads(saved.read_text(encoding="utf-8")).get("settings") or {}
+    if any(before.get(k) != settings.get(k) for k in BASE_KEYS):
         return None
     if [r["prompt"] for r in rows] != [e.input for e in held_out]:
         return None
@@ -580,7 +589,9 @@ def results_markdown(summary: dict[str, Any], out: Path) -> str:
     lines = [
         "# Does it learn? PPO with R^3 over HTTP, held-out evaluation",
         "",
-        f"Policy SmolLM2-135M-Instruct (LoRA), {s['steps']} steps x {s['batch_size']} rollouts, "
+        f"Policy SmolLM2-135M-Instruct (LoRA), {s['steps']} steps x {s['batch_size']} rollouts "
+        f"({s.get('samples_per_prompt', 1)} per prompt, advantages: "
+        f"{s.get('advantage_estimator', 'gae')}), "
         f"up to {s['max_new_tokens']} new tokens, lr {s['learning_rate']:g}, "
         f"{s['ppo_epochs']} PPO epochs, mini-batch {s['mini_batch_size']} x "
         f"{s['gradient_accumulation_steps']} accumulation, seed {s['seed']}. Held out: "

@@ -245,6 +245,16 @@ def test_a_whole_run_writes_the_summary(
     assert (out / "eval_base.jsonl").read_text() == base_file
     assert "`relevance_li`" in (out / "results.md").read_text()
 
+    # Other training settings: the base answers still hold (greedy, same prompts and length),
+    # but the arms trained with the old settings are not mixed into the new table.
+    other = ["--learning-rate", "0.01", "--advantage-estimator", "gae"]
+    assert learning.main(["--out", str(out), "--arms", "no_branching", *common, *other]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == ["no_branching"]
+    assert summary["settings"]["advantage_estimator"] == "gae"
+    assert "base_eval_seconds" not in summary["arms"]["no_branching"]
+    assert (out / "eval_base.jsonl").read_text() == base_file
+
 
 def test_an_arm_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
     """Two processes training one arm into one folder would overwrite each other's metrics."""

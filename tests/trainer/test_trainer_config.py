@@ -133,6 +133,13 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         PPOConfig(query_format="chat")
     with pytest.raises(ValueError, match="stop_strings"):
         PPOConfig(reward_options={"stop_strings": ["x"]})
+    with pytest.raises(ValueError, match="advantage_estimator"):
+        PPOConfig(advantage_estimator="grpo")
+    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
+        PPOConfig(batch_size=16, samples_per_prompt=3)
+    with pytest.raises(ValueError, match="needs samples_per_prompt >= 2"):
+        PPOConfig(advantage_estimator="rloo")
+    PPOConfig(batch_size=16, samples_per_prompt=4, advantage_estimator="group_norm")
 
 
 def test_the_trainer_talks_to_the_service_only_through_the_client() -> None:

@@ -313,6 +313,45 @@ def test_non_default_options_run(tiny_lm_dir: Path, tiny_prompts: Path, tmp_path
     assert (tmp_path / "checkpoints" / "step-000002" / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("estimator", ["rloo", "group_norm"])
+def test_group_baselines_sample_each_prompt_k_times_and_train_no_critic(
+    tiny_lm_dir: Path, tiny_prompts: Path, tmp_path: Path, estimator: str
+) -> None:
+    """samples_per_prompt=3: each step scores 2 prompts x 3 responses; only the policy trains."""
+    seen: list[list[str]] = []
+
+    def recording(*args: Any) -> list[float]:
+        seen.append(list(args[0]))
+        return word_reward(*args)
+
+    cfg = tiny_config(
+        tiny_lm_dir,
+        tiny_prompts,
+        tmp_path,
+        steps=2,
+        batch_size=6,
+        samples_per_prompt=3,
+        advantage_estimator=estimator,
+    )
+    trainer = PPOTrainer(cfg, recording)
+    before = trainable(trainer)
+    rows = trainer.train()
+    after = trainable(trainer)
+    trainer.close()
+    assert [len(q) for q in seen] == [6, 6]
+    for queries in seen:
+        groups = [queries[i : i + 3] for i in range(0, 6, 3)]
+        assert all(len(set(g)) == 1 for g in groups), queries
+        assert groups[0][0] != groups[1][0]
+    assert seen[0] != seen[1]  # the stream moved on by 2 prompts, not 6
+    assert trainer.stream.position == 4
+    value_head = [k for k in before if k.startswith("v_head")]
+    assert value_head and all(torch.equal(before[k], after[k]) for k in value_head)
+    lora = [k for k in before if "lora" in k]
+    assert any(not torch.equal(before[k], after[k]) for k in lora)
+    assert all(math.isfinite(r["policy_loss"]) for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_service_restart_pauses_training_without_losing_a_step(

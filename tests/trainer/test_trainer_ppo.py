@@ -14,11 +14,13 @@ from r3_trainer.ppo import (
     entropy_from_logits,
     explained_variance,
     gae,
+    group_scores,
     kl_per_token,
     masked_mean,
     masked_whiten,
     policy_loss,
     process_scores,
+    returns_to_go,
     token_rewards,
     value_loss,
 )
@@ -228,3 +230,38 @@ def test_process_scores_scale_norm_clip() -> None:
     m = RunningMoments()
     process_scores(torch.tensor([0.0]), m, moments_batch=torch.tensor([1.0, 3.0]))
     assert m.mean == pytest.approx(2.0)
+
+
+def test_group_scores_rloo_hand_values() -> None:
+    """Each score minus the mean of its prompt's other responses (Ahmadian et al. 2024)."""
+    scores = torch.tensor([1.0, 2.0, 6.0, 0.5, 0.5, 0.5])
+    out = group_scores(scores, 3, "rloo")
+    # group 1: 1 - (2 + 6) / 2 = -3; 2 - (1 + 6) / 2 = -1.5; 6 - (1 + 2) / 2 = 4.5
+    assert out.tolist() == pytest.approx([-3.0, -1.5, 4.5, 0.0, 0.0, 0.0])
+
+
+def test_group_scores_group_norm_hand_values() -> None:
+    """(r - group mean) / group std (unbiased), as GRPO; a group of equal scores gets 0."""
+    scores = torch.tensor([1.0, 3.0, 4.0, 4.0])
+    out = group_scores(scores, 2, "group_norm")
+    s = math.sqrt(2.0)  # std of {1, 3} with n - 1: sqrt(((-1)^2 + 1^2) / 1)
+    assert out.tolist() == pytest.approx([-1 / s, 1 / s, 0.0, 0.0], abs=1e-5)
+
+
+def test_group_scores_reject_bad_groups() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        group_scores(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_scores(torch.zeros(4), 3)
+    with pytest.raises(ValueError, match="unknown"):
+        group_scores(torch.zeros(4), 2, "mean")
+
+
+def test_returns_to_go_hand_values_with_padding() -> None:
+    rewards = torch.tensor([[-0.1, -0.2, 1.0], [0.5, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    out = returns_to_go(rewards, mask)
+    assert out.tolist() == [pytest.approx([0.7, 0.8, 1.0]), pytest.approx([0.5, 0.0, 0.0])]
+    discounted = returns_to_go(rewards[:1], mask[:1], gamma=0.5)
+    # G_0 = -0.1 + 0.5 (-0.2) + 0.25 (1.0) = 0.05; G_1 = -0.2 + 0.5 = 0.3
+    assert discounted[0].tolist() == pytest.approx([0.05, 0.3, 1.0])

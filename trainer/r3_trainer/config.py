@@ -31,6 +31,8 @@ __all__ = [
 
 #: Values of ``query_format``: how the service reads each row's input as the query.
 QUERY_FORMATS = ("alpaca", "text")
+#: How advantages are estimated: a learned value head (GAE) or group baselines (no critic).
+ADVANTAGE_ESTIMATORS = ("gae", "rloo", "group_norm")
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -102,6 +104,13 @@ class PPOConfig:
     # -- PPO ----------------------------------------------------------------
     steps: int = _f(100, "PPO steps (batches of rollouts) to train in total.")
     batch_size: int = _f(16, "Rollouts per PPO step (per process).")
+    samples_per_prompt: int = _f(
+        1, "Responses sampled per prompt; batch_size counts responses (a multiple of this)."
+    )
+    advantage_estimator: str = _f(
+        "gae",
+        "gae (value head), rloo (mean of the prompt's other responses) or group_norm (GRPO).",
+    )
     mini_batch_size: int = _f(2, "Rollouts per forward/backward pass.")
     gradient_accumulation_steps: int = _f(4, "Mini-batches accumulated per optimizer step.")
     ppo_epochs: int = _f(4, "Passes over each batch of rollouts.")
@@ -148,6 +157,19 @@ class PPOConfig:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
         if self.query_format not in QUERY_FORMATS:
             raise ValueError(f"query_format must be alpaca or text, not {self.query_format!r}")
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"advantage_estimator must be gae, rloo or group_norm, not "
+                f"{self.advantage_estimator!r}"
+            )
+        if self.samples_per_prompt < 1:
+            raise ValueError("samples_per_prompt must be >= 1")
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError("batch_size must be a multiple of samples_per_prompt")
+        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
+            raise ValueError(
+                f"advantage_estimator {self.advantage_estimator} needs samples_per_prompt >= 2"
+            )
         if self.batch_size % self.mini_batch_size:
             raise ValueError("batch_size must be a multiple of mini_batch_size")
         for name in ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps"):

@@ -11,6 +11,11 @@ References:
   L^CLIP = E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)], rho_t = pi/pi_old.
 - KL-penalised reward and the adaptive KL controller: Ziegler et al. 2019, "Fine-Tuning
   Language Models from Human Preferences", eq. 2 and section 2.2.
+- Group baselines instead of a critic, with several responses per prompt: RLOO, Ahmadian et
+  al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+  Feedback in LLMs", eq. 6 (each response's baseline is the mean score of the prompt's other
+  responses); GRPO, Shao et al. 2024, "DeepSeekMath", section 4.1.2 (outcome supervision:
+  A = (r - mean(r_group)) / std(r_group)).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ __all__ = [
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "group_scores",
     "kl_per_token",
     "masked_mean",
     "masked_var",
     "masked_whiten",
     "policy_loss",
     "process_scores",
+    "returns_to_go",
     "token_rewards",
     "value_loss",
 ]
@@ -125,6 +132,46 @@ def gae(
     advantages = advantages * mask
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def group_scores(scores: torch.Tensor, group_size: int, kind: str = "rloo") -> torch.Tensor:
+    """Scores relative to the other responses to the same prompt (no critic needed).
+
+    ``scores`` holds ``group_size`` consecutive responses per prompt. ``rloo``: r_i minus the
+    mean of the group's other k - 1 scores (Ahmadian et al. 2024, eq. 6), equal to
+    k / (k - 1) (r_i - mean). ``group_norm``: (r_i - mean) / (std + 1e-6), std unbiased
+    (Shao et al. 2024, 4.1.2); a group of equal scores gets 0. Prompts of different reward
+    scales (R^3's CONSTRAINED rewards span [0, 5.12], OPENENDED ones mostly below 1) then
+    weigh alike.
+    """
+    if group_size < 2:
+        raise ValueError("group baselines need at least 2 responses per prompt")
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.float().reshape(-1, group_size)
+    mean = groups.mean(1, keepdim=True)
+    if kind == "rloo":
+        out = (groups - mean) * group_size / (group_size - 1)
+    elif kind == "group_norm":
+        out = (groups - mean) / (groups.std(1, keepdim=True) + 1e-6)
+    else:
+        raise ValueError(f"unknown group baseline {kind!r}")
+    return out.reshape(scores.shape)
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = sum_{l >= 0} gamma^l r_{t+l} over each response's real tokens (REINFORCE's return).
+
+    With group-relative scores on the last token and -beta KL per token, this is the advantage
+    of the critic-free estimators (OpenRLHF's ``rloo`` and ``group_norm``). Zero on padding.
+    """
+    rewards = rewards * mask
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        out[:, t] = running
+    return out * mask
 
 
 @dataclass

@@ -2,14 +2,18 @@
 
 One step (TRL-style PPO, as the paper ran it):
 
-1. take ``batch_size`` prompts, sample one response each (until end-of-turn or a stop string);
+1. take ``batch_size / samples_per_prompt`` prompts and sample ``samples_per_prompt``
+   responses to each (until end-of-turn or a stop string);
 2. score the responses (the reward function; over HTTP by default, retried patiently) and keep
    the tokens of each response that the reward accounted for (the service says where it cut);
 3. log-probs and values of the policy, log-probs of the frozen reference (no grad);
-4. scale / normalise / clip the scores, per-token reward = -beta KL_t, plus the score on the
-   last token; GAE advantages (whitened) and returns;
+4. scale / normalise / clip the scores (or, with ``advantage_estimator`` rloo / group_norm,
+   take each score relative to its prompt's group), per-token reward = -beta KL_t, plus the
+   score on the last token; GAE advantages (or, without a critic, the returns to go),
+   whitened;
 5. ``ppo_epochs`` passes over shuffled mini-batches, ``gradient_accumulation_steps`` of them
-   per optimizer step, minimising the clipped policy loss + vf_coef x the clipped value loss;
+   per optimizer step, minimising the clipped policy loss + vf_coef x the clipped value loss
+   (the value loss only with GAE);
 6. update the adaptive KL coefficient; log a row to ``metrics.jsonl``; maybe evaluate, save.
 
 Runs data-parallel under ``accelerate launch`` (each process samples its own prompts; gradients
@@ -45,11 +49,13 @@ from r3_trainer.ppo import (
     entropy_from_logits,
     explained_variance,
     gae,
+    group_scores,
     kl_per_token,
     masked_mean,
     masked_whiten,
     policy_loss,
     process_scores,
+    returns_to_go,
     token_rewards,
     value_loss,
 )
@@ -339,7 +345,9 @@ class PPOTrainer:
         """Run one PPO step; return its metrics row (without ``step``)."""
         cfg = self.cfg
         clock = [time.perf_counter()]
-        examples = self.stream.next_batch(cfg.batch_size, self.rank, self.world)
+        k = cfg.samples_per_prompt
+        prompts = self.stream.next_batch(cfg.batch_size // k, self.rank, self.world)
+        examples = [e for e in prompts for _ in range(k)]  # each group's k responses together
         samples = self.sample(examples)
         clock.append(time.perf_counter())
         scores = self._score(examples, samples.texts)
@@ -371,19 +379,26 @@ class PPOTrainer:
         raw = torch.tensor(scores.rewards, dtype=torch.float32, device=self.device)
         kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_penalty) * mask
         all_scores = self._gather(raw)
-        processed = process_scores(
-            raw,
-            self.moments,
-            cfg.use_score_scaling,
-            cfg.use_score_norm,
-            cfg.score_clip,
-            moments_batch=all_scores,
-        )
+        critic = cfg.advantage_estimator == "gae"
+        if critic:
+            processed = process_scores(
+                raw,
+                self.moments,
+                cfg.use_score_scaling,
+                cfg.use_score_norm,
+                cfg.score_clip,
+                moments_batch=all_scores,
+            )
+        else:  # each score against the other responses to its prompt (groups are per process)
+            processed = group_scores(raw, cfg.samples_per_prompt, cfg.advantage_estimator)
         kl_coef = self.kl_ctl.value
         rewards, non_score = token_rewards(processed, kl, mask, kl_coef)
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if critic:
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        else:
+            advantages = returns = returns_to_go(rewards, mask, cfg.gamma)
         ev = explained_variance(values, returns, mask)
         return _Targets(
             advantages=masked_whiten(advantages, mask) * mask,
@@ -509,7 +524,9 @@ class PPOTrainer:
             vl = value_loss(
                 vpred.float(), old_values[idx, :w], returns[idx, :w], m, cfg.cliprange_value
             )
-            loss = pl.loss + cfg.vf_coef * vl.loss
+            loss = pl.loss
+            if cfg.advantage_estimator == "gae":  # the group estimators use no critic
+                loss = loss + cfg.vf_coef * vl.loss
             ratio = self._mean_all(float(pl.ratio_mean))
             skipped = ratio > cfg.ratio_threshold  # TRL: skip a runaway mini-batch
             if skipped:
