@@ -13,7 +13,7 @@ round by round so that a slow spell of the machine hits all of them alike:
 - ``after``: the same layout with the current code (prompt columns that are padding in every
   row of a sub-batch dropped; the no-grad forward groups rows of similar length);
 - ``chosen``: the current code with the learning benchmark's settings (mini-batch 4 x 2,
-  2 PPO epochs).
+  1 PPO epoch, 4 responses per prompt with RLOO baselines: no value loss).
 
 Each step reports generation, reward call, no-grad forward (policy, values, reference) and
 update seconds; the first step of each variant is a warm-up and not counted.
@@ -69,10 +69,23 @@ def _code(variant: str) -> Iterator[None]:
         Rollouts.select = current  # type: ignore[method-assign,unused-ignore]
 
 
-LAYOUTS: dict[str, dict[str, int]] = {
-    "before": {"mini_batch_size": 2, "gradient_accumulation_steps": 4, "ppo_epochs": 4},
-    "after": {"mini_batch_size": 2, "gradient_accumulation_steps": 4, "ppo_epochs": 4},
-    "chosen": {"mini_batch_size": 4, "gradient_accumulation_steps": 2, "ppo_epochs": 2},
+_PAPER = {
+    "mini_batch_size": 2,
+    "gradient_accumulation_steps": 4,
+    "ppo_epochs": 4,
+    "samples_per_prompt": 1,
+    "advantage_estimator": "gae",
+}
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "before": _PAPER,
+    "after": _PAPER,
+    "chosen": {
+        "mini_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "ppo_epochs": 1,
+        "samples_per_prompt": 4,
+        "advantage_estimator": "rloo",
+    },
 }
 
 

@@ -80,6 +80,10 @@ if [[ "$needs_torch" == yes && "$runtime" == cpu ]]; then
   fi
 fi
 
+# swagger-ui-bundle-v2 (Swagger UI 5, reads OpenAPI 3.1) installs the module of the old
+# swagger-ui-bundle (Swagger UI 3.20, which cannot): remove an old one first, since
+# uninstalling it later would delete the new files.
+python -m pip uninstall --quiet -y swagger-ui-bundle >/dev/null 2>&1 || true
 all_extras="${runtime},embedded${extras:+,${extras}}"
 echo "install.sh: installing .[${all_extras}] and the client into .venv" >&2
 pip_install -e ".[${all_extras}]" -e ./clients/python

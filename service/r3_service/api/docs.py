@@ -14,7 +14,7 @@ ASSETS_PATH = "/docs/assets"
 
 
 def swagger_ui_dir() -> Path:
-    """The Swagger UI build inside the ``swagger-ui-bundle`` package."""
+    """The Swagger UI build (5.x, reads OpenAPI 3.1) inside the ``swagger-ui-bundle-v2`` package."""
     from swagger_ui_bundle import swagger_ui_path
 
     return Path(str(swagger_ui_path))
