@@ -1,10 +1,13 @@
-"""Service settings, read from the environment with the ``R3_`` prefix."""
+"""Service settings, read from the environment with the ``R3_`` prefix.
+
+``python -m r3_service.config`` prints the settings table of docs/configuration.md.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,7 +47,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     provider: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="ONNX Runtime execution provider."
+        default="auto",
+        description="ONNX Runtime execution provider; auto takes CUDA (with io-binding) when "
+        "present.",
     )
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime CPU threads; 0 = the CPUs this process may use."
@@ -120,7 +125,8 @@ class Settings(BaseSettings):
         default=32_768,
         ge=64,
         description="JSON values (strings, numbers, lists, objects...) in one body (more: 413, "
-        "before it is parsed): keeps parsing and validation within tens of milliseconds.",
+        "before it is parsed): parsing and validation hold the event loop, and this keeps them "
+        "within tens of milliseconds.",
     )
     max_chars_per_text: int = Field(
         default=50_000, ge=1, description="Characters in one text (longer: 422)."
@@ -130,7 +136,8 @@ class Settings(BaseSettings):
     )
     api_keys: str = Field(
         default="",
-        description="Comma-separated API keys; when set, requests need 'Bearer KEY' auth.",
+        description="Comma-separated API keys; when set, every route but /healthz and /readyz "
+        "(and /metrics, unless R3_METRICS_AUTH) needs 'Authorization: Bearer KEY'.",
     )
     metrics_auth: bool = Field(
         default=False, description="Require an API key for /metrics too (when keys are set)."
@@ -185,3 +192,38 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+#: Defaults computed when the settings are read, as the table shows them.
+_SHOWN_DEFAULTS = {"cache_dir": "`~/.cache/r3` (`$XDG_CACHE_HOME/r3` when that is set)"}
+
+
+def _shown_default(name: str, value: Any) -> str:
+    if name in _SHOWN_DEFAULTS:
+        return _SHOWN_DEFAULTS[name]
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (variable, default, meaning) in docs/configuration.md.
+
+    Made from the ``Settings`` fields alone; a test keeps the page in sync with it.
+    """
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None and name not in _SHOWN_DEFAULTS:
+            raise KeyError(f"{name}: say in _SHOWN_DEFAULTS how its computed default reads")
+        default = _shown_default(name, field.get_default(call_default_factory=False))
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `R3_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m r3_service.config: the settings table of the docs
+    import sys
+
+    sys.stdout.write(settings_table() + "\n")

@@ -1,8 +1,10 @@
-"""The console scripts, the embedded-default start path, and the README's settings table."""
+"""The console scripts, the settings, and the embedded-default start path.
+
+The settings table of the docs is checked in test_config.py.
+"""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +14,6 @@ import pytest
 
 from r3_service.config import Settings
 from r3_service.encoder import EncoderProfile
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_readme_documents_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"`(R3_[A-Z_]+)`", readme))
-    expected = {f"R3_{name.upper()}" for name in Settings.model_fields}
-    assert expected <= documented, expected - documented
 
 
 def test_settings_read_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
