@@ -173,7 +173,7 @@ def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:
         )
     if EncoderProfile.load(folder).dtype == "int8":
         logger.warning(
-            "%s is an int8 export: rewards differ from fp32 (see docs/encoders.md, 'Export precision')",
+            "%s is an int8 export: rewards differ from fp32 (docs/encoders.md, 'Export precision')",
             folder,
         )
     return folder
