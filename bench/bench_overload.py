@@ -228,6 +228,36 @@ def metric(url: str, name: str) -> float:
     return float("nan")
 
 
+#: Batch counters of /metrics compared before and after a level (see ``batch_figures``).
+BATCH_SERIES = (
+    "r3_batch_tokens_count",
+    "r3_batch_tokens_sum",
+    "r3_batch_size_sum",
+    "r3_inference_duration_seconds_sum",
+)
+
+
+def batch_counters(url: str) -> dict[str, float]:
+    return {name: metric(url, name) for name in BATCH_SERIES}
+
+
+def batch_figures(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """What the worker did during a level: batches per second, mean tokens and texts per
+    batch, the share of the wall time it spent in batches, and tokens per batch second."""
+    d = {k: after[k] - before[k] for k in BATCH_SERIES}
+    batches = d["r3_batch_tokens_count"]
+    busy = d["r3_inference_duration_seconds_sum"]
+    return {
+        "batches_per_s": batches / seconds,
+        "batch_tokens_mean": d["r3_batch_tokens_sum"] / batches if batches else float("nan"),
+        "batch_texts_mean": d["r3_batch_size_sum"] / batches if batches else float("nan"),
+        "worker_busy_share": busy / seconds,
+        "tokens_per_batch_second": d["r3_batch_tokens_sum"] / busy if busy else float("nan"),
+    }
+
+
 def drain_rate(url: str) -> float:
     """The server's measured drain rate (tokens/s), from /metrics."""
     return metric(url, "r3_drain_rate_tokens_per_second")
@@ -302,9 +332,11 @@ def run_level(
     cap = asyncio.run(capacity(url, items, large, args.capacity_seconds, clients))
     level = Level(factor, factor * cap)
     admitted, late = admission(url)
+    counters = batch_counters(url)
     used, started = cpu_seconds(pid), time.monotonic()
     overload(args, url, items, level, random.Random(int(factor * 10)))
     row = summarise(level, args.seconds, args.deadline, cap)
+    row.update(batch_figures(counters, batch_counters(url), time.monotonic() - started))
     row["capacity_items_per_s"] = cap
     row["server_cpu_cores"] = (cpu_seconds(pid) - used) / (time.monotonic() - started)
     row["server_drain_rate"] = drain_rate(url)
@@ -406,6 +438,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
         for why, count in sorted(row["not_200"].items()):
             lines.append(f"      {count:4d} x {why}")
+        lines.append(
+            f"      worker: {row['batches_per_s']:.1f} batches/s of {row['batch_texts_mean']:.1f} "
+            f"texts, {row['batch_tokens_mean']:.0f} tokens; busy {row['worker_busy_share']:.0%} "
+            f"of the time at {row['tokens_per_batch_second']:.0f} tokens per batch second"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"levels": rows}, indent=2) + "\n")
