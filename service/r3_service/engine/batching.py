@@ -272,6 +272,12 @@ class Batcher:
         with self._cond:
             self.scheduler.cancel(reservation)
 
+    def finished(self, reservation: Job, at: float | None = None) -> None:
+        """The request admitted with ``reservation`` ended (at ``at``; default now): admission
+        compares that with its estimate (``Scheduler.finished``)."""
+        with self._cond:
+            self.scheduler.finished(reservation, time.monotonic() if at is None else at)
+
     def _check_worker(self, now: float) -> None:
         if not self._running or not self.alive:
             raise WorkerDeadError("the inference worker is not running")

@@ -410,10 +410,13 @@ class RewardEngine:
             self._release(waiting)
             if owned is not None and isinstance(exc, RequestTimeoutError):
                 self.late_requests += 1
+                self.batcher.finished(owned, max(deadline, time.monotonic()))
             raise
         finally:
             if owned is not None:
                 self.batcher.cancel(owned)
+        if owned is not None:
+            self.batcher.finished(owned)
         if timing is not None:
             for work in waiting.values():
                 timing.add(work)
@@ -548,14 +551,20 @@ class RewardEngine:
         place = self.reserve(_texts_of(items, options), deadline, extra)
         try:
             if self.classifier is None or not options.branching:
-                return await self._score_typed(items, options, stop_strings, deadline, place)
-            plan = await plan_qtypes(self.classifier, self, items, options)
-            result = await self._score_typed(plan.items, options, stop_strings, deadline, place)
-            return fold(result, plan)
+                result = await self._score_typed(items, options, stop_strings, deadline, place)
+            else:
+                plan = await plan_qtypes(self.classifier, self, items, options)
+                typed = await self._score_typed(plan.items, options, stop_strings, deadline, place)
+                result = fold(typed, plan)
         except RequestTimeoutError:
             if place is not None:
                 self.late_requests += 1
+                self.batcher.finished(place, max(deadline, time.monotonic()))
             raise
+        else:
+            if place is not None:
+                self.batcher.finished(place)
+            return result
         finally:
             if place is not None:
                 self.batcher.cancel(place)

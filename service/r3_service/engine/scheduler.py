@@ -11,8 +11,9 @@ finishing as early as it can.
 **Padding.** A batch is not just the head job's next texts: a window of the next few
 batches' worth of texts (in job order) is sorted by token length and cut by the token
 budget, and the batch holding the head job's next text runs. The texts of a batch have
-similar lengths; a small job's short query and long response may run in two batches,
-one after the other.
+similar lengths. While larger jobs wait, a smaller head job's batch is cut from its own
+size class and smaller ones only (small jobs share batches), with a little of the larger
+jobs' work as filler.
 
 **Admission by place in the order.** The drain rate (cost per second of batch time, an
 EWMA over batches) turns costs into seconds. A new job's wait counts only the work the
@@ -23,7 +24,8 @@ overtake it) leaves of the rate. A job of the smallest class may use all its tim
 others ``ADMIT_SHARE`` of it (slack for estimate errors); a large job must also not push
 a queued larger one that would make its deadline past it. A refusal says, in
 ``retry_after``, the seconds until the job would fit. On an idle engine every job that can
-finish alone is tried; one that cannot even alone is too large (413).
+finish alone is tried; one that cannot even alone is too large (413). Estimates are scaled
+by how far off recent ones were (``correction``): admission learns from its own errors.
 
 **Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
 never run; texts nobody waits for any more are dropped.
@@ -69,14 +71,25 @@ MIN_LARGE_SHARE = 0.25
 PROTECT_SHARE = 0.1
 #: A job whose own cost takes longer than this many request timeouts can never finish (413).
 TOO_LARGE_TIMEOUTS = 2.0
-#: While large requests wait, a batch whose head request was small when it came (one
-#: batch or less) gets this share of the token budget: it ends sooner, and so do the small
-#: requests queued behind it. Large requests, and a stream of small ones alone, keep the
-#: full budget (smaller batches cost throughput). bench/bench_overload.py at 2x: 1-item
-#: p99 1.2 to 1.3 s at 0.25, 1.6 to 1.9 s at 0.5, at the same goodput.
+#: While larger requests wait, a batch whose head request is smaller than them takes the
+#: queued texts of its size class or smaller (up to the full budget), and the larger ones'
+#: texts fill it only up to this share of the token budget: it ends sooner, and so do the
+#: small requests queued behind it. bench/bench_overload.py at 2x: 1-item p99 1.2 to
+#: 1.3 s at 0.25, 1.6 to 1.9 s at 0.5, at the same goodput.
 SMALL_BATCH_SHARE = 0.25
 #: Weight of a batch in the drain rate relative to the next one.
 RATE_DECAY = 0.9
+#: Admission learns from its own errors: for the last ``CALIBRATION_WINDOW`` admitted
+#: requests of one batch or less (and, apart, of larger ones) it keeps the ratio of the time
+#: they took to the time it had estimated, and multiplies its estimates by a high quantile of
+#: those ratios once ``CALIBRATION_MIN`` are in (within ``CALIBRATION_BOUNDS``). What the
+#: model of the worker does not see (mixed batches, the event loop, tokenising, a slower
+#: machine) then shows up in the estimates. bench/bench_overload.py --case small-first on
+#: 2 quiet cores: without it, 15% of admitted requests ended in 504 at 2x.
+CALIBRATION_WINDOW = 64
+CALIBRATION_MIN = 8
+CALIBRATION_QUANTILE = 0.9
+CALIBRATION_BOUNDS = (0.5, 4.0)
 #: Full batches whose rates admission looks at, and the quantile it takes (slow side).
 RATE_WINDOW = 64
 CAUTIOUS_QUANTILE = 0.2
@@ -98,6 +111,8 @@ class Job:
     #: A placeholder for a request admitted on an estimate, whose texts are not queued yet
     #: (they are being typed by the classifier or tokenised): later admissions count it.
     reserved: bool = False
+    #: Seconds from admission to its end, as estimated when it was admitted (0: none).
+    estimate: float = 0.0
 
 
 @dataclass(eq=False)
@@ -248,6 +263,12 @@ class Scheduler:
         self._stream_first: float | None = None
         #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
         self._earliest = math.inf
+        #: actual / estimated time of recently finished admitted jobs: of one batch or less
+        #: (``False``) and larger (``True``).
+        self._ratios: dict[bool, deque[float]] = {
+            False: deque(maxlen=CALIBRATION_WINDOW),
+            True: deque(maxlen=CALIBRATION_WINDOW),
+        }
 
     @property
     def pending(self) -> list[Work]:
@@ -291,12 +312,13 @@ class Scheduler:
         reserved: bool = False,
         lead_s: float = 0.0,
         least_cost: float | None = None,
-    ) -> None:
+    ) -> float:
         """``admit`` for a job of ``count`` texts and ``cost``; ``estimate``: the cost is a
         guess from characters (a precheck before tokenising), ``least_cost`` the least it
         can be (what a 413 is decided on); ``reserved``: the job was admitted on its
         estimate already (``reserve``), only its size and the queue's are checked;
-        ``lead_s``: seconds of work (tokenising) before its texts can be queued at all."""
+        ``lead_s``: seconds of work (tokenising) before its texts can be queued at all.
+        Returns the seconds it is estimated to take (0 when nothing is measured yet)."""
         sure = cost if least_cost is None else min(cost, least_cost)
         self._check_size(count, sure, timeout, lead_s, estimate)
         if self.in_flight + count > self.max_queue_texts:
@@ -306,15 +328,35 @@ class Scheduler:
                 f"limit {self.max_queue_texts})",
                 retry_after=self.rate.seconds_for_texts(excess),
             )
-        if reserved:
-            return
-        if not self.rate.known or (not self._jobs and busy_s <= 0):
-            return  # nothing measured yet, or idle: always try (what can never fit is 413)
+        if reserved or not self.rate.known:
+            return 0.0
+        correction = self.correction(cost)
+        if not self._jobs and busy_s <= 0:
+            # idle: always try (what can never fit is 413)
+            return correction * (lead_s + self.finish_in(cost, 0.0, now, 0.0))
         ahead, behind = self._place(cost, now)
-        finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
+        finish = correction * (lead_s + self.finish_in(cost, ahead, now, busy_s))
         self._check_own_deadline(cost, finish, deadline - now)
         if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
+        return finish
+
+    def correction(self, cost: float) -> float:
+        """What admission multiplies its estimate for a job of ``cost`` by: a high quantile
+        of actual / estimated time of recent admitted jobs of its kind (1 until enough)."""
+        ratios = self._ratios[cost > self.max_batch_tokens]
+        if len(ratios) < CALIBRATION_MIN:
+            return 1.0
+        high = sorted(ratios)[int(CALIBRATION_QUANTILE * (len(ratios) - 1))]
+        return min(max(high, CALIBRATION_BOUNDS[0]), CALIBRATION_BOUNDS[1])
+
+    def finished(self, job: Job, now: float) -> None:
+        """An admitted job ended at ``now`` (answered, or past its deadline): learn how far
+        off its estimate was."""
+        if job.estimate > 0:
+            self._ratios[job.cost > self.max_batch_tokens].append(
+                (now - job.admitted) / job.estimate
+            )
 
     def _place(self, cost: float, now: float) -> tuple[float, list[Job]]:
         """Where a new job of ``cost`` would go in the serving order (``_serving_order``): the
@@ -360,7 +402,7 @@ class Scheduler:
         (classifying its queries, tokenising) is never spent on a request refused later,
         and requests admitted meanwhile see the work it will bring.
         """
-        self.admit_cost(
+        estimate = self.admit_cost(
             count,
             cost,
             deadline,
@@ -372,6 +414,7 @@ class Scheduler:
             least_cost=least_cost,
         )
         job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
+        job.estimate = estimate
         job.remaining = job.cost = cost
         self._seq += 1
         job.seq = self._seq
@@ -581,14 +624,32 @@ class Scheduler:
         holding the head job's next text runs. A small job's short and long texts may go
         in two batches (run one after the other: the job stays at the head)."""
         window = self._window(order)
+        head = self.job_class(order[0])
+        if head < max(self.job_class(job) for job in order):
+            return self._front_batch(order, window, head)
         lengths = [w.tokens for w in window]
-        budget = self.max_batch_tokens
-        if self.job_class(order[0]) < max(self.job_class(job) for job in order):
-            # A request ahead of larger ones: a short batch (less of the larger ones' texts
-            # as filler), so that it, and the small ones behind it, are done soon.
-            budget = max(1, int(SMALL_BATCH_SHARE * budget))
-        batches = cut_batches(lengths, budget, self.max_batch_size)
+        batches = cut_batches(lengths, self.max_batch_tokens, self.max_batch_size)
         return [window[i] for i in next(b for b in batches if 0 in b)]
+
+    def _front_batch(self, order: Sequence[Job], window: list[Work], head: int) -> list[Work]:
+        """The batch of a request ahead of larger ones: its texts and those of the other
+        queued requests of its class or smaller, cut by length within the full budget, so
+        that small requests share batches (at 10 one-item requests a second, a batch of a
+        quarter budget held one response each, and their own load outgrew the worker);
+        the larger requests' texts fill it only up to ``SMALL_BATCH_SHARE`` of the budget,
+        with texts no longer than its longest, so that it ends soon."""
+        front_jobs = {id(job) for job in order if self.job_class(job) <= head}
+        front = [w for w in window if id(w.job) in front_jobs]  # window[0] is the head's
+        batches = cut_batches([w.tokens for w in front], self.max_batch_tokens, self.max_batch_size)
+        chosen = [front[i] for i in next(b for b in batches if 0 in b)]
+        width = max(w.tokens for w in chosen)
+        room = max(len(chosen), int(SMALL_BATCH_SHARE * self.max_batch_tokens) // max(width, 1))
+        room = min(room, self.max_batch_size)
+        fillers = sorted(
+            (w for w in window if id(w.job) not in front_jobs and w.tokens <= width),
+            key=lambda w: -w.tokens,
+        )
+        return chosen + fillers[: room - len(chosen)]
 
     def _serving_order(self, now: float) -> list[Job]:
         """Jobs by size class of their remaining work (``SIZE_CLASSES``), smallest first;

@@ -18,6 +18,9 @@ from r3_service.engine.errors import (
 )
 from r3_service.engine.scheduler import (
     ADMIT_SHARE,
+    CALIBRATION_BOUNDS,
+    CALIBRATION_MIN,
+    CALIBRATION_WINDOW,
     SMALL_BATCH_SHARE,
     TEXT_OVERHEAD,
     Job,
@@ -387,6 +390,41 @@ def test_a_small_head_gets_a_short_batch_and_a_large_one_the_full_budget(loop) -
     assert len(short) * 92 <= SMALL_BATCH_SHARE * 1024 < len(full) * 92
 
 
+def test_queued_small_requests_share_batches_ahead_of_large_ones(loop) -> None:  # type: ignore[no-untyped-def]
+    """Five 1-item requests (a 20-token query and a 150-token response each) queued ahead of
+    an 8-item one run in 2 batches. With a quarter budget per batch they took 6: each
+    response alone, so that at 10 such requests a second their own load outgrew the worker."""
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    large = works(loop, [150] * 16)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)
+    probes = [works(loop, [20, 150]) for _ in range(5)]
+    for t, probe in enumerate(probes):
+        scheduler.add(probe, Job(deadline=100.0), now=0.1 * (t + 1))
+    waiting = {id(w) for probe in probes for w in probe}
+    batches = []
+    while waiting:
+        batch = scheduler.take(now=1.0).batch
+        batches.append(batch)
+        waiting -= {id(w) for w in batch}
+        assert len(batches) <= 2, [[w.tokens for w in b] for b in batches]
+    first = {id(w) for w in batches[0]}
+    assert all(probe[0] and id(probe[0]) in first for probe in probes)  # every query at once
+    # The probes' texts fill the batches; the large request's only where room was left.
+    assert not any(w in large for w in batches[0])
+
+
+def test_a_small_head_takes_filler_only_up_to_a_short_batch(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    large = works(loop, [40] * 40)
+    scheduler.add(large, Job(deadline=100.0), now=0.0)
+    probe = works(loop, [20, 50])
+    scheduler.add(probe, Job(deadline=100.0), now=0.1)
+    batch = scheduler.take(now=0.2).batch
+    assert set(map(id, probe)) <= set(map(id, batch))  # the whole request in one batch
+    assert len(batch) == int(SMALL_BATCH_SHARE * 1024) // 50  # filler up to a short batch
+    assert max(w.tokens for w in batch) == 50  # no filler wider than its own texts
+
+
 def test_small_requests_alone_keep_the_full_budget(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=64, max_queue_texts=4096)
     for t in range(20):  # per-sample calls (OpenRLHF's pattern): only small requests
@@ -485,3 +523,40 @@ def test_a_request_is_promoted_only_when_one_more_batch_would_make_it_late(loop)
     later = works(loop, [30, 60])
     scheduler.add(later, Job(deadline=20.0, margin=0.5), now=8.0)
     assert eight[0] in scheduler.take(now=8.1).batch  # 0.88 s: less than a batch
+
+
+def test_admission_learns_from_admitted_requests_that_took_longer_than_estimated(loop) -> None:  # type: ignore[no-untyped-def]
+    """Requests that took twice their estimate make admission count twice the time: one that
+    fitted before is refused once eight of them are in; quicker ones relax it again."""
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    scheduler.add(works(loop, [92] * 5), Job(deadline=100.0), now=0.0)  # 0.5 s queued
+    probe = works(loop, [30, 60])  # cost 106
+    # in flight 0.3 + a short batch 0.256 + its own 0.106 s = 0.662 s, deadline in 1 s
+    assert scheduler.admit_cost(2, 106.0, 1.0, 1.0, 0.0, 0.3) == pytest.approx(0.662)
+    for k in range(CALIBRATION_MIN):
+        job = scheduler.reserve(2, 106.0, deadline=10.0, timeout=10.0, now=float(k), busy_s=0.3)
+        scheduler.cancel(job)
+        scheduler.finished(job, now=job.admitted + 2 * job.estimate)
+    assert scheduler.correction(106.0) == pytest.approx(2.0)
+    assert scheduler.correction(5000.0) == 1.0  # large requests are learned apart
+    with pytest.raises(DeadlineUnreachableError):
+        scheduler.admit(probe, deadline=1.0, timeout=1.0, now=0.0, busy_s=0.3)
+    for _ in range(CALIBRATION_WINDOW):
+        job = scheduler.reserve(2, 106.0, deadline=50.0, timeout=50.0, now=10.0, busy_s=0.3)
+        scheduler.cancel(job)
+        scheduler.finished(job, now=job.admitted + 0.9 * job.estimate)
+    assert scheduler.correction(106.0) == pytest.approx(0.9)
+    scheduler.admit(probe, deadline=1.0, timeout=1.0, now=0.0, busy_s=0.3)
+
+
+def test_the_correction_stays_within_its_bounds(loop) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    for ratio in [100.0] * CALIBRATION_MIN:
+        job = scheduler.reserve(2, 106.0, deadline=10.0, timeout=10.0, now=0.0, busy_s=0.0)
+        scheduler.finished(job, now=ratio * job.estimate)
+    assert scheduler.correction(106.0) == CALIBRATION_BOUNDS[1]
+    unmeasured = Job(deadline=1.0)  # admitted before any rate was known: nothing to learn
+    scheduler.finished(unmeasured, now=5.0)
+    assert len(scheduler._ratios[False]) == CALIBRATION_MIN
