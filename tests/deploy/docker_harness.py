@@ -1,9 +1,8 @@
 """Docker for the end-to-end deployment tests: find or install the engine, start (and later
-stop) a daemon, Compose v2 as a CLI plugin, and the build inputs a host without a container
-registry needs (a base image from Debian packages, a torch wheel, the host's CA bundle).
-
-Nothing here names a path or host of a particular machine: the CA bundle, the torch wheel and
-the Debian mirror are discovered from this host's pip, OpenSSL and apt configuration.
+stop) a daemon, Compose v2 as a CLI plugin; a clean copy of the repository and the commands
+deploy/README.md gives for it. The build inputs a host without a container registry needs (a
+base image from Debian packages, a torch wheel, the host's CA bundle) are found by
+deploy/docker/setup-host.sh, which the test runs as documented.
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
-import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +26,6 @@ logger = logging.getLogger("r3.tests.docker")
 
 #: The Dockerfile's default base image and the compose file's Prometheus image.
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
-#: Local tag of the base image made from Debian packages (reused while it exists).
-DEBIAN_BASE_TAG = "r3-e2e-base:bookworm"
 
 
 class DockerUnavailable(RuntimeError):
@@ -85,8 +81,10 @@ def compose_binary() -> Path:
 class Docker:
     """A Docker CLI bound to a running daemon, with Compose v2 as its plugin."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cwd: Path | None = None) -> None:
         self.workdir = workdir
+        #: Where its commands run (compose reads ``.env`` and the compose files there).
+        self.cwd = cwd
         self.daemon: subprocess.Popen[bytes] | None = None
         self.cli = self._find_cli()
         config = workdir / "docker-config"
@@ -172,7 +170,11 @@ class Docker:
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return _run(
-            [self.cli, *args], env={**self.env, **(env or {})}, timeout=timeout, check=check
+            [self.cli, *args],
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+            check=check,
+            cwd=self.cwd,
         )
 
     def image_exists(self, image: str) -> bool:
@@ -205,54 +207,41 @@ class Docker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Build inputs, discovered on this host
+# The documented path: a clean copy of the repository and the commands deploy/README.md gives
 
 
-def debian_base_image(docker: Docker) -> str:
-    """A base image made from Debian packages by deploy/docker/debian-base.sh (reused)."""
-    if docker.image_exists(DEBIAN_BASE_TAG):
-        return DEBIAN_BASE_TAG
-    if shutil.which("debootstrap") is None:
-        apt_install("debootstrap")
-    started = time.monotonic()
-    _run(
-        ["bash", str(ROOT / "deploy" / "docker" / "debian-base.sh"), DEBIAN_BASE_TAG],
-        env={**docker.env, "DOCKER": docker.cli},
-        timeout=900,
-    )
-    logger.info("debootstrap base image in %.0f s", time.monotonic() - started)
-    return DEBIAN_BASE_TAG
+def clean_copy(dest: Path) -> Path:
+    """Copy the repository's tracked and untracked, not ignored files to ``dest`` (what a
+    clone of the working tree holds: no .venv, no .env, no wheels or images built here)."""
+    listed = _run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT
+    ).stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return dest
 
 
-def host_ca_bundle() -> Path | None:
-    """The CA bundle this host's pip trusts (pip's ``cert`` setting, else OpenSSL's)."""
-    candidates = [os.environ.get(n) for n in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
-    try:
-        configured = _run(
-            [sys.executable, "-m", "pip", "config", "get", "global.cert"], check=False
-        ).stdout.strip()
-        candidates.append(configured or None)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    candidates.append(ssl.get_default_verify_paths().cafile)
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and Path(candidate).stat().st_size > 0:
-            return Path(candidate)
-    return None
+def documented_commands(page: Path, name: str) -> list[str]:
+    """The commands of the bash block marked ``<!-- e2e: NAME ... -->`` in ``page``, one per
+    line, comments stripped."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    marker = next((i for i, line in enumerate(lines) if line.startswith(f"<!-- e2e: {name}")), None)
+    if marker is None or not lines[marker + 1].startswith("```"):
+        raise AssertionError(f"{page} has no bash block marked <!-- e2e: {name} -->")
+    end = next(i for i in range(marker + 2, len(lines)) if lines[i].startswith("```"))
+    words = (shlex.split(line, comments=True) for line in lines[marker + 2 : end])
+    return [shlex.join(w) for w in words if w]
 
 
-def torch_wheel(version: str, into: Path) -> Path:
-    """This host's torch wheel for ``version`` (pip's own configuration decides which:
-    on CI's machines, a CPU build kept on local disk), copied into ``into``."""
-    into.mkdir(parents=True, exist_ok=True)
-    before = set(into.glob("torch-*.whl"))
-    _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--dest", str(into), f"torch=={version}"],
-        timeout=900,
-    )  # fmt: skip
-    wheels = sorted(into.glob(f"torch-{version}*.whl"))
-    if not wheels:
-        raise RuntimeError(f"pip download gave no torch {version} wheel in {into}")
-    new = [w for w in wheels if w not in before]
-    return (new or wheels)[0]
+def read_env(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a compose ``.env`` file (comments and blank lines skipped)."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out

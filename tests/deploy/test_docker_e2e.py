@@ -1,11 +1,14 @@
-"""End to end with a real Docker engine: build the images as shipped, run the reward image,
-stop it under load, and bring up the CPU compose stack until the trainer has trained and
-Prometheus has scraped it.
+"""End to end with a real Docker engine, as deploy/README.md says to ("From a fresh host"):
+in a clean copy of the repository, run its commands as written (``setup-host.sh``, then
+``docker compose up -d --build``, ``ps``, ``logs trainer``, ``down -v``); build the images as
+shipped, run the reward image, stop it under load, and bring up the CPU compose stack until
+the trainer has trained and Prometheus has scraped it.
 
-Runs in CI (root, Debian, no container registry). It installs and starts Docker when none
-is running (and stops the daemon it started), builds a Debian base image from Debian packages
-when the registry's base image cannot be pulled, and passes the host's CA bundle and torch
-wheel in as build inputs. When Docker cannot be made to run, the tests fail; they never skip.
+Runs in CI (root, Debian, no container registry): ``setup-host.sh`` installs Docker and
+Compose v2, makes a Debian base image, finds the host's CA bundle and CPU torch wheel, and
+writes ``.env``; each documented command must exit 0. The only additions to what a user
+types are the environment variables that keep the test's ports, image names and project
+name apart. When Docker cannot be made to run, the tests fail; they never skip.
 
 Set ``R3_DOCKER_FIGURES=path.json`` to keep the figures measured here (deploy/README.md).
 """
@@ -17,7 +20,9 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -28,14 +33,7 @@ from typing import Any
 
 import pytest
 from deploy_support import ROOT, load_yaml
-from docker_harness import (
-    DEBIAN_BASE_TAG,
-    DEFAULT_BASE_IMAGE,
-    Docker,
-    debian_base_image,
-    host_ca_bundle,
-    torch_wheel,
-)
+from docker_harness import DEFAULT_BASE_IMAGE, Docker, clean_copy, documented_commands, read_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 logger = logging.getLogger("r3.tests.docker")
@@ -92,6 +90,8 @@ def figures() -> Iterator[dict[str, Any]]:
     """Figures measured by these tests, logged and written to $R3_DOCKER_FIGURES if set."""
     out: dict[str, Any] = {}
     yield out
+    load = os.getloadavg()[0]
+    out["machine"] = f"{os.cpu_count()} CPUs, load average {load:.1f} at the end"
     logger.info("docker figures: %s", json.dumps(out, indent=2))
     target = os.environ.get("R3_DOCKER_FIGURES")
     if target:
@@ -99,8 +99,49 @@ def figures() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def docker(tmp_path_factory: pytest.TempPathFactory, figures: dict[str, Any]) -> Iterator[Docker]:
-    engine = Docker(tmp_path_factory.mktemp("docker"))
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean copy of the repository (tracked and untracked, not ignored files): a clone."""
+    return clean_copy(tmp_path_factory.mktemp("checkout") / "r3")
+
+
+@pytest.fixture(scope="module")
+def fresh_host() -> list[str]:
+    """deploy/README.md's "From a fresh host" commands, as written."""
+    commands = documented_commands(ROOT / "deploy" / "README.md", "fresh-host")
+    assert commands[0].startswith("sudo bash deploy/docker/setup-host.sh"), commands
+    assert "docker compose up -d --build" in commands, commands
+    return commands
+
+
+def _as_typed(command: str) -> str:
+    """The command as a user types it; ``sudo`` is dropped when the tests already run as root."""
+    if os.geteuid() == 0 and command.startswith("sudo "):
+        return command[len("sudo ") :]
+    return command
+
+
+@pytest.fixture(scope="module")
+def docker(
+    tmp_path_factory: pytest.TempPathFactory,
+    checkout: Path,
+    fresh_host: list[str],
+    figures: dict[str, Any],
+) -> Iterator[Docker]:
+    """The engine, after the documented host set-up ran in the clean copy."""
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
+    setup = subprocess.run(
+        ["bash", "-c", _as_typed(fresh_host[0])],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert setup.returncode == 0, f"{fresh_host[0]} failed:\n{setup.stderr[-6000:]}"
+    figures["setup_host_s"] = round(time.monotonic() - started, 1)
+    engine = Docker(tmp_path_factory.mktemp("docker"), cwd=checkout)
     figures["versions"] = engine.versions
     figures["builder"] = "Compose v2's own BuildKit client against the daemon's BuildKit"
     try:
@@ -110,44 +151,29 @@ def docker(tmp_path_factory: pytest.TempPathFactory, figures: dict[str, Any]) ->
 
 
 @pytest.fixture(scope="module")
-def compose_env(docker: Docker, figures: dict[str, Any]) -> Iterator[dict[str, str]]:
-    """The variables `docker compose` gets: no .env, only the build inputs this host needs."""
-    env = {
+def compose_env(docker: Docker, checkout: Path, figures: dict[str, Any]) -> dict[str, str]:
+    """What `docker compose` gets besides the copy's .env (written by setup-host.sh): only
+    the test's own ports, image names and project name."""
+    dotenv = read_env(checkout / ".env")
+    files = dotenv["COMPOSE_FILE"].split(":")
+    assert files[:2] == ["docker-compose.yml", "docker-compose.cpu.yml"], files
+    if "BASE_IMAGE" in dotenv:
+        assert files[2:] == ["docker-compose.no-registry.yml"], files
+        figures["base_image"] = "debootstrap bookworm (deploy/docker/debian-base.sh)"
+        figures["base_image_mb"] = round(docker.image_size_mb(dotenv["BASE_IMAGE"]))
+    else:
+        figures["base_image"] = DEFAULT_BASE_IMAGE
+    wheels = sorted((checkout / "deploy" / "docker" / "wheels").glob("torch-*.whl"))
+    if wheels:
+        assert dotenv.get("TRAINER_TORCH_INDEX_URL") == "", dotenv
+        figures["torch_wheel"] = wheels[0].name
+    return {
         **IMAGES,
-        # Torch from the wheel pip gives this host (copied into the build's wheelhouse); its
-        # dependencies from pip's default index.
-        "TORCH_INDEX_URL": "",
-        "TRAINER_TORCH_INDEX_URL": "",
+        "COMPOSE_PROJECT_NAME": PROJECT,
         "REWARD_PORT": str(_free_port()),
         "PROMETHEUS_PORT": str(_free_port()),
         "GRAFANA_PORT": str(_free_port()),
     }
-    ca = host_ca_bundle()
-    if ca is not None:
-        env["BUILD_CA_BUNDLE"] = str(ca)
-    files = ["docker-compose.yml", "docker-compose.cpu.yml"]
-    started = time.monotonic()
-    if docker.pull(DEFAULT_BASE_IMAGE):
-        figures["base_image"] = DEFAULT_BASE_IMAGE
-    else:
-        made = not docker.image_exists(DEBIAN_BASE_TAG)
-        env["BASE_IMAGE"] = debian_base_image(docker)
-        files.append("docker-compose.no-registry.yml")
-        figures["base_image"] = "debootstrap bookworm (deploy/docker/debian-base.sh)"
-        if made:
-            figures["base_image_s"] = round(time.monotonic() - started, 1)
-        figures["base_image_mb"] = round(docker.image_size_mb(env["BASE_IMAGE"]))
-    env["COMPOSE_FILE"] = os.pathsep.join(str(ROOT / f) for f in files)
-    env["COMPOSE_PROJECT_NAME"] = PROJECT
-    wheels = ROOT / "deploy" / "docker" / "wheels"
-    before = set(wheels.iterdir())
-    wheel = torch_wheel(_dockerfile_arg("TORCH_VERSION"), wheels)
-    figures["torch_wheel"] = wheel.name
-    try:
-        yield env
-    finally:
-        for path in set(wheels.iterdir()) - before:
-            path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +183,6 @@ def images(docker: Docker, compose_env: dict[str, str], figures: dict[str, Any])
         started = time.monotonic()
         docker(["compose", "build", "--progress", "plain", service], env=compose_env, timeout=1800)
         figures[f"{service}_build_s"] = round(time.monotonic() - started, 1)
-    if "docker-compose.no-registry.yml" in compose_env["COMPOSE_FILE"]:
-        docker(["compose", "build", "prometheus"], env=compose_env, timeout=900)
     built = {
         "reward": compose_env["REWARD_IMAGE_CPU"],
         "trainer": compose_env["TRAINER_IMAGE_CPU"],
@@ -245,6 +269,20 @@ def test_reward_image(docker: Docker, images: dict[str, str], figures: dict[str,
             else:
                 assert answer["components"][name] == pytest.approx(values, abs=1e-4), name
         figures["reward_idle_mib"] = round(docker.memory_mib(reward.id))
+        # The query-type classifier is a fine-tuned encoder of its own: its memory cost is
+        # what the same image uses idle without it (typed items only).
+        bare = RewardContainer(
+            docker, images["reward"], "-e", "R3_CLASSIFIER=/none", "-e", "R3_ALLOW_NO_CLASSIFIER=1"
+        )
+        try:
+            bare.wait_ready()
+            typed = {**body, "qtype": shown["qtype"]}
+            assert _post_json(bare.url + "/reward", typed)["rewards"] == pytest.approx(
+                shown["rewards"], abs=1e-4
+            )
+            figures["reward_idle_no_classifier_mib"] = round(docker.memory_mib(bare.id))
+        finally:
+            bare.remove()
 
         assert docker.inspect(reward.id)["Config"]["User"] == "10001:10001"
         assert docker(["exec", reward.id, "id", "-u"]).stdout.strip() == "10001"
@@ -377,37 +415,74 @@ def _compose_service(docker: Docker, env: dict[str, str], service: str) -> str:
     return str(docker(["compose", "ps", "-a", "-q", service], env=env).stdout.strip())
 
 
+def _typed(docker: Docker, command: str, env: dict[str, str], timeout: float) -> str:
+    """Run a documented ``docker compose ...`` line as written (in the copy, through the
+    test's Docker CLI); it must exit 0. Returns its output."""
+    words = shlex.split(_as_typed(command))
+    assert words[0] == "docker", command
+    result = docker(words[1:], env=env, timeout=timeout, check=False)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="module")
 def stack(
     docker: Docker,
     compose_env: dict[str, str],
     images: dict[str, str],
+    fresh_host: list[str],
     figures: dict[str, Any],
 ) -> Iterator[dict[str, Any]]:
-    """`docker compose up -d` of the CPU stack, until the trainer has exited."""
+    """The documented `docker compose up -d --build` of the CPU stack, until the trainer has
+    exited; then the documented `ps` and `logs trainer`; the documented `down -v` at the end."""
     env = compose_env
+    later = [c for c in fresh_host[1:] if not c.startswith("docker compose up")]
+    down = [c for c in later if " down" in c]
+    # Not a documented step: containers a stopped earlier run of this test left behind.
+    docker(["compose", "--profile", "grafana", "down", "-v", "--remove-orphans"], env=env,
+           check=False, timeout=300)  # fmt: skip
     try:
         started = time.monotonic()
-        up = docker(["compose", "up", "-d"], env=env, timeout=900, check=False)
-        if up.returncode != 0:
-            logs = docker(["compose", "logs", "--no-color", "--tail", "60"], env=env, check=False)
-            raise AssertionError(f"compose up failed: {up.stderr[-3000:]}\n{logs.stdout}")
+        up = next(c for c in fresh_host if c.startswith("docker compose up"))
+        try:
+            _typed(docker, up, env, timeout=1800)
+        except AssertionError:
+            tail = docker(["compose", "logs", "--no-color", "--tail", "60"], env=env, check=False)
+            logger.error("stack logs:\n%s", tail.stdout)
+            raise
         # `up` returns once the trainer has started, i.e. once the reward service is healthy.
         figures["stack_reward_healthy_s"] = round(time.monotonic() - started, 1)
         trainer = _compose_service(docker, env, "trainer")
         assert trainer, "compose started no trainer"
         code = docker(["wait", trainer], timeout=1800).stdout.strip()
         figures["stack_train_s"] = round(time.monotonic() - started, 1)
-        logs = docker(["compose", "logs", "--no-color", "trainer"], env=env, check=False)
-        assert code == "0", f"the trainer exited {code}:\n{logs.stdout[-6000:]}"
+        outputs = {c: _typed(docker, c, env, timeout=120) for c in later if c not in down}
+        logs = next((out for c, out in outputs.items() if " logs" in c), "")
+        assert code == "0", f"the trainer exited {code}:\n{logs[-6000:]}"
         yield {
             "prometheus": f"http://127.0.0.1:{env['PROMETHEUS_PORT']}",
-            "trainer_logs": logs.stdout,
+            "trainer_logs": logs,
+            "outputs": outputs,
         }
     finally:
         result = docker(["compose", "ps", "-a"], env=env, check=False)
         logger.info("stack:\n%s", result.stdout)
+        for command in down:
+            _typed(docker, command, env, timeout=300)
         docker(["compose", "--profile", "grafana", "down", "-v"], env=env, check=False, timeout=300)
+
+
+def test_documented_commands_show_the_stack_and_the_trainer_steps(
+    stack: dict[str, Any],
+) -> None:
+    """`docker compose ps` lists the stack; `logs trainer` has one line per PPO step."""
+    steps = int(load_yaml(ROOT / "deploy" / "trainer" / "train.cpu.yaml")["steps"])
+    ps = next(out for c, out in stack["outputs"].items() if c.endswith(" ps"))
+    for service in ("reward", "trainer-metrics", "prometheus"):
+        assert service in ps, ps
+    for step in range(1, steps + 1):
+        line = rf"step {step}: reward [-0-9.]+, kl [-0-9.]+, length"
+        assert re.search(line, stack["trainer_logs"]), stack["trainer_logs"][-3000:]
 
 
 def test_compose_cpu_stack_trains_and_prometheus_scrapes(
