@@ -164,14 +164,10 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0)
 
     With group-relative scores on the last token and -beta KL per token, this is the advantage
     of the critic-free estimators (OpenRLHF's ``rloo`` and ``group_norm``). Zero on padding.
+    It is GAE with no value (V = 0) and lambda = 1.
     """
-    rewards = rewards * mask
-    out = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        out[:, t] = running
-    return out * mask
+    advantages, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)
+    return advantages
 
 
 @dataclass
