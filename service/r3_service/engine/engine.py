@@ -409,18 +409,25 @@ class RewardEngine:
         except BaseException as exc:
             self._release(waiting)
             if owned is not None and isinstance(exc, RequestTimeoutError):
-                self.late_requests += 1
-                self.batcher.finished(owned, max(deadline, time.monotonic()))
+                self._ended(owned, deadline, late=True)
             raise
         finally:
             if owned is not None:
                 self.batcher.cancel(owned)
         if owned is not None:
-            self.batcher.finished(owned)
+            self._ended(owned, deadline, late=False)
         if timing is not None:
             for work in waiting.values():
                 timing.add(work)
         return out
+
+    def _ended(self, place: Job, deadline: float, late: bool) -> None:
+        """The request admitted with ``place`` ended, answered or ``late`` (a timeout): count
+        it, and let admission compare the time it took with its estimate."""
+        if late:
+            self.late_requests += 1
+        now = time.monotonic()
+        self.batcher.finished(place, max(deadline, now) if late else now)
 
     def _lookup(
         self,
@@ -558,12 +565,11 @@ class RewardEngine:
                 result = fold(typed, plan)
         except RequestTimeoutError:
             if place is not None:
-                self.late_requests += 1
-                self.batcher.finished(place, max(deadline, time.monotonic()))
+                self._ended(place, deadline, late=True)
             raise
         else:
             if place is not None:
-                self.batcher.finished(place)
+                self._ended(place, deadline, late=False)
             return result
         finally:
             if place is not None:

@@ -624,21 +624,23 @@ class Scheduler:
         holding the head job's next text runs. A small job's short and long texts may go
         in two batches (run one after the other: the job stays at the head)."""
         window = self._window(order)
-        head = self.job_class(order[0])
-        if head < max(self.job_class(job) for job in order):
-            return self._front_batch(order, window, head)
+        classes = {id(job): self.job_class(job) for job in order}
+        head = classes[id(order[0])]
+        if head < max(classes.values()):
+            front = {key for key, size in classes.items() if size <= head}
+            return self._front_batch(window, front)
         lengths = [w.tokens for w in window]
         batches = cut_batches(lengths, self.max_batch_tokens, self.max_batch_size)
         return [window[i] for i in next(b for b in batches if 0 in b)]
 
-    def _front_batch(self, order: Sequence[Job], window: list[Work], head: int) -> list[Work]:
+    def _front_batch(self, window: list[Work], front_jobs: set[int]) -> list[Work]:
         """The batch of a request ahead of larger ones: its texts and those of the other
         queued requests of its class or smaller, cut by length within the full budget, so
         that small requests share batches (at 10 one-item requests a second, a batch of a
         quarter budget held one response each, and their own load outgrew the worker);
         the larger requests' texts fill it only up to ``SMALL_BATCH_SHARE`` of the budget,
-        with texts no longer than its longest, so that it ends soon."""
-        front_jobs = {id(job) for job in order if self.job_class(job) <= head}
+        with texts no longer than its longest, so that it ends soon. ``front_jobs``: the ids of
+        the jobs of the head's size class or smaller."""
         front = [w for w in window if id(w.job) in front_jobs]  # window[0] is the head's
         batches = cut_batches([w.tokens for w in front], self.max_batch_tokens, self.max_batch_size)
         chosen = [front[i] for i in next(b for b in batches if 0 in b)]
