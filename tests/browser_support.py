@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from tests_support import apt_install, run
 
 #: Names the browser goes by on Debian, Ubuntu and elsewhere.
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -28,16 +29,7 @@ def chromium() -> str:
     path = _found()
     if path:
         return path
-    if not shutil.which("apt-get"):
-        raise RuntimeError("no Chromium and no apt-get to install it: install chromium")
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            raise RuntimeError(f"apt-get install chromium failed:\n{done.stderr[-2000:]}")
+    apt_install("chromium", recommends=False)
     path = _found()
     if not path:
         raise RuntimeError("chromium was installed but is not on PATH")
@@ -60,7 +52,4 @@ def headless(url: str, *args: str, timeout: float = 120) -> str:
         "--dump-dom",
         url,
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
-    return done.stdout
+    return run(argv, timeout=timeout).stdout

@@ -20,7 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import tests_support
 from deploy_support import ROOT
+from tests_support import run
 
 logger = logging.getLogger("r3.tests.docker")
 
@@ -32,39 +34,10 @@ class DockerUnavailable(RuntimeError):
     """Docker could not be made to run here (the end-to-end tests fail on it, never skip)."""
 
 
-def _run(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 120,
-    check: bool = True,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(argv),
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} exited {result.returncode}\n"
-            f"stdout: {result.stdout[-4000:]}\nstderr: {result.stderr[-4000:]}"
-        )
-    return result
-
-
 def apt_install(*packages: str) -> None:
-    """``apt-get install`` (as root, Debian-like hosts), for what the tests need."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise DockerUnavailable(f"{packages} missing and cannot be installed (needs root + apt)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    """``apt-get install`` of what the tests need (``tests_support.apt_install``), logged."""
     logger.info("apt-get install %s", " ".join(packages))
-    _run(["apt-get", "update", "-q"], env=env, timeout=600)
-    _run(["apt-get", "install", "-y", "-q", *packages], env=env, timeout=900)
+    tests_support.apt_install(*packages)
 
 
 def compose_binary() -> Path:
@@ -111,7 +84,7 @@ class Docker:
 
     def _daemon_answers(self) -> bool:
         try:
-            return _run([self.cli, "info"], env=self.env, timeout=30, check=False).returncode == 0
+            return run([self.cli, "info"], env=self.env, timeout=30, check=False).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
@@ -169,7 +142,7 @@ class Docker:
         check: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return _run(
+        return run(
             [self.cli, *args],
             env={**self.env, **(env or {})},
             timeout=timeout,
@@ -213,7 +186,7 @@ class Docker:
 def clean_copy(dest: Path) -> Path:
     """Copy the repository's tracked and untracked, not ignored files to ``dest`` (what a
     clone of the working tree holds: no .venv, no .env, no wheels or images built here)."""
-    listed = _run(
+    listed = run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT
     ).stdout
     for name in filter(None, listed.split("\0")):

@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import socket
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -34,6 +33,7 @@ from typing import Any
 import pytest
 from deploy_support import ROOT, load_yaml
 from docker_harness import DEFAULT_BASE_IMAGE, Docker, clean_copy, documented_commands, read_env
+from tests_support import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 logger = logging.getLogger("r3.tests.docker")
@@ -52,12 +52,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _dockerfile_arg(name: str) -> str:
-    match = re.search(rf"^ARG {name}=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
-    assert match, f"the Dockerfile declares no default for {name}"
-    return match.group(1)
 
 
 def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -130,16 +124,7 @@ def docker(
     """The engine, after the documented host set-up ran in the clean copy."""
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
-    setup = subprocess.run(
-        ["bash", "-c", _as_typed(fresh_host[0])],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        stdin=subprocess.DEVNULL,
-    )
-    assert setup.returncode == 0, f"{fresh_host[0]} failed:\n{setup.stderr[-6000:]}"
+    run(["bash", "-c", _as_typed(fresh_host[0])], env=env, cwd=checkout, timeout=3600)
     figures["setup_host_s"] = round(time.monotonic() - started, 1)
     engine = Docker(tmp_path_factory.mktemp("docker"), cwd=checkout)
     figures["versions"] = engine.versions
