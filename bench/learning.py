@@ -115,6 +115,8 @@ class Settings:
     max_new_tokens: int = 64
     eval_size: int = 128
     seed: int = 0
+    #: Comma-separated modules that get LoRA adapters (the paper: q_proj,v_proj).
+    lora_target_modules: str = "q_proj,v_proj"
 
     def ppo_config(self, **changes: Any) -> PPOConfig:
         """The trainer's config for one arm: these settings, the paper's for the rest."""
@@ -129,6 +131,7 @@ class Settings:
             learning_rate=self.learning_rate,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
+            lora_target_modules=[m.strip() for m in self.lora_target_modules.split(",")],
             eval_every=0,
             save_every=0,
             tensorboard=False,
@@ -601,6 +604,7 @@ def results_markdown(summary: dict[str, Any], out: Path) -> str:
         f"({s.get('samples_per_prompt', 1)} per prompt, advantages: "
         f"{s.get('advantage_estimator', 'gae')}), "
         f"up to {s['max_new_tokens']} new tokens, lr {s['learning_rate']:g}, "
+        f"LoRA on {s.get('lora_target_modules', 'q_proj,v_proj')}, "
         f"{s['ppo_epochs']} PPO epochs, mini-batch {s['mini_batch_size']} x "
         f"{s['gradient_accumulation_steps']} accumulation, seed {s['seed']}. Held out: "
         f"{summary['held_out']['OPENENDED']} OPENENDED + {summary['held_out']['CONSTRAINED']} "

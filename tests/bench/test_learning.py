@@ -271,3 +271,9 @@ def test_an_arm_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
     path.write_text(str(gone.pid))  # a stale claim
     assert learning.claim_arm(tmp_path, "full") == path
     assert learning.claim_arm(tmp_path, "relevance").name == ".relevance.running"
+
+
+def test_settings_pass_the_lora_modules_and_the_paper_default_to_the_trainer() -> None:
+    assert learning.Settings().ppo_config().lora_target_modules == ["q_proj", "v_proj"]
+    every = learning.Settings(lora_target_modules="q_proj, up_proj,down_proj").ppo_config()
+    assert every.lora_target_modules == ["q_proj", "up_proj", "down_proj"]
