@@ -4,13 +4,13 @@ and reading the server's /metrics."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from tests_support import free_port, poll_until
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -60,15 +60,6 @@ def metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    """Poll a state until it holds (tests wait on states, never on fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 class GatedEncoder:
     """The real encoder; inference blocks until ``gate`` is set (to hold the queue full)."""
 
@@ -95,7 +86,6 @@ class InProcessServer:
 
     def __init__(self, encoder: Any, **settings: Any) -> None:
         import uvicorn
-        from tests_support import free_port  # type: ignore[import-not-found]
 
         from r3_service.api.app import create_app
         from r3_service.config import Settings
@@ -116,7 +106,7 @@ class InProcessServer:
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, "the in-process server")
+        poll_until(ready, "the in-process server")
         return self
 
     def __exit__(self, *_: object) -> None:

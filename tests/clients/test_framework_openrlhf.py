@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests_support import poll_until
 
 pytest.importorskip("torch")
 agent = pytest.importorskip("openrlhf.utils.agent")
@@ -29,7 +30,6 @@ from adapters_support import (  # noqa: E402
     InProcessServer,
     byte_bpe_tokenizer,
     metric,
-    wait_for,
 )
 
 import r3_client.integrations.openrlhf as r3_openrlhf  # noqa: E402
@@ -235,7 +235,7 @@ def test_full_queue_every_sample_gets_its_reward(
             kwargs={"json": {"anchor": ["a b", "c d"], "text": ["e f", "g h"]}, "timeout": 120},
         )
         blocker.start()
-        wait_for(lambda: metric(server.url, "r3_queue_size") == 4, "a full queue")
+        poll_until(lambda: metric(server.url, "r3_queue_size") == 4, "a full queue")
         if path == "http":
             executor = agent.SingleTurnAgentExecutor(remote_rm_url=server.url + "/openrlhf/reward")
         else:
@@ -252,7 +252,7 @@ def test_full_queue_every_sample_gets_its_reward(
 
         worker = threading.Thread(target=rollout)
         worker.start()
-        wait_for(
+        poll_until(
             lambda: (
                 metric(server.url, "r3_rejected_requests_total", reason="queue_full_waiting") >= 1
             ),

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import threading
 import time
 import urllib.parse
@@ -33,7 +32,7 @@ from typing import Any
 import pytest
 from deploy_support import ROOT, load_yaml
 from docker_harness import DEFAULT_BASE_IMAGE, Docker, clean_copy, documented_commands, read_env
-from tests_support import run
+from tests_support import free_port, poll_until, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 logger = logging.getLogger("r3.tests.docker")
@@ -48,12 +47,6 @@ IMAGES = {
 HEALTHY_WITHIN_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -62,17 +55,6 @@ def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except OSError:
         return 0, b""
-
-
-def _wait_for(what: str, check: Any, timeout: float, interval: float = 0.5) -> Any:
-    """Poll ``check()`` (a state, not a clock) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,9 +137,9 @@ def compose_env(docker: Docker, checkout: Path, figures: dict[str, Any]) -> dict
     return {
         **IMAGES,
         "COMPOSE_PROJECT_NAME": PROJECT,
-        "REWARD_PORT": str(_free_port()),
-        "PROMETHEUS_PORT": str(_free_port()),
-        "GRAFANA_PORT": str(_free_port()),
+        "REWARD_PORT": str(free_port()),
+        "PROMETHEUS_PORT": str(free_port()),
+        "GRAFANA_PORT": str(free_port()),
     }
 
 
@@ -184,7 +166,7 @@ def images(docker: Docker, compose_env: dict[str, str], figures: dict[str, Any])
 class RewardContainer:
     def __init__(self, docker: Docker, image: str, *options: str) -> None:
         self.docker = docker
-        self.port = _free_port()
+        self.port = free_port()
         self.started = time.monotonic()
         self.id = docker(
             ["run", "-d", "-p", f"127.0.0.1:{self.port}:8000", *options, image]
@@ -197,7 +179,7 @@ class RewardContainer:
             assert state["Running"], f"the container exited: {self.logs()}"
             return _get(self.url + "/readyz")[0] == 200
 
-        _wait_for("/readyz", ready, timeout=HEALTHY_WITHIN_S)
+        poll_until(ready, "/readyz", HEALTHY_WITHIN_S, interval=0.5)
         return time.monotonic() - self.started
 
     def wait_healthy(self) -> float:
@@ -206,7 +188,7 @@ class RewardContainer:
             assert health.get("Status") != "unhealthy", health
             return health.get("Status") == "healthy"
 
-        _wait_for("a healthy status", healthy, timeout=HEALTHY_WITHIN_S)
+        poll_until(healthy, "a healthy status", HEALTHY_WITHIN_S, interval=0.5)
         return time.monotonic() - self.started
 
     def logs(self) -> str:
@@ -480,7 +462,7 @@ def test_compose_cpu_stack_trains_and_prometheus_scrapes(
         result = _prometheus_query(base, "r3_trainer_step")["result"]
         return [r for r in result if float(r["value"][1]) >= steps]
 
-    _wait_for(f"r3_trainer_step >= {steps} in Prometheus", trained, timeout=120)
+    poll_until(trained, f"r3_trainer_step >= {steps} in Prometheus", 120, interval=0.5)
     for expr in ("r3_trainer_reward_mean", "r3_trainer_kl"):
         assert _prometheus_query(base, expr)["result"], f"{expr} was not scraped"
     requests = _prometheus_query(base, 'sum(r3_requests_total{job="r3-reward",status="200"})')

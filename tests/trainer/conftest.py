@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,6 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from tiny_lm import PROMPTS, build_tiny_lm
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_prompts(path: Path, qtype: str | None = "OPENENDED") -> Path:

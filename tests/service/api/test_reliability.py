@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tests_support import free_port, poll_until
 
 from r3_service.api.app import create_app
 from r3_service.config import Settings
@@ -29,15 +30,6 @@ from r3_service.server import build_server
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
-
-
-def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "state") -> None:
-    """Poll ``predicate`` until it holds (a state), failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -84,8 +76,6 @@ class InjectedEncoder(Encoder):
 
 class InProcessServer:
     def __init__(self, settings: Settings, encoder: Encoder) -> None:
-        from tests_support import free_port  # type: ignore[import-not-found]
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = settings.model_copy(update={"port": self.port, "log_level": "warning"})
@@ -101,7 +91,7 @@ class InProcessServer:
 
     def __enter__(self) -> InProcessServer:
         self.thread.start()
-        until(self.ready, 60, "the in-process server to be ready")
+        poll_until(self.ready, "the in-process server to be ready", 60)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -178,7 +168,9 @@ def test_deadline_gives_504_and_drops_queued_work(serve) -> None:  # type: ignor
         # worker typing the query first (which took longer than 0.5 s on a busy machine).
         # The worker's first job is the start-up calibration, which can outlast the 0.5 s
         # deadline on a busy machine: the slow request must reach the encoder, not wait.
-        until(lambda: metric(server.url, "r3_drain_rate_tokens_per_second") > 0, 60, "calibration")
+        poll_until(
+            lambda: metric(server.url, "r3_drain_rate_tokens_per_second") > 0, "calibration", 60
+        )
         answers: list[httpx.Response] = []
         first = in_background(
             lambda: answers.append(reward(server.url, ["slow slow slow"], qtype="OPENENDED"))
@@ -226,7 +218,10 @@ def test_disconnected_client_work_is_dropped_and_counted_499(serve) -> None:  # 
         assert encoder.slow_started.wait(10)
         with pytest.raises(httpx.ReadTimeout):
             reward(server.url, ["an elephant leaves early"], timeout=0.3)
-        until(lambda: metric(server.url, "r3_requests_total", route="/reward", status="499") == 1)
+        poll_until(
+            lambda: metric(server.url, "r3_requests_total", route="/reward", status="499") == 1,
+            timeout=30,
+        )
         encoder.release.set()
         first.join()
         assert reward(server.url, ["fresh"]).status_code == 200
@@ -240,7 +235,7 @@ def test_dead_worker_turns_readyz_red(serve) -> None:  # type: ignore[no-untyped
     with server:
         with pytest.raises(httpx.HTTPError):
             reward(server.url, ["apocalypse now"], timeout=2)
-        until(lambda: httpx.get(server.url + "/readyz").status_code == 503, 10, "readyz red")
+        poll_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, "readyz red", 10)
         assert "worker" in httpx.get(server.url + "/readyz").json()["error"]["message"]
         after = reward(server.url, ["anyone there"])
         assert after.status_code == 503 and "retry-after" in after.headers
@@ -251,7 +246,7 @@ def test_hung_batch_turns_readyz_red_counts_and_refuses(serve) -> None:  # type:
     with server:
         stuck = in_background(lambda: reward(server.url, ["hang here"], timeout=60))
         assert encoder.slow_started.wait(10)
-        until(lambda: httpx.get(server.url + "/readyz").status_code == 503, 10, "readyz red")
+        poll_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, "readyz red", 10)
         message = httpx.get(server.url + "/readyz").json()["error"]["message"]
         assert "running for" in message
         assert metric(server.url, "r3_hung_batches_total") == 1
@@ -262,7 +257,7 @@ def test_hung_batch_turns_readyz_red_counts_and_refuses(serve) -> None:  # type:
         assert metric(server.url, "r3_rejected_requests_total", reason="stalled") == 1
         encoder.release.set()
         stuck.join()
-        until(lambda: httpx.get(server.url + "/readyz").status_code == 200, 10, "readyz green")
+        poll_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, "readyz green", 10)
         assert reward(server.url, ["back to work"]).status_code == 200
         assert metric(server.url, "r3_hung_batches_total") == 1
 
@@ -272,7 +267,7 @@ async def test_overload_is_refused_early_not_timed_out(serve) -> None:  # type: 
     every request ran and got 504; now the excess is refused at once with Retry-After."""
     server, _ = serve(request_timeout_s=4.0)
     with server:
-        until(lambda: metric(server.url, "r3_drain_rate_tokens_per_second") > 0, what="rate")
+        poll_until(lambda: metric(server.url, "r3_drain_rate_tokens_per_second") > 0, "rate", 30)
         # Three times what the measured drain rate gets through in the deadline (at least
         # 64 requests): overload on a machine of any speed. A request costs about 600.
         rate = metric(server.url, "r3_drain_rate_tokens_per_second")

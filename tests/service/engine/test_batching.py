@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
+from tests_support import apoll_until
 
 from r3_service.engine import (
     BatchStats,
@@ -38,14 +39,6 @@ def make_work(loop: asyncio.AbstractEventLoop, ids: list[int], deadline: float =
 
 def config(**knobs: object) -> EngineConfig:
     return EngineConfig(**{"max_wait_ms": 0.0, **knobs})  # type: ignore[arg-type]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a state, checking every few milliseconds (fails after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "state not reached"
-        await asyncio.sleep(0.005)
 
 
 def submit(batcher: Batcher, works: list[Work], timeout: float = 60.0) -> None:
@@ -142,7 +135,7 @@ async def test_work_nobody_waits_for_is_dropped() -> None:
     await kept.future
     assert 2 not in seen and seen == [1, 3]
     assert dropped.future.cancelled()
-    await wait_until(lambda: batcher.in_flight_texts == 0)
+    await apoll_until(lambda: batcher.in_flight_texts == 0)
     batcher.stop()
 
 
@@ -155,7 +148,7 @@ async def test_expired_text_is_answered_with_a_timeout_and_never_run() -> None:
     await loop.run_in_executor(None, started.wait, 10)
     late = make_work(loop, [7], deadline=time.monotonic() + 0.05)
     batcher.submit([late], late.deadline, 0.05)
-    await wait_until(lambda: time.monotonic() > late.deadline)  # it expires while queued
+    await apoll_until(lambda: time.monotonic() > late.deadline)  # it expires while queued
     gate.set()
     with pytest.raises(RequestTimeoutError):
         await late.future
@@ -179,13 +172,13 @@ async def test_hung_batch_is_flagged_counted_once_and_refuses_new_work() -> None
     submit(batcher, [stuck])
     await loop.run_in_executor(None, started.wait, 10)
     assert not batcher.hung
-    await wait_until(lambda: batcher.hung_batches == 1)
+    await apoll_until(lambda: batcher.hung_batches == 1)
     assert batcher.hung and batcher.running_for() > 0.2
     with pytest.raises(WorkerStalledError):
         submit(batcher, [make_work(loop, [1])])
     release.set()
     await stuck.future
-    await wait_until(lambda: not batcher.hung)
+    await apoll_until(lambda: not batcher.hung)
     fresh = make_work(loop, [2])
     submit(batcher, [fresh])
     assert (await fresh.future)[0] == 2

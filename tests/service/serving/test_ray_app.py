@@ -10,7 +10,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pytest
 import ray
 import yaml
 from ray import serve
-from tests_support import free_port
+from tests_support import free_port, poll_until
 
 from r3_client import AsyncClient, Client, UnprocessableEntityError
 from r3_service.serving.model_ship import COMPLETE_MARK, digest_of, folder_files
@@ -53,14 +52,6 @@ class RayApp:
     metrics_url: str
     cache: Path
     args: dict[str, Any]
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 def _replicas_running() -> int:
@@ -112,7 +103,7 @@ def ray_app(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             timeout=240,
             capture_output=True,
         )
-        _wait_for(lambda: _replicas_running() == 2, 240, "2 replicas running")
+        poll_until(lambda: _replicas_running() == 2, "2 replicas running", 240, interval=0.2)
         yield RayApp(
             f"http://127.0.0.1:{http_port}",
             f"http://127.0.0.1:{metrics_port}/metrics",
@@ -199,7 +190,9 @@ def test_metrics_of_every_replica_reach_rays_endpoint(ray_app: RayApp) -> None:
                 found.add(line.split('replica="', 1)[1].split('"', 1)[0])
         return found
 
-    _wait_for(lambda: len(replicas_in_ray()) == 2, 60, "both replicas in Ray's metrics")
+    poll_until(
+        lambda: len(replicas_in_ray()) == 2, "both replicas in Ray's metrics", 60, interval=0.2
+    )
 
 
 LONG = " ".join(f"Step {i} of the procedure checks part {i % 7} again." for i in range(20))
@@ -247,7 +240,9 @@ def test_killing_a_replica_loses_no_request(ray_app: RayApp, live_server: str) -
     for rewards, want in zip(results, expected, strict=True):
         assert rewards == pytest.approx(want, abs=1e-5)
     assert 500 in statuses  # requests were cut by the kill, and answered on retry
-    _wait_for(lambda: _replicas_running() == 2, 120, "Serve replaced the killed replica")
+    poll_until(
+        lambda: _replicas_running() == 2, "Serve replaced the killed replica", 120, interval=0.2
+    )
 
 
 def test_scale_down_drains_in_flight_requests(ray_app: RayApp, expected: list[float]) -> None:
@@ -272,7 +267,7 @@ def test_scale_down_drains_in_flight_requests(ray_app: RayApp, expected: list[fl
         t.start()
     try:
         serve.run(build_app(args), name="r3", route_prefix="/")
-        _wait_for(lambda: _replicas_running() == 1, 120, "one replica left")
+        poll_until(lambda: _replicas_running() == 1, "one replica left", 120, interval=0.2)
     finally:
         stop.set()
         for t in threads:
