@@ -31,6 +31,7 @@ import numpy as np
 from r3_service.classifier import calibration as C
 from r3_service.classifier.adapter import load_adapter, save_adapter
 from r3_service.classifier.build import build_classifier, shipped_adapter_path
+from r3_service.classifier.head import sigmoid
 from r3_service.classifier.runtime import DEFAULT_BAND, EnsembleEncoder, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def ood_probabilities(args: argparse.Namespace, texts: list[str], temperature: f
 
             folder = build_classifier(bundled_model_dir(), args.adapter, Path(tmp) / "qtype")
         encoder = EnsembleEncoder(folder, read_config(folder))
-        return C.sigmoid(encoder.encode(texts)[:, 0].astype(np.float64) / temperature)
+        return sigmoid(encoder.encode(texts)[:, 0].astype(np.float64) / temperature)
 
 
 def ood_report(
@@ -153,7 +154,7 @@ def main() -> int:
     y = held["y"]
     af_t = args.af_temperature or temperature
     af = {
-        k: C.sigmoid(held[k] / af_t)
+        k: sigmoid(held[k] / af_t)
         for k in held.files
         if k not in ("y", "idx") and not k.startswith(("ood", "member"))
     }

@@ -143,8 +143,8 @@ def make_model(name: str, dtype: Dtype, work: Path) -> Path:
 
 def make_items(n: int, tag: str, seed: int = 0) -> list[Any]:
     """Fresh RLHF-like items: short queries, responses of 10 to 300 words, half CONSTRAINED."""
-    from r3_service.engine import RewardItem
     from r3_service.reward.formula import QueryType
+    from r3_service.scoring import RewardItem
 
     rng = random.Random(seed)
     items = []
@@ -165,7 +165,7 @@ def make_items(n: int, tag: str, seed: int = 0) -> list[Any]:
     return items
 
 
-async def _drive(engine: Any, items: list[Any], per_call: int, callers: int) -> dict[str, float]:
+async def _drive(scorer: Any, items: list[Any], per_call: int, callers: int) -> dict[str, float]:
     chunks = [items[i : i + per_call] for i in range(0, len(items), per_call)]
     latencies: list[float] = []
     queue = list(reversed(chunks))
@@ -174,7 +174,7 @@ async def _drive(engine: Any, items: list[Any], per_call: int, callers: int) -> 
         while queue:
             chunk = queue.pop()
             started = time.perf_counter()
-            await engine.score(chunk)
+            await scorer.score(chunk)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -187,31 +187,33 @@ async def _drive(engine: Any, items: list[Any], per_call: int, callers: int) -> 
 def engine_throughput(
     encoder: Any, budget: int, size: int, n: int, tag: str, callers: int = 16, per_call: int = 16
 ) -> dict[str, float]:
-    """Items/s and per-call p50/p99 of RewardEngine.score (fresh items, ``callers`` at once)."""
-    from r3_service.engine import EngineConfig, RewardEngine
+    """Items/s and per-call p50/p99 of RewardScorer.score (fresh items, ``callers`` at once)."""
+    from r3_service.engine import EmbeddingEngine, EngineConfig
+    from r3_service.scoring import RewardScorer
 
     config = EngineConfig(max_batch_tokens=budget, max_batch_size=size, request_timeout_s=600)
-    engine = RewardEngine(encoder, config)
-    engine.start()
+    scorer = RewardScorer(EmbeddingEngine(encoder, config))
+    scorer.start()
     try:
-        asyncio.run(_drive(engine, make_items(per_call * 2, f"warm {tag}"), per_call, 2))
-        result = asyncio.run(_drive(engine, make_items(n, tag), per_call, callers))
-        result["drain_rate_tokens_per_s"] = engine.batcher.drain_rate
+        asyncio.run(_drive(scorer, make_items(per_call * 2, f"warm {tag}"), per_call, 2))
+        result = asyncio.run(_drive(scorer, make_items(n, tag), per_call, callers))
+        result["drain_rate_tokens_per_s"] = scorer.engine.batcher.drain_rate
         return result
     finally:
-        engine.stop()
+        scorer.stop()
 
 
 def rewards(encoder: Any, items: list[Any]) -> np.ndarray:
-    """The rewards the engine gives ``items`` with ``encoder``."""
-    from r3_service.engine import RewardEngine
+    """The rewards the scorer gives ``items`` with ``encoder``."""
+    from r3_service.engine import EmbeddingEngine
+    from r3_service.scoring import RewardScorer
 
-    engine = RewardEngine(encoder)
-    engine.start(calibrate=False)
+    scorer = RewardScorer(EmbeddingEngine(encoder))
+    scorer.start(calibrate=False)
     try:
-        return np.array(asyncio.run(engine.score(items)).rewards)
+        return np.array(asyncio.run(scorer.score(items)).rewards)
     finally:
-        engine.stop()
+        scorer.stop()
 
 
 # -- phases --------------------------------------------------------------------------------

@@ -8,4 +8,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 ruff check .
 ruff format --check .
 mypy service/r3_service clients/python/src/r3_client trainer/r3_trainer bench
+lint-imports  # the architecture contracts in pyproject.toml
 python -m pytest -q -p no:cacheprovider "$@"

@@ -33,7 +33,8 @@ def folder_name(model: str) -> str:
 def export_default(out: Path) -> Path:
     """The embedded default encoder, exported offline, with its query-type head."""
     from r3_service.encoder.export import export_encoder
-    from r3_service.models import bundled_model_dir, install_default_head
+    from r3_service.install import install_default_head
+    from r3_service.models import bundled_model_dir
 
     target = out / "default"
     export_encoder(str(bundled_model_dir()), target, profile="minilm", local_files_only=True)

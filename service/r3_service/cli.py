@@ -66,7 +66,8 @@ def export_main(argv: Sequence[str] | None = None) -> None:
 
 def _export(args: argparse.Namespace) -> EncoderProfile:
     from r3_service.encoder.export import export_encoder
-    from r3_service.models import bundled_model_dir, install_classifier, is_default_name
+    from r3_service.install import install_classifier
+    from r3_service.models import bundled_model_dir, is_default_name
 
     options = {
         "dtype": args.dtype,

@@ -1,10 +1,19 @@
-"""Prometheus metrics, one registry per app (TEI-style names with the ``r3_`` prefix)."""
+"""Prometheus metrics, one registry per app (TEI-style names with the ``r3_`` prefix).
+
+Every series the service exports is defined here. Tallies kept by the engine, the
+batchers and the classifier are copied in at scrape time (``refresh``).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from r3_service.engine.batching import BatchStats
+
+if TYPE_CHECKING:
+    from r3_service.scoring import RewardScorer
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -91,6 +100,23 @@ class Metrics:
             ["qtype"],
             registry=r,
         )
+        self.qtype_decisions = Counter(
+            "r3_qtype_decisions",
+            "Query types decided by the classifier for untyped items; 'uncertain' counts those "
+            "inside the abstain band (scored by the blend rule).",
+            ["decision"],
+            registry=r,
+        )
+        self.qtype_cache_hits = Counter(
+            "r3_qtype_cache_hits",
+            "Query-type classifications answered from the per-query cache.",
+            registry=r,
+        )
+        self.qtype_cache_misses = Counter(
+            "r3_qtype_cache_misses",
+            "Query-type classifications that ran the classifier.",
+            registry=r,
+        )
 
     def _worker_metrics(self, r: CollectorRegistry) -> None:
         self.queue_tokens = Gauge("r3_queue_tokens", "Tokens of the texts waiting.", registry=r)
@@ -174,6 +200,35 @@ class Metrics:
             (self.dedup_hits, dedup),
         ):
             _catch_up(counter, total)
+
+    def refresh(self, scorer: RewardScorer) -> None:
+        """Copy the scorer's queue, cache, worker and admission tallies into the registry.
+
+        Queue and drain figures are the inference worker's; hung batches and expired texts
+        count every worker (inference and the classifier's), the running time is the longer.
+        """
+        engine = scorer.engine
+        batcher = engine.batcher
+        self.sync(
+            queued=batcher.in_flight_texts,
+            cache_hits=engine.cache.hits,
+            cache_misses=engine.cache.misses,
+            cache_bytes=engine.cache.bytes,
+            dedup=engine.dedup_hits,
+        )
+        workers = [b for _, b in scorer.workers()]
+        self.sync_worker(
+            pending_tokens=batcher.pending_tokens,
+            drain_rate=batcher.drain_rate,
+            running_for=max(b.running_for() for b in workers),
+            hung_batches=sum(b.hung_batches for b in workers),
+            expired_texts=sum(b.expired_texts for b in workers),
+        )
+        self.sync_admission(engine.admitted_requests, engine.late_requests)
+        stats = scorer.classifier.cache_stats() if scorer.classifier is not None else None
+        if stats is not None:
+            _catch_up(self.qtype_cache_hits, stats[0])
+            _catch_up(self.qtype_cache_misses, stats[1])
 
 
 def _catch_up(counter: Counter, total: float) -> None:

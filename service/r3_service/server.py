@@ -29,11 +29,18 @@ HTTP protocol is subclassed here (``guarded_protocol``) to add them:
 The open-file limit is raised towards its hard limit at start, and the cap and listen
 backlog are kept well under it, so that the process never runs out of descriptors.
 Body size, body deadline (408) and JSON checks are ASGI middleware (``api/middleware.py``).
+
+These limits rely on uvicorn internals (its protocol classes and their request cycle), so
+uvicorn is pinned to the tested range in ``pyproject.toml`` and ``check_uvicorn_internals``
+refuses to start, naming what is missing, when an installed uvicorn lacks one of them
+(a test runs the same check). Moving the limits to a pure ASGI layer is not possible:
+header size, header timeout and the connection cap act before ASGI sees a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import resource
@@ -308,6 +315,61 @@ class GuardMixin:
         return True
 
 
+#: What ``GuardMixin`` uses of uvicorn's protocols: methods it overrides or calls, the
+#: attributes their ``__init__`` sets, and those of the request cycle (``cycle``).
+UVICORN_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "eof_received",
+    "on_response_complete",
+    "send_400_response",
+    "_unset_keepalive_if_required",
+    "_unsupported_upgrade_warning",
+)
+HTTPTOOLS_CALLBACKS = ("on_message_begin", "on_url", "on_header", "on_headers_complete")
+UVICORN_ATTRIBUTES = ("transport", "loop", "cycle")
+CYCLE_ATTRIBUTES: tuple[str, ...] = (
+    "more_body",
+    "response_started",
+    "response_complete",
+    "disconnected",
+    "message_event",
+)
+
+
+def _sets(cls: type, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` ``cls.__init__`` does not assign to ``self``."""
+    try:
+        source = inspect.getsource(getattr(cls, "__init__"))  # noqa: B009 - the class's own
+    except (OSError, TypeError):
+        return list(names)
+    return [n for n in names if f"self.{n} =" not in source and f"self.{n}:" not in source]
+
+
+def missing_uvicorn_internals(base: type, cycle: type | None) -> list[str]:
+    """What ``GuardMixin`` needs that the protocol class ``base`` (and its request cycle
+    class) lacks; empty when the installed uvicorn is one the limits work with."""
+    httptools = any(c.__name__ == "HttpToolsProtocol" for c in base.__mro__)
+    methods = UVICORN_METHODS + (HTTPTOOLS_CALLBACKS if httptools else ())
+    missing = [f"{base.__name__}.{m}()" for m in methods if not callable(getattr(base, m, None))]
+    missing += [f"{base.__name__}.{a}" for a in _sets(base, UVICORN_ATTRIBUTES)]
+    if cycle is None:
+        return [*missing, "RequestResponseCycle"]
+    return missing + [f"RequestResponseCycle.{a}" for a in _sets(cycle, CYCLE_ATTRIBUTES)]
+
+
+def check_uvicorn_internals(base: type) -> None:
+    """Raise RuntimeError (refusing to start) when uvicorn lacks what the limits rely on."""
+    module = inspect.getmodule(base)
+    missing = missing_uvicorn_internals(base, getattr(module, "RequestResponseCycle", None))
+    if missing:
+        raise RuntimeError(
+            f"uvicorn {uvicorn.__version__} lacks what the connection limits rely on: "
+            f"{', '.join(missing)}. Install the uvicorn version pinned in pyproject.toml."
+        )
+
+
 def guarded_protocol(base: type[asyncio.Protocol], guard: ConnectionGuard) -> type:
     """A subclass of uvicorn's HTTP protocol ``base`` that applies ``guard``'s limits."""
     return type(f"Guarded{base.__name__}", (GuardMixin, base), {"guard": guard})
@@ -367,11 +429,13 @@ def build_server(
         )
     limits = ConnectionLimits(cap, settings.header_timeout_s, settings.max_header_bytes)
     guard = ConnectionGuard(limits, on_close)
+    base = http_protocol_base()
+    check_uvicorn_internals(base)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=guarded_protocol(http_protocol_base(), guard),
+        http=guarded_protocol(base, guard),
         backlog=backlog,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         ws="none",  # no WebSocket routes: an upgrade request is plain HTTP

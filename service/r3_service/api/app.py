@@ -1,11 +1,11 @@
-"""The HTTP layer: a thin ``create_app()`` around the engine."""
+"""The HTTP layer: a thin ``create_app()`` around the scorer (built in ``r3_service.compose``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -23,108 +23,11 @@ from r3_service.api.middleware import (
 )
 from r3_service.api.routes import health, info, openrlhf, reward
 from r3_service.api.state import ServiceState
+from r3_service.compose import EncoderFactory, build_scorer, check_classifier, load_default_encoder
 from r3_service.config import Settings
-from r3_service.encoder.base import Encoder
-from r3_service.engine import EngineConfig, RewardEngine
-from r3_service.models import is_exported, resolve_model_dir
+from r3_service.models import is_exported
 
 logger = logging.getLogger(__name__)
-
-#: Builds the encoder; tests pass their own (fault injection, slow encoders).
-EncoderFactory = Callable[[Settings], Encoder]
-
-
-def load_default_encoder(settings: Settings) -> Encoder:
-    """Resolve the model folder (exporting the default on first start) and open it."""
-    from r3_service.encoder import load_encoder
-
-    folder = resolve_model_dir(settings.model, settings.cache_dir)
-    return load_encoder(
-        folder, provider=settings.provider, intra_op_threads=settings.intra_op_threads
-    )
-
-
-def engine_config(settings: Settings, device: str) -> EngineConfig:
-    return settings.engine_config(device)
-
-
-def _build_engine(state: ServiceState, factory: EncoderFactory) -> RewardEngine:
-    encoder = factory(state.settings)
-    encoder.warmup()
-    device = getattr(encoder, "device", "cpu")
-    engine = RewardEngine(
-        encoder, engine_config(state.settings, device), on_batch=state.metrics.observe_batch
-    )
-    folder = getattr(encoder, "folder", None)
-    if isinstance(folder, Path):
-        _attach_classifier(state, engine, folder)
-    engine.start()
-    return engine
-
-
-def _check_classifier(settings: Settings, folder: Path) -> None:
-    """Raise RuntimeError when the classifier is missing or unusable and that is not allowed."""
-    from r3_service.classifier.runtime import check_classifier
-
-    if settings.allow_no_classifier:
-        return
-    try:
-        check_classifier(folder, settings.classifier)
-    except Exception as exc:
-        raise RuntimeError(
-            f"query-type classifier unusable: {exc}. Refusing to start; set "
-            "R3_ALLOW_NO_CLASSIFIER=true to score untyped items as OPENENDED"
-        ) from exc
-
-
-def _attach_classifier(state: ServiceState, engine: RewardEngine, folder: Path) -> None:
-    """Load the query-type classifier; without one, refuse unless allow_no_classifier.
-
-    A missing or unusable classifier would score every untyped item as OPENENDED, a
-    different reward formula: that needs ``R3_ALLOW_NO_CLASSIFIER=true``.
-    """
-    from prometheus_client import Counter
-
-    from r3_service.classifier.runtime import find_classifier, load_classifier
-
-    settings = state.settings
-    path = find_classifier(folder, settings.classifier)
-    try:
-        if path is None:
-            raise FileNotFoundError(
-                f"no query-type classifier in {folder} (train one with r3-train-classifier, "
-                "or set R3_CLASSIFIER)"
-            )
-        classifier = load_classifier(
-            path,
-            engine.encoder,
-            request_timeout_s=settings.request_timeout_s,
-            provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
-        )
-    except Exception as exc:
-        if not settings.allow_no_classifier:
-            raise RuntimeError(
-                f"query-type classifier unusable: {exc}. Refusing to start; set "
-                "R3_ALLOW_NO_CLASSIFIER=true to score untyped items as OPENENDED"
-            ) from exc
-        logger.error("%s: untyped items are scored as OPENENDED (R3_ALLOW_NO_CLASSIFIER)", exc)
-        state.classifier_info = {"kind": "none", "untyped_items": "OPENENDED", "error": str(exc)}
-        return
-    classifier.counter = Counter(
-        "r3_qtype_decisions",
-        "Query types decided by the classifier for untyped items; 'uncertain' counts those "
-        "inside the abstain band (scored by the blend rule).",
-        ["decision"],
-        registry=state.metrics.registry,
-    )
-    classifier.register_metrics(state.metrics.registry)
-    classifier.start()
-    engine.classifier = classifier
-    state.classifier_info = {**classifier.info(), "untyped_items": "classified"}
-    logger.info(
-        "query-type classifier loaded from %s: %s", classifier.source, state.classifier_info
-    )
 
 
 def create_app(
@@ -137,13 +40,14 @@ def create_app(
 
     async def load() -> None:
         try:
-            engine = await asyncio.to_thread(_build_engine, state, factory)
+            scorer, info = await asyncio.to_thread(build_scorer, settings, state.metrics, factory)
         except Exception as exc:
             logger.exception("model failed to load")
             state.load_error = f"model failed to load: {type(exc).__name__}"
             return
-        state.engine = engine
-        state.model_name = engine.profile.name
+        state.scorer = scorer
+        state.classifier_info = info
+        state.model_name = scorer.profile.name
         state.ready = True
         logger.info("ready: serving %s", state.model_name)
 
@@ -151,7 +55,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.model is not None and encoder_factory is None and is_exported(settings.model):
             # Refuse to start (before the port opens) without a usable classifier.
-            await asyncio.to_thread(_check_classifier, settings, Path(settings.model))
+            await asyncio.to_thread(check_classifier, settings, Path(settings.model))
         task = asyncio.create_task(load())
         try:
             yield
@@ -160,8 +64,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if state.engine is not None:
-                await asyncio.to_thread(state.engine.stop)
+            if state.scorer is not None:
+                await asyncio.to_thread(state.scorer.stop)
 
     app = FastAPI(
         title="R3 reward service",

@@ -9,18 +9,17 @@ from fastapi import Depends, Request, Response
 
 from r3_service.api.errors import APIError
 from r3_service.config import Settings
-from r3_service.engine import RewardEngine
-from r3_service.engine.engine import RewardBatch
 from r3_service.metrics import Metrics
+from r3_service.scoring import RewardBatch, RewardScorer
 
 
 @dataclass
 class ServiceState:
-    """Settings, metrics and (once loaded) the engine of one app."""
+    """Settings, metrics and (once loaded) the scorer of one app."""
 
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
-    engine: RewardEngine | None = None
+    scorer: RewardScorer | None = None
     model_name: str = ""
     classifier_info: dict[str, object] | None = None
     load_error: str | None = None
@@ -51,12 +50,12 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-async def get_engine(state: StateDep) -> RewardEngine:
-    """The engine, or 503 while the model loads (or after it failed to)."""
-    if not state.ready or state.engine is None:
+async def get_scorer(state: StateDep) -> RewardScorer:
+    """The scorer, or 503 while the model loads (or after it failed to)."""
+    if not state.ready or state.scorer is None:
         reason = state.load_error or "model is loading"
         raise APIError(503, f"not ready: {reason}", headers={"Retry-After": "5"})
-    return state.engine
+    return state.scorer
 
 
-EngineDep = Annotated[RewardEngine, Depends(get_engine)]
+ScorerDep = Annotated[RewardScorer, Depends(get_scorer)]

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from r3_service.encoder.bert_onnx import read_safetensors_file
+
 META_KEY = "r3_qtype"
-_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 #: Files copied from the base model folder next to the merged weights.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -36,52 +35,20 @@ TOKENIZER_FILES = (
 
 
 def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and metadata of a safetensors file (numpy; F32/F16/F64/I64 only)."""
-    raw = Path(path).read_bytes()
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + size])
-    meta = header.pop("__metadata__", {}) or {}
-    base = 8 + size
-    out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        array = np.frombuffer(raw[base + start : base + end], dtype=_DTYPES[info["dtype"]])
-        out[name] = array.reshape(info["shape"]).copy()
-    return out, dict(meta)
+    """Tensors and metadata of a safetensors file (the encoder package's reader)."""
+    return read_safetensors_file(path)
 
 
 def write_safetensors(
     path: Path | str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write ``tensors`` (little-endian, C order) and string ``metadata`` as safetensors."""
-    header: dict[str, Any] = {}
-    blobs: list[bytes] = []
-    offset = 0
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        if array.dtype not in _NAMES:
-            raise ValueError(f"tensor {name} has unsupported dtype {array.dtype}")
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {
-            "dtype": _NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        blobs.append(blob)
-        offset += len(blob)
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    """Write ``tensors`` and string ``metadata`` as safetensors (``safetensors.numpy``)."""
+    from safetensors.numpy import save_file
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for blob in blobs:
-            f.write(blob)
+    arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
+    save_file(arrays, str(target), metadata=dict(metadata) if metadata else None)
     return target
 
 

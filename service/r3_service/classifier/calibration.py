@@ -7,10 +7,6 @@ from typing import Any
 import numpy as np
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64))))
-
-
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature T > 0 minimising the log-loss of sigmoid(logits / T) (golden section)."""
     z = np.asarray(logits, dtype=np.float64)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from r3_service.classifier import calibration as C
+from r3_service.classifier.head import sigmoid
 from r3_service.classifier.runtime import CLASSIFIER_DIR, DEFAULT_BAND
 from r3_service.classifier.splits import group_folds, load_rows, task_family
 
@@ -49,7 +50,7 @@ def validate(
         model = F.train_model([texts[i] for i in train], y[train], base, cfg)
         logits += F.predict_logits(model, [texts[i] for i in test], base, cfg) / members
     temperature = C.fit_temperature(logits, y[test])
-    proba = C.sigmoid(logits / temperature)
+    proba = sigmoid(logits / temperature)
     figures = C.decision_metrics(proba, y[test], 0.5, DEFAULT_BAND)
     figures["split"] = "held-out task families (1 of 5 groups by leading word)"
     return figures, temperature

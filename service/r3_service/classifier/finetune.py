@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.text import augment_text, plain_prompt
+from r3_service.classifier.text import augment_text, head_tail, plain_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +58,6 @@ class FinetuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def head_tail(ids: Sequence[int], max_length: int) -> list[int]:
-    """Keep the first and last ``max_length // 2`` tokens of a longer sequence.
-
-    The task is usually stated at the start and sometimes asked at the end, after a
-    pasted text; both ends survive. ``ids`` include [CLS] ... [SEP].
-    """
-    ids = list(ids)
-    if len(ids) <= max_length:
-        return ids
-    head = max_length // 2
-    return ids[:head] + ids[len(ids) - (max_length - head) :]
 
 
 def _lora_linear_class() -> Any:

@@ -39,8 +39,9 @@ def prepare_embeddings(embeddings: np.ndarray, norm: str) -> np.ndarray:
     return x
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, as float64 (tanh form: no overflow for large |z|)."""
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64))))
 
 
 @dataclass
@@ -101,7 +102,7 @@ class QTypeHead:
 
     def predict_proba(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """Calibrated P(OPENENDED) for each query, float64 of shape (n,)."""
-        return _sigmoid(self.decision_function(embeddings, texts) / self.temperature)
+        return sigmoid(self.decision_function(embeddings, texts) / self.temperature)
 
     def __call__(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """Same as :meth:`predict_proba` (the engine's classifier signature)."""

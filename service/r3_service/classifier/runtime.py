@@ -3,12 +3,13 @@
 Two kinds, both behind :class:`QueryClassifier`:
 
 * ``finetuned`` -- a fine-tuned encoder (an ensemble of ONNX members, each followed
-  by a linear head) in its own folder; it runs through its own ``RewardEngine``
+  by a linear head) in its own folder; it runs through its own ``EmbeddingEngine``
   (the same batcher, in-flight dedup and LRU cache as the reward encoder), so a
   query is classified once and later requests for it (a GRPO group, the next
   epoch) hit the cache.
 * ``head`` -- a logistic head on the reward encoder's own query embedding
-  (``qtype_head.json``), e.g. one a user trained for another encoder.
+  (``qtype_head.json``), e.g. one a user trained for another encoder; it embeds the
+  queries with the :class:`Embedder` the scorer passes (the reward engine).
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from r3_service.classifier.calibration import sigmoid
-from r3_service.classifier.finetune import head_tail
-from r3_service.classifier.text import plain_prompt
+from r3_service.classifier.head import sigmoid
+from r3_service.classifier.text import head_tail, plain_prompt
 from r3_service.encoder.base import Encoder
 from r3_service.encoder.profile import EncoderProfile
 
 if TYPE_CHECKING:
     from r3_service.classifier.head import QTypeHead
-    from r3_service.engine.engine import RewardEngine
+    from r3_service.engine.batching import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ CONFIG_FILE = "qtype_classifier.json"
 FORMAT_VERSION = 2
 #: Probabilities in [low, high) are "uncertain": scored by the blend rule (see decide.py).
 DEFAULT_BAND = (0.35, 0.65)
+
+
+class Embedder(Protocol):
+    """What a classifier needs from the reward side: embeddings of texts (an
+    ``EmbeddingEngine``)."""
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts``, shape (n, dim)."""
+        ...
 
 
 class QueryClassifier(abc.ABC):
@@ -55,8 +64,9 @@ class QueryClassifier(abc.ABC):
     counter: Any = None
 
     @abc.abstractmethod
-    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
-        """Calibrated P(OPENENDED) per query, float64 of shape (n,)."""
+    async def probabilities(self, queries: Sequence[str], embedder: Embedder) -> np.ndarray:
+        """Calibrated P(OPENENDED) per query, float64 of shape (n,); ``embedder`` embeds
+        with the reward encoder, for classifiers that use its embeddings."""
 
     def cost(self, queries: Sequence[str], chars_per_token: float) -> float:
         """A guess of the model work typing ``queries`` takes on the reward encoder's device,
@@ -69,6 +79,14 @@ class QueryClassifier(abc.ABC):
 
     def stop(self, timeout: float = 30.0) -> None:  # noqa: B027 - optional hook
         """Stop background workers, if any."""
+
+    def workers(self) -> list[tuple[str, Batcher]]:
+        """The classifier's own batchers (for readiness and metrics); none by default."""
+        return []
+
+    def cache_stats(self) -> tuple[int, int] | None:
+        """(hits, misses) of the classifier's own per-query cache, if it has one."""
+        return None
 
     def is_openended(self, proba: np.ndarray) -> np.ndarray:
         return np.asarray(proba) >= self.threshold
@@ -83,9 +101,6 @@ class QueryClassifier(abc.ABC):
             self.counter.labels(qtype).inc()
             if uncertain:
                 self.counter.labels("uncertain").inc()
-
-    def register_metrics(self, registry: Any) -> None:  # noqa: B027 - optional hook
-        """Add this classifier's own Prometheus series to ``registry`` (none by default)."""
 
     def info(self) -> dict[str, Any]:
         """What /v1/info shows: the same on every replica serving the same files."""
@@ -148,7 +163,7 @@ class FineTunedClassifier(QueryClassifier):
         request_timeout_s: float | None = None,
         **ort: Any,
     ) -> None:
-        from r3_service.engine.engine import EngineConfig, RewardEngine
+        from r3_service.engine import EmbeddingEngine, EngineConfig
 
         folder = Path(folder)
         config = read_config(folder)
@@ -160,7 +175,7 @@ class FineTunedClassifier(QueryClassifier):
         self.metrics = dict(config.get("metrics", {}))
         self.members = len(config["members"])
         self.encoder = EnsembleEncoder(folder, config, **ort)
-        self.engine = RewardEngine(
+        self.engine = EmbeddingEngine(
             self.encoder,
             # The reward's batch limits (a small request waits for one short batch) and
             # deadline (no typing for a request that has given up).
@@ -190,11 +205,14 @@ class FineTunedClassifier(QueryClassifier):
         """Uncalibrated mean member logits (cached per query)."""
         return np.asarray((await self.engine.embed(list(queries)))[:, 0], dtype=np.float64)
 
-    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
+    async def probabilities(self, queries: Sequence[str], embedder: Embedder) -> np.ndarray:
         return sigmoid(await self.logits(queries) / self.temperature)
 
-    def register_metrics(self, registry: Any) -> None:
-        registry.register(_CacheCollector(self.engine.cache))
+    def workers(self) -> list[tuple[str, Batcher]]:
+        return [("query-type classifier", self.engine.batcher)]
+
+    def cache_stats(self) -> tuple[int, int] | None:
+        return self.engine.cache.hits, self.engine.cache.misses
 
     def info(self) -> dict[str, Any]:
         return {
@@ -203,27 +221,6 @@ class FineTunedClassifier(QueryClassifier):
             "temperature": round(self.temperature, 4),
             "adapter_sha256": self.adapter_sha256,
         }
-
-
-class _CacheCollector:
-    """``r3_qtype_cache_{hits,misses}_total``, read from the classifier's cache at scrape time."""
-
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily
-
-        yield CounterMetricFamily(
-            "r3_qtype_cache_hits",
-            "Query-type classifications answered from the per-query cache.",
-            value=self.cache.hits,
-        )
-        yield CounterMetricFamily(
-            "r3_qtype_cache_misses",
-            "Query-type classifications that ran the classifier.",
-            value=self.cache.misses,
-        )
 
 
 class HeadClassifier(QueryClassifier):
@@ -239,8 +236,8 @@ class HeadClassifier(QueryClassifier):
         self.band = (float(low), float(high))
         self.metrics = dict(head.metrics)
 
-    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
-        vectors = await engine.embed(list(queries))
+    async def probabilities(self, queries: Sequence[str], embedder: Embedder) -> np.ndarray:
+        vectors = await embedder.embed(list(queries))
         # The head's text features are regex work: off the event loop.
         proba = await asyncio.to_thread(self.head.predict_proba, vectors, list(queries))
         return np.asarray(proba, dtype=np.float64)
@@ -273,17 +270,23 @@ def find_classifier(model_folder: Path, override: Path | None = None) -> Path | 
     return None
 
 
-def check_classifier(model_folder: Path, override: Path | None = None) -> Path:
-    """Find and validate the classifier without opening ONNX sessions (raises if unusable)."""
-    from r3_service.classifier.head import HEAD_FILE, load_head
-    from r3_service.encoder.profile import PROFILE_FILE
-
+def require_classifier(model_folder: Path, override: Path | None = None) -> Path:
+    """``find_classifier``, raising FileNotFoundError when there is none."""
     path = find_classifier(model_folder, override)
     if path is None:
         raise FileNotFoundError(
             f"no query-type classifier in {model_folder} (train one with r3-train-classifier, "
             "or set R3_CLASSIFIER)"
         )
+    return path
+
+
+def check_classifier(model_folder: Path, override: Path | None = None) -> Path:
+    """Find and validate the classifier without opening ONNX sessions (raises if unusable)."""
+    from r3_service.classifier.head import HEAD_FILE, load_head
+    from r3_service.encoder.profile import PROFILE_FILE
+
+    path = require_classifier(model_folder, override)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         config = read_config(path)
         for member in config["members"]:

@@ -27,6 +27,19 @@ _PREAMBLE = re.compile(
 )
 
 
+def head_tail(ids: Sequence[int], max_length: int) -> list[int]:
+    """Keep the first and last ``max_length // 2`` tokens of a longer sequence.
+
+    The task is usually stated at the start and sometimes asked at the end, after a
+    pasted text; both ends survive. ``ids`` include [CLS] ... [SEP].
+    """
+    ids = list(ids)
+    if len(ids) <= max_length:
+        return ids
+    head = max_length // 2
+    return ids[:head] + ids[len(ids) - (max_length - head) :]
+
+
 def split_alpaca(text: str) -> tuple[str, str]:
     """(instruction, input) of an Alpaca-format prompt; ``input`` is "" without a block.
 

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.calibration import fit_temperature, sigmoid
+from r3_service.classifier.calibration import fit_temperature
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     LABELS,
     QTypeHead,
     prepare_embeddings,
+    sigmoid,
 )
 from r3_service.classifier.splits import group_folds, random_folds
 

@@ -46,14 +46,20 @@ _SAFETENSORS_DTYPES = {
 
 def read_safetensors(path: Path | str) -> dict[str, np.ndarray]:
     """Every tensor of a ``.safetensors`` file as a numpy array (bf16 widened to fp32)."""
+    return read_safetensors_file(path)[0]
+
+
+def read_safetensors_file(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors (bf16 widened to fp32, read-only views) and string metadata of a
+    ``.safetensors`` file. The service's one reader: ``safetensors.numpy`` cannot return
+    bf16 tensors (numpy has no bf16), which checkpoints of other encoders may hold."""
     data = Path(path).read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + header_len])
+    metadata = dict(header.pop("__metadata__", None) or {})
     body = memoryview(data)[8 + header_len :]
     tensors: dict[str, np.ndarray] = {}
     for name, meta in header.items():
-        if name == "__metadata__":
-            continue
         start, end = meta["data_offsets"]
         raw = body[start:end]
         if meta["dtype"] == "BF16":
@@ -66,7 +72,7 @@ def read_safetensors(path: Path | str) -> dict[str, np.ndarray]:
         else:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         tensors[name] = array.reshape(meta["shape"])
-    return tensors
+    return tensors, metadata
 
 
 def load_folder_weights(folder: Path | str) -> dict[str, np.ndarray]:

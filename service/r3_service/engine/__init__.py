@@ -1,14 +1,9 @@
-"""The async engine: deadline-aware scheduling and batching, embedding cache, reward scoring."""
+"""The async embedding engine: deadline-aware scheduling and batching, embedding cache."""
 
 from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
 from r3_service.engine.config import EngineConfig, batch_limits
-from r3_service.engine.engine import (
-    RewardBatch,
-    RewardEngine,
-    RewardItem,
-    request_started,
-)
+from r3_service.engine.engine import EmbeddingEngine, Timing, request_started
 from r3_service.engine.errors import (
     DeadlineUnreachableError,
     OverloadedError,
@@ -24,14 +19,13 @@ __all__ = [
     "Batcher",
     "DeadlineUnreachableError",
     "EmbeddingCache",
+    "EmbeddingEngine",
     "EngineConfig",
     "OverloadedError",
     "QueueFullError",
     "RequestTimeoutError",
     "RequestTooLargeError",
-    "RewardBatch",
-    "RewardEngine",
-    "RewardItem",
+    "Timing",
     "WorkerDeadError",
     "WorkerStalledError",
     "batch_limits",

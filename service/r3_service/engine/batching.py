@@ -98,7 +98,8 @@ class Batcher:
         self.scheduler = Scheduler(
             config.max_batch_tokens, config.max_batch_size, config.max_queue_texts
         )
-        self._on_batch = on_batch
+        #: Called from the worker thread with each batch's stats (metrics); may be replaced.
+        self.on_batch = on_batch
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -407,7 +408,7 @@ class Batcher:
             _call_in_loop(work.future, vector)
 
     def _report(self, batch: list[Work], started: float, elapsed: float) -> None:
-        if self._on_batch is None:  # called before resolving: stats are in when callers wake
+        if self.on_batch is None:  # called before resolving: stats are in when callers wake
             return
         lengths = [w.tokens for w in batch]
         stats = BatchStats(
@@ -418,7 +419,7 @@ class Batcher:
             queue_seconds=started - min(w.enqueued for w in batch),
         )
         try:
-            self._on_batch(stats)
+            self.on_batch(stats)
         except Exception:
             logger.exception("batch observer failed")
 

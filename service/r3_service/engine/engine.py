@@ -1,10 +1,9 @@
-"""The async reward engine: embeddings through the cache, dedup and batcher, then R^3 math.
+"""The async embedding engine: cache, in-flight dedup, admission and batching.
 
-No web framework here: the HTTP layer calls ``RewardEngine`` and maps its exceptions
-(``engine/errors.py``) to status codes. CPU work (tokenisation, stop-string cutting,
-classifier features, reward math, copy detection) leaves the event loop once a request
-is large enough for it to matter; small requests stay inline, where a thread hop would
-cost more than the work.
+Texts in, embeddings out; it knows nothing of rewards or query types (``r3_service.scoring``
+composes it with the classifier and the reward math). No web framework here: the HTTP layer
+maps its exceptions (``engine/errors.py``) to status codes. Tokenising large requests leaves
+the event loop, in chunks, so that small requests' chunks slot in between.
 """
 
 from __future__ import annotations
@@ -15,34 +14,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.decide import fold, plan_qtypes
-from r3_service.classifier.runtime import QueryClassifier
-from r3_service.encoder.base import Encoder, relevance
+from r3_service.encoder.base import Encoder
 from r3_service.encoder.profile import EncoderProfile
 from r3_service.engine.batching import Batcher, BatchStats
 from r3_service.engine.cache import EmbeddingCache
 from r3_service.engine.config import EngineConfig
 from r3_service.engine.errors import RequestTimeoutError
 from r3_service.engine.scheduler import TEXT_OVERHEAD, Job, Work
-from r3_service.reward.formula import (
-    Branch,
-    QueryType,
-    RewardOptions,
-    choose_branch,
-    r3_reward,
-)
-from r3_service.reward.text import (
-    DEFAULT_STOP_STRINGS,
-    Cut,
-    copies_query_tokens,
-    cut_response,
-    wordpunct_tokenize,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +54,6 @@ TOKENIZE_RATE_DECAY = 0.9
 #: request's deadline counts from its arrival. Unset: from when the engine is called.
 request_started: ContextVar[float | None] = ContextVar("r3_request_started", default=None)
 
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RewardItem:
-    """One (query, response, reference) triple; ``query`` is already plain text."""
-
-    query: str
-    response: str
-    reference: str | None = None
-    qtype: QueryType | None = None
-
 
 @dataclass
 class Timing:
@@ -94,127 +65,6 @@ class Timing:
     def add(self, work: Work) -> None:
         self.queue_seconds = max(self.queue_seconds, work.queue_seconds)
         self.inference_seconds = max(self.inference_seconds, work.inference_seconds)
-
-
-@dataclass
-class RewardBatch:
-    """Rewards and their factors, one entry per item."""
-
-    rewards: list[float] = field(default_factory=list)
-    qtype: list[QueryType] = field(default_factory=list)
-    relevance: list[float] = field(default_factory=list)
-    length_incentive: list[float] = field(default_factory=list)
-    repetition_penalty: list[float] = field(default_factory=list)
-    branch: list[Branch] = field(default_factory=list)
-    #: Whether each response mostly repeats its query (see ``copies_query``).
-    copies_query: list[bool] = field(default_factory=list)
-    #: Where each response was cut before scoring (character offsets).
-    cuts: list[Cut] = field(default_factory=list)
-    timing: Timing = field(default_factory=Timing)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    response: str
-    tokens: list[str]
-    cut: Cut
-
-
-def _prepare(responses: Sequence[str], stop_strings: Sequence[str]) -> list[_Prepared]:
-    prepared = []
-    for text in responses:
-        cut = cut_response(text, stop_strings)
-        scored = cut.text(text)
-        prepared.append(_Prepared(scored, wordpunct_tokenize(scored), cut))
-    return prepared
-
-
-@dataclass
-class _Plan:
-    """Which texts a score call embeds, and where each item's vectors will be."""
-
-    texts: list[str] = field(default_factory=list)
-    cacheable: list[bool] = field(default_factory=list)
-    #: Per item: row of its "query" or "reference" (the anchor) and "response" vectors.
-    slots: list[dict[str, int]] = field(default_factory=list)
-    qtypes: list[QueryType] = field(default_factory=list)
-    branches: list[Branch] = field(default_factory=list)
-
-    def need(self, slot: dict[str, int], kind: str, text: str, cacheable: bool) -> None:
-        slot[kind] = len(self.texts)
-        self.texts.append(text)
-        self.cacheable.append(cacheable)
-
-
-def plan_embeddings(
-    items: Sequence[RewardItem], prepared: Sequence[_Prepared], options: RewardOptions
-) -> _Plan:
-    """The texts to embed, in one round; an item without a qtype is OPENENDED."""
-    plan = _Plan()
-    for index, item in enumerate(items):
-        slot: dict[str, int] = {}
-        plan.qtypes.append(item.qtype or QueryType.OPENENDED)
-        branch = choose_branch(plan.qtypes[-1], bool(item.reference), options)
-        plan.branches.append(branch)
-        if options.relevance:
-            if branch.uses_reference:
-                plan.need(slot, "reference", item.reference or "", True)
-            else:
-                plan.need(slot, "query", item.query, True)
-            plan.need(slot, "response", prepared[index].response, False)
-        plan.slots.append(slot)
-    return plan
-
-
-def assemble(
-    items: Sequence[RewardItem],
-    prepared: Sequence[_Prepared],
-    plan: _Plan,
-    vectors: np.ndarray,
-    options: RewardOptions,
-    profile: EncoderProfile,
-) -> RewardBatch:
-    """Rewards from the embeddings and the prepared responses (pure CPU work)."""
-    branches = plan.branches
-    rels = np.ones(len(items))
-    if options.relevance and items:
-        anchor_kind = ["reference" if b.uses_reference else "query" for b in branches]
-        anchors = [slot[kind] for slot, kind in zip(plan.slots, anchor_kind)]
-        responses = [slot["response"] for slot in plan.slots]
-        rels = relevance(vectors[anchors], vectors[responses], profile.similarity)
-    result = RewardBatch()
-    for index, item in enumerate(items):
-        parts = r3_reward(
-            branch=branches[index],
-            relevance=float(rels[index]),
-            response_tokens=prepared[index].tokens,
-            options=options,
-            relevance_range=profile.relevance_range,
-        )
-        result.rewards.append(parts.reward)
-        result.qtype.append(plan.qtypes[index])
-        result.relevance.append(parts.relevance)
-        result.length_incentive.append(parts.length_incentive)
-        result.repetition_penalty.append(parts.repetition_penalty)
-        result.branch.append(parts.branch)
-        result.copies_query.append(  # the response's tokens are those LI and RP used
-            copies_query_tokens(wordpunct_tokenize(item.query), prepared[index].tokens)
-        )
-        result.cuts.append(prepared[index].cut)
-    return result
-
-
-def _texts_of(items: Sequence[RewardItem], options: RewardOptions) -> Iterator[str]:
-    """The texts scoring ``items`` embeds first (responses before stop-string cutting)."""
-    if not options.relevance:
-        return
-    for item in items:
-        if item.qtype is None:
-            yield item.query
-        else:
-            branch = choose_branch(item.qtype, bool(item.reference), options)
-            yield (item.reference or "") if branch.uses_reference else item.query
-        yield item.response
 
 
 def _estimated_cost(tokens: int) -> float:
@@ -249,24 +99,21 @@ def calibration_batch(encoder: Encoder, config: EngineConfig) -> list[np.ndarray
     return [row] * max(1, min(config.max_batch_size, config.max_batch_tokens // len(row)))
 
 
-class RewardEngine:
-    """Scores R^3 rewards for batches of items, sharing one batcher across requests."""
+class EmbeddingEngine:
+    """Embeddings of texts for concurrent requests, sharing one batcher across them."""
 
     def __init__(
         self,
         encoder: Encoder,
         config: EngineConfig | None = None,
         *,
-        classifier: QueryClassifier | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.config = config or EngineConfig()
-        self.classifier = classifier
         self.cache = EmbeddingCache(self.config.cache_bytes)
         self.batcher = Batcher(encoder.embed_tokens, self.config, on_batch=on_batch)
         self._inflight: dict[str, Work] = {}
-        self._cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-prepare")
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3-tokenize")
         self.dedup_hits = 0
         self._chars_seen = 0.0  # decayed sums of untruncated texts' characters and tokens
@@ -290,21 +137,12 @@ class RewardEngine:
 
     def stop(self, timeout: float = 30.0) -> None:
         self.batcher.stop(timeout)
-        if self.classifier is not None:
-            self.classifier.stop(timeout)
-        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     def deadline(self) -> float:
         """The current request's deadline (monotonic seconds)."""
         started = request_started.get() or time.monotonic()
         return started + self.config.request_timeout_s
-
-    async def _cpu(self, weight: int, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)``: inline when ``weight`` (characters) is small, else in a thread."""
-        if weight <= INLINE_CHARS:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._cpu_pool, fn, *args)
 
     @property
     def chars_per_token(self) -> float:
@@ -327,7 +165,8 @@ class RewardEngine:
         (typing its queries, tokenising), and hold its place in the queue; raises (503)
         when admission refuses it. Cached texts and texts in flight cost nothing; None
         when nothing is left to run. ``extra``: other model work the request needs on
-        this device first (typing its queries). Give the place up with ``Batcher.cancel``."""
+        this device first (typing its queries). When the request ends, call ``ended``,
+        then give the place up with ``Batcher.cancel``."""
         fresh = {t for t in texts if t not in self.cache and not self._in_flight(t)}
         if not fresh:
             return None
@@ -409,19 +248,19 @@ class RewardEngine:
         except BaseException as exc:
             self._release(waiting)
             if owned is not None and isinstance(exc, RequestTimeoutError):
-                self._ended(owned, deadline, late=True)
+                self.ended(owned, deadline, late=True)
             raise
         finally:
             if owned is not None:
                 self.batcher.cancel(owned)
         if owned is not None:
-            self._ended(owned, deadline, late=False)
+            self.ended(owned, deadline, late=False)
         if timing is not None:
             for work in waiting.values():
                 timing.add(work)
         return out
 
-    def _ended(self, place: Job, deadline: float, late: bool) -> None:
+    def ended(self, place: Job, deadline: float, late: bool) -> None:
         """The request admitted with ``place`` ended, answered or ``late`` (a timeout): count
         it, and let admission compare the time it took with its estimate."""
         if late:
@@ -526,74 +365,3 @@ class RewardEngine:
                 self.cache.put(text, future.result())
 
         return done
-
-    # -- scoring -------------------------------------------------------------------------
-
-    async def relevance(self, anchors: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Relevance of each text to its anchor, per the encoder profile's similarity."""
-        n = len(anchors)
-        vectors = await self.embed([*anchors, *texts], [True] * n + [False] * n)
-        return relevance(vectors[:n], vectors[n:], self.profile.similarity)
-
-    async def classify(self, queries: Sequence[str]) -> np.ndarray:
-        """P(OPENENDED) per query; 1.0 everywhere when no classifier is loaded."""
-        if self.classifier is None or not queries:
-            return np.ones(len(queries))
-        return await self.classifier.probabilities(queries, self)
-
-    async def score(
-        self,
-        items: Sequence[RewardItem],
-        options: RewardOptions | None = None,
-        stop_strings: Sequence[str] | None = None,
-    ) -> RewardBatch:
-        """R^3 rewards for ``items``; untyped items are typed by the classifier first
-        (``r3_service.classifier.decide``), or scored as OPENENDED when none is loaded."""
-        options = options or RewardOptions()
-        deadline = self.deadline()
-        extra = 0.0
-        if self.classifier is not None and options.branching:
-            untyped = list({i.query for i in items if i.qtype is None})
-            extra = self.classifier.cost(untyped, self.chars_per_token)
-        place = self.reserve(_texts_of(items, options), deadline, extra)
-        try:
-            if self.classifier is None or not options.branching:
-                result = await self._score_typed(items, options, stop_strings, deadline, place)
-            else:
-                plan = await plan_qtypes(self.classifier, self, items, options)
-                typed = await self._score_typed(plan.items, options, stop_strings, deadline, place)
-                result = fold(typed, plan)
-        except RequestTimeoutError:
-            if place is not None:
-                self._ended(place, deadline, late=True)
-            raise
-        else:
-            if place is not None:
-                self._ended(place, deadline, late=False)
-            return result
-        finally:
-            if place is not None:
-                self.batcher.cancel(place)
-
-    async def _score_typed(
-        self,
-        items: Sequence[RewardItem],
-        options: RewardOptions,
-        stop_strings: Sequence[str] | None,
-        deadline: float,
-        place: Job | None = None,
-    ) -> RewardBatch:
-        """R^3 rewards; an item without a qtype is scored as OPENENDED."""
-        stops = DEFAULT_STOP_STRINGS if stop_strings is None else tuple(stop_strings)
-        weight = sum(len(i.query) + len(i.response) for i in items)
-        prepared = await self._cpu(weight, _prepare, [i.response for i in items], stops)
-        plan = plan_embeddings(items, prepared, options)
-        timing = Timing()
-        vectors = np.empty((0, self.encoder.dim), dtype=np.float32)
-        if plan.texts:
-            vectors = await self.embed(plan.texts, plan.cacheable, timing, deadline, place)
-        result = await self._cpu(
-            weight, assemble, items, prepared, plan, vectors, options, self.profile
-        )
-        result.timing = timing
-        return result

@@ -271,6 +271,16 @@ class Scheduler:
         }
 
     @property
+    def jobs(self) -> tuple[Job, ...]:
+        """Jobs queued or reserved, in the order they are kept (shortest remaining first)."""
+        return tuple(self._jobs)
+
+    def calibration_count(self, large: bool = False) -> int:
+        """How many finished jobs of one batch or less (``large``: larger) admission's
+        ``correction`` currently learns from."""
+        return len(self._ratios[large])
+
+    @property
     def pending(self) -> list[Work]:
         """Pending texts in the order they would run (without the padding window)."""
         return [work for job in self._jobs for work in job.works]

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from r3_service.classifier.runtime import QueryClassifier
+from r3_service.classifier.runtime import Embedder, QueryClassifier
 from r3_service.encoder import load_encoder
-from r3_service.engine import RewardEngine, RewardItem
+from r3_service.engine import EmbeddingEngine
 from r3_service.reward import Branch, QueryType, RewardOptions
+from r3_service.scoring import RewardItem, RewardScorer
 
 
 class Fixed(QueryClassifier):
@@ -24,7 +25,7 @@ class Fixed(QueryClassifier):
         self.metrics = {}
         self.calls: list[list[str]] = []
 
-    async def probabilities(self, queries: Sequence[str], engine: RewardEngine) -> np.ndarray:
+    async def probabilities(self, queries: Sequence[str], embedder: Embedder) -> np.ndarray:
         self.calls.append(list(queries))
         return np.array([self.proba[q] for q in queries])
 
@@ -35,12 +36,12 @@ def encoder(tiny_bert_dir: Path):  # type: ignore[no-untyped-def]
 
 
 async def _score(encoder, classifier, items, options=None):  # type: ignore[no-untyped-def]
-    engine = RewardEngine(encoder, classifier=classifier)
-    engine.start()
+    scorer = RewardScorer(EmbeddingEngine(encoder), classifier)
+    scorer.start()
     try:
-        return await engine.score(items, options)
+        return await scorer.score(items, options)
     finally:
-        engine.stop()
+        scorer.stop()
 
 
 ITEM = RewardItem(query="Q", response="a short answer here", reference="the reference text")

@@ -69,7 +69,7 @@ def test_earlier_export_without_classifier_gets_one(
         (folder / CLASSIFIER_DIR).mkdir()
         built.append(folder)
 
-    monkeypatch.setattr(models, "install_classifier", build)
+    monkeypatch.setattr(models, "install_shipped_classifier", build)
     assert models.ensure_default_model(tmp_path) == target
     assert models.ensure_default_model(tmp_path) == target
     assert built == [target]

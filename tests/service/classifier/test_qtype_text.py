@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from r3_service.classifier.finetune import head_tail
-from r3_service.classifier.text import augment, augment_text, plain_prompt, split_alpaca
+from r3_service.classifier.text import augment, augment_text, head_tail, plain_prompt, split_alpaca
 
 ALPACA = (
     "Below is an instruction that describes a task. Write a response.\n\n"

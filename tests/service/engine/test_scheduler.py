@@ -559,4 +559,4 @@ def test_the_correction_stays_within_its_bounds(loop) -> None:  # type: ignore[n
     assert scheduler.correction(106.0) == CALIBRATION_BOUNDS[1]
     unmeasured = Job(deadline=1.0)  # admitted before any rate was known: nothing to learn
     scheduler.finished(unmeasured, now=5.0)
-    assert len(scheduler._ratios[False]) == CALIBRATION_MIN
+    assert scheduler.calibration_count() == CALIBRATION_MIN

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from r3_service.engine import RewardEngine
+from r3_service.classifier.runtime import FineTunedClassifier
+from r3_service.scoring import RewardScorer
 from r3_service.serving.model_ship import COMPLETE_MARK, digest_of, folder_files, write_copy
 from r3_service.serving.ray_app import REPLICA_HEADER, R3Replica, RayServeArgs, replica_settings
 
@@ -21,20 +22,20 @@ async def _replica(model: Path) -> R3Replica:
 
 
 @asynccontextmanager
-async def _healthy_replica(model: Path) -> AsyncIterator[tuple[R3Replica, RewardEngine]]:
+async def _healthy_replica(model: Path) -> AsyncIterator[tuple[R3Replica, RewardScorer]]:
     """A replica whose app is running and whose first health check has passed."""
     replica = await _replica(model)
     app = replica.r3_app
     async with app.router.lifespan_context(app):
         await replica.check_health()  # the first check waits for the model to load
-        engine = replica.state.engine
-        assert engine is not None
-        yield replica, engine
+        scorer = replica.state.scorer
+        assert scorer is not None
+        yield replica, scorer
 
 
 @pytest.mark.integration
 async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None:
-    async with _healthy_replica(minilm_dir) as (replica, engine):
+    async with _healthy_replica(minilm_dir) as (replica, scorer):
         status, headers, body = await replica.handle_request("GET", "/readyz", [], b"")
         assert status == 200 and (REPLICA_HEADER, replica.replica_id) in headers
         status, _, body = await replica.handle_request(
@@ -44,7 +45,7 @@ async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None
             json.dumps({"query": ["What is 2+2?"], "response": ["4"]}).encode(),
         )
         assert status == 200 and len(json.loads(body)["rewards"]) == 1
-        engine.batcher.stop()  # the inference worker is gone
+        scorer.engine.batcher.stop()  # the inference worker is gone
         status, _, body = await replica.handle_request("GET", "/readyz", [], b"")
         assert status == 503
         reason = json.loads(body)["error"]["message"]
@@ -55,8 +56,10 @@ async def test_health_check_is_the_readiness_of_readyz(minilm_dir: Path) -> None
 
 @pytest.mark.integration
 async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> None:
-    async with _healthy_replica(minilm_dir) as (replica, engine):
-        typing = engine.classifier.engine  # type: ignore[union-attr]  # the shipped one
+    async with _healthy_replica(minilm_dir) as (replica, scorer):
+        assert isinstance(scorer.classifier, FineTunedClassifier)  # the shipped one
+        assert [name for name, _ in scorer.workers()] == ["inference", "query-type classifier"]
+        typing = scorer.classifier.engine
         typing.batcher.stop()  # the classifier's inference worker is gone
         status, _, body = await replica.handle_request("GET", "/readyz", [], b"")
         assert status == 503
@@ -68,8 +71,9 @@ async def test_health_check_sees_the_classifier_worker_too(minilm_dir: Path) -> 
 async def test_metrics_count_the_classifier_workers_hung_batches_and_expired_texts(
     minilm_dir: Path,
 ) -> None:
-    async with _healthy_replica(minilm_dir) as (replica, engine):
-        typing = engine.classifier.engine  # type: ignore[union-attr]
+    async with _healthy_replica(minilm_dir) as (replica, scorer):
+        assert isinstance(scorer.classifier, FineTunedClassifier)
+        typing, engine = scorer.classifier.engine, scorer.engine
         typing.batcher.hung_batches += 2  # as the classifier's watchdog would count them
         typing.batcher.expired_texts += 3
         _, _, body = await replica.handle_request("GET", "/metrics", [], b"")

@@ -7,8 +7,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from r3_service.api.errors import error_response
 from r3_service.api.state import ServiceState, StateDep
-from r3_service.engine.batching import Batcher
-from r3_service.engine.engine import RewardEngine
 
 router = APIRouter(tags=["health"])
 
@@ -19,20 +17,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def worker_batchers(engine: RewardEngine) -> list[tuple[str, Batcher]]:
-    """The engine's batcher and, for a fine-tuned classifier, the classifier's own."""
-    batchers = [("inference", engine.batcher)]
-    typing = getattr(engine.classifier, "engine", None)
-    if typing is not None:
-        batchers.append(("query-type classifier", typing.batcher))
-    return batchers
-
-
 def not_ready_reason(state: ServiceState) -> str | None:
     """Why the service cannot serve now (None when ready); /readyz and Ray Serve's check."""
-    if not state.ready or state.engine is None:
+    if not state.ready or state.scorer is None:
         return state.load_error or "model is loading"
-    for name, batcher in worker_batchers(state.engine):
+    for name, batcher in state.scorer.workers():
         if not batcher.alive:
             return f"{name} worker died"
         if batcher.hung:
@@ -52,30 +41,9 @@ async def readyz(state: StateDep) -> Response | dict[str, str]:
 
 
 def refresh_metrics(state: ServiceState) -> None:
-    """Copy the engine's queue, cache and worker tallies into the metrics registry.
-
-    Queue and drain figures are the inference worker's; hung batches and expired texts
-    count both workers (inference and the classifier's), the running time is the longer.
-    """
-    engine = state.engine
-    if engine is not None:
-        batcher = engine.batcher
-        state.metrics.sync(
-            queued=batcher.in_flight_texts,
-            cache_hits=engine.cache.hits,
-            cache_misses=engine.cache.misses,
-            cache_bytes=engine.cache.bytes,
-            dedup=engine.dedup_hits,
-        )
-        workers = [b for _, b in worker_batchers(engine)]
-        state.metrics.sync_worker(
-            pending_tokens=batcher.pending_tokens,
-            drain_rate=batcher.drain_rate,
-            running_for=max(b.running_for() for b in workers),
-            hung_batches=sum(b.hung_batches for b in workers),
-            expired_texts=sum(b.expired_texts for b in workers),
-        )
-        state.metrics.sync_admission(engine.admitted_requests, engine.late_requests)
+    """Copy the scorer's tallies into the metrics registry (``Metrics.refresh``)."""
+    if state.scorer is not None:
+        state.metrics.refresh(state.scorer)
 
 
 @router.get("/metrics")

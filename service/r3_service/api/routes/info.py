@@ -6,15 +6,16 @@ from fastapi import APIRouter
 
 from r3_service import __version__
 from r3_service.api.schemas import InfoResponse, LimitsInfo, ProfileInfo
-from r3_service.api.state import EngineDep, StateDep
+from r3_service.api.state import ScorerDep, StateDep
 
 router = APIRouter(tags=["info"])
 
 
 @router.get("/v1/info", response_model=InfoResponse)
-async def info(engine: EngineDep, state: StateDep) -> InfoResponse:
+async def info(scorer: ScorerDep, state: StateDep) -> InfoResponse:
     """What is served and under which limits."""
     s = state.settings
+    engine = scorer.engine
     profile = engine.profile
     return InfoResponse(
         model=state.model_name,
@@ -38,8 +39,8 @@ async def info(engine: EngineDep, state: StateDep) -> InfoResponse:
             request_timeout_s=s.request_timeout_s,
         ),
         classifier=(
-            {**engine.classifier.info(), "untyped_items": "classified"}
-            if engine.classifier is not None
+            {**scorer.classifier.info(), "untyped_items": "classified"}
+            if scorer.classifier is not None
             else state.classifier_info
         ),
     )

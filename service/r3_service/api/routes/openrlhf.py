@@ -23,19 +23,14 @@ from r3_service.api.schemas import (
     OpenRLHFResponse,
     qtype_name,
 )
-from r3_service.api.state import EngineDep, ServiceState, StateDep, observe_rewards
+from r3_service.api.state import ScorerDep, ServiceState, StateDep, observe_rewards
 from r3_service.api.validation import check_items, check_same_length, check_text, check_texts
 from r3_service.config import Settings
-from r3_service.engine import (
-    QueueFullError,
-    RequestTimeoutError,
-    RewardBatch,
-    RewardEngine,
-    RewardItem,
-)
+from r3_service.engine import QueueFullError, RequestTimeoutError
 from r3_service.engine.engine import INLINE_CHARS
 from r3_service.reward.formula import QueryType, RewardOptions
 from r3_service.reward.text import split_prompt_response, user_text_from_prompt
+from r3_service.scoring import RewardBatch, RewardItem, RewardScorer
 
 router = APIRouter(tags=["integrations"])
 
@@ -228,7 +223,7 @@ def scores_of(rewards: Sequence[float], options: RewardOptions) -> list[float]:
 
 
 async def score_when_admitted(
-    engine: RewardEngine, items: Sequence[RewardItem], state: ServiceState
+    scorer: RewardScorer, items: Sequence[RewardItem], state: ServiceState
 ) -> RewardBatch:
     """Score ``items``, waiting for room while the queue is full (OpenRLHF's client cannot
     honour ``Retry-After``); past the request deadline the 503 goes out."""
@@ -236,7 +231,7 @@ async def score_when_admitted(
     delay, waited = 0.005, False
     while True:
         try:
-            return await engine.score(items)
+            return await scorer.score(items)
         except QueueFullError:
             if time.monotonic() + delay > deadline:
                 raise
@@ -255,7 +250,7 @@ async def score_when_admitted(
 )
 async def openrlhf_reward(
     body: OpenRLHFRequest,
-    engine: EngineDep,
+    scorer: ScorerDep,
     state: StateDep,
     response: Response,
     extra_logs: Annotated[
@@ -272,12 +267,12 @@ async def openrlhf_reward(
     labels = body.labels if body.labels is not None else [None] * n
     weight = sum(map(len, body.query)) + sum(map(len, body.prompts))
     weight += sum(len(label) if isinstance(label, str) else 64 for label in labels)
-    args = (body.query, body.prompts, labels, settings, engine.deadline())
+    args = (body.query, body.prompts, labels, settings, scorer.engine.deadline())
     if weight <= INLINE_CHARS:
         items = read_items(*args)
     else:  # linear, but tens of milliseconds for a large body: off the event loop
         items = await asyncio.to_thread(read_items, *args)
-    result = await score_when_admitted(engine, items, state)
+    result = await score_when_admitted(scorer, items, state)
     observe_rewards(state, "/openrlhf/reward", result, response)
     logs = {
         "r3_relevance": result.relevance,

@@ -19,7 +19,7 @@ from r3_service.api.schemas import (
     RewardRequest,
     RewardResponse,
 )
-from r3_service.api.state import EngineDep, StateDep, observe_rewards
+from r3_service.api.state import ScorerDep, StateDep, observe_rewards
 from r3_service.api.validation import (
     check_items,
     check_same_length,
@@ -27,10 +27,10 @@ from r3_service.api.validation import (
     query_texts,
 )
 from r3_service.config import Settings
-from r3_service.engine import RewardItem
 from r3_service.engine.engine import INLINE_CHARS
 from r3_service.reward.formula import QueryType, RewardOptions
 from r3_service.reward.text import alpaca_query
+from r3_service.scoring import RewardItem
 
 router = APIRouter(tags=["reward"])
 
@@ -60,7 +60,7 @@ def read_texts(
 
 @router.post("/reward", response_model=RewardResponse, responses=_ERRORS)
 async def reward(
-    body: RewardRequest, engine: EngineDep, state: StateDep, response: Response
+    body: RewardRequest, scorer: ScorerDep, state: StateDep, response: Response
 ) -> RewardResponse:
     """R^3 reward of each (query, response, reference) item."""
     settings = state.settings
@@ -81,7 +81,7 @@ async def reward(
         RewardItem(query=q, response=r, reference=ref, qtype=t)
         for q, r, ref, t in zip(queries, body.response, references, qtypes)
     ]
-    result = await engine.score(items, options, opts.stop_strings if opts else None)
+    result = await scorer.score(items, options, opts.stop_strings if opts else None)
     observe_rewards(state, "/reward", result, response)
     return RewardResponse(
         rewards=result.rewards,
@@ -104,7 +104,7 @@ async def reward(
 
 @router.post("/relevance", response_model=RelevanceResponse, responses=_ERRORS)
 async def relevance(
-    body: RelevanceRequest, engine: EngineDep, state: StateDep
+    body: RelevanceRequest, scorer: ScorerDep, state: StateDep
 ) -> RelevanceResponse:
     """Raw relevance (the profile's similarity) of each text to its anchor."""
     settings = state.settings
@@ -112,22 +112,22 @@ async def relevance(
     check_same_length("text", body.text, len(body.anchor), against="anchor")
     check_texts("anchor", body.anchor, settings)
     check_texts("text", body.text, settings)
-    scores = await engine.relevance(body.anchor, body.text)
+    scores = await scorer.relevance(body.anchor, body.text)
     state.metrics.items.labels("/relevance").inc(len(body.anchor))
     return RelevanceResponse(relevance=[float(s) for s in scores], model=state.model_name)
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS)
-async def classify(body: ClassifyRequest, engine: EngineDep, state: StateDep) -> ClassifyResponse:
+async def classify(body: ClassifyRequest, scorer: ScorerDep, state: StateDep) -> ClassifyResponse:
     """Query type of each query, with P(OPENENDED)."""
     check_items("query", body.query, state.settings)
     if request_chars(body.query) <= INLINE_CHARS:
         queries = query_texts(body.query, state.settings)
     else:
         queries = await asyncio.to_thread(query_texts, body.query, state.settings)
-    probs = await engine.classify(queries)
+    probs = await scorer.classify(queries)
     state.metrics.items.labels("/classify").inc(len(queries))
-    classifier = engine.classifier
+    classifier = scorer.classifier
     openended = classifier.is_openended(probs) if classifier else [True] * len(queries)
     uncertain = classifier.uncertain(probs) if classifier else [False] * len(queries)
     return ClassifyResponse(

@@ -21,8 +21,8 @@ import numpy as np
 from r3_service.reward.formula import QueryType, RewardOptions
 
 if TYPE_CHECKING:
-    from r3_service.classifier.runtime import QueryClassifier
-    from r3_service.engine.engine import RewardBatch, RewardEngine, RewardItem
+    from r3_service.classifier.runtime import Embedder, QueryClassifier
+    from r3_service.scoring.scorer import RewardBatch, RewardItem
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Plan:
 
 async def plan_qtypes(
     classifier: QueryClassifier,
-    engine: RewardEngine,
+    embedder: Embedder,
     items: Sequence[RewardItem],
     options: RewardOptions,
 ) -> Plan:
@@ -50,7 +50,7 @@ async def plan_qtypes(
     if not rows:
         return plan
     unique = list(dict.fromkeys(items[i].query for i in rows))
-    proba_of = dict(zip(unique, await classifier.probabilities(unique, engine)))
+    proba_of = dict(zip(unique, await classifier.probabilities(unique, embedder)))
     for i in rows:
         p = float(proba_of[items[i].query])
         openended = bool(classifier.is_openended(np.array([p]))[0])
