@@ -37,7 +37,7 @@ n = int(sys.argv[2]) if len(sys.argv) > 2 else 800
 s = Settings()
 folder = resolve_model_dir(None, s.cache_dir)
 enc = load_encoder(folder)
-clf = load_classifier(find_classifier(folder), enc)
+clf = load_classifier(find_classifier(folder) or folder, enc)
 try:
     from r3_service.engine import EmbeddingEngine
     from r3_service.scoring import RewardItem, RewardScorer
@@ -46,7 +46,8 @@ try:
     start, score = scorer.start, scorer.score
     stop = scorer.stop
 except ImportError:
-    from r3_service.engine import RewardEngine, RewardItem
+    # The code before the split (cb01d27), which this checkout no longer has.
+    from r3_service.engine import RewardEngine, RewardItem  # type: ignore[attr-defined,no-redef]
 
     eng = RewardEngine(enc, classifier=clf)
     clf.start()
