@@ -168,8 +168,8 @@ def test_tokens_trained_on_spell_the_text_the_service_scored(
             trainer._stop_strings = early_stop
             torch.manual_seed(3)
             samples = trainer.sample(examples)
-            scores = trainer._score(examples, samples.texts)
-            batches.append((samples, scores, trainer._rollouts(samples, scores)))
+            scores = trainer.score(examples, samples.texts)
+            batches.append((samples, scores, trainer.rollouts(samples, scores)))
     finally:
         trainer.close()
         default.close()

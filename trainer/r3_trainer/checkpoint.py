@@ -17,6 +17,7 @@ one to ``step-NNNNNN.old``, and deletes it only once the new one is in place; :f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,10 +25,15 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from r3_trainer.logging_utils import PLOT_FILE
+
+if TYPE_CHECKING:
+    from r3_trainer.trainer import PPOTrainer
 
 __all__ = [
     "begin",
@@ -40,6 +46,8 @@ __all__ = [
     "prune_checkpoints",
     "read_trainer_state",
     "recover",
+    "resume",
+    "save",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,27 @@ _NAME = re.compile(r"^step-(\d+)$")
 _OLD = ".old"
 _TMP = ".tmp"
 STATE_FILE = "trainer_state.json"
+#: Settings that may differ on resume without changing what the next step computes.
+RESUME_FREE = frozenset(
+    {
+        "steps",
+        "resume",
+        "output_dir",
+        "save_every",
+        "keep_checkpoints",
+        "eval_every",
+        "eval_samples",
+        "tensorboard",
+        "plot",
+        "progress_bar",
+        "reward_url",
+        "api_key",
+        "reward_timeout",
+        "reward_max_retries",
+        "reward_patience",
+        "reward_backoff_max",
+    }
+)
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -171,3 +200,96 @@ def recover(output_dir: str | Path) -> None:
     for child in root.iterdir():
         if child.name.endswith(_TMP) and _NAME.match(child.name[: -len(_TMP)]):
             shutil.rmtree(child)
+
+
+# -- a trainer's checkpoints -----------------------------------------------------------------
+
+
+def save(trainer: PPOTrainer, rng_state: dict[str, Any] | None = None) -> Path:
+    """Checkpoint the trainer's current step (``rng_state``: this process's RNG to store
+    instead of the current one); every process calls it."""
+    final = checkpoint_dir(trainer.output_dir, trainer.step)
+    tmp = final.with_name(final.name + _TMP)
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if trainer.is_main:
+        begin(trainer.output_dir, trainer.step)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state or get_rng_state(), tmp / f"rng_state_{trainer.rank}.pt")
+    if trainer.is_main:
+        _write(trainer, tmp)
+        commit(tmp, final)
+        prune_checkpoints(trainer.output_dir, trainer.cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write(trainer: PPOTrainer, folder: Path) -> None:
+    """Weights, optimizer, scheduler, trainer state and plot into ``folder`` (main process)."""
+    cfg, policy = trainer.cfg, trainer.policy
+    trainable = policy.trainable_state_dict()
+    torch.save(trainable, folder / "policy.pt")
+    torch.save(
+        {k: v for k, v in trainable.items() if k.startswith("v_head.")},
+        folder / "value_head.pt",
+    )
+    torch.save(trainer.optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(trainer.scheduler.state_dict(), folder / "scheduler.pt")
+    if policy.is_peft:
+        lm: Any = policy.lm
+        lm.save_pretrained(folder / "adapter", save_embedding_layers=False)
+        trainer.tokenizer.save_pretrained(folder / "adapter")
+    elif trainer.step == cfg.steps:
+        policy.hf_model().save_pretrained(folder / "model")
+        trainer.tokenizer.save_pretrained(folder / "model")
+    state = {
+        "step": trainer.step,
+        "data": trainer.stream.state_dict(),
+        "kl_controller": trainer.kl_ctl.state_dict(),
+        "score_moments": trainer.moments.state_dict(),
+        "world_size": trainer.world,
+        "config": dataclasses.asdict(cfg),
+    }
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    trainer.write_plot()
+    plot = trainer.output_dir / PLOT_FILE
+    if plot.is_file():
+        shutil.copy(plot, folder / PLOT_FILE)
+
+
+def resume(trainer: PPOTrainer) -> bool:
+    """Load the checkpoint ``cfg.resume`` names (``latest``: the newest) into ``trainer``:
+    weights, optimizer, scheduler, KL controller, score statistics, data position and this
+    process's RNG. False when there is none to resume."""
+    cfg = trainer.cfg
+    assert cfg.resume is not None
+    path = find_latest(trainer.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
+    if path is None:
+        log.warning("no checkpoint in %s; starting from scratch", trainer.output_dir)
+        return False
+    state = read_trainer_state(path)
+    saved = state.get("config", {})
+    changed = [
+        k
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in RESUME_FREE and k in saved and saved[k] != v
+    ]
+    if changed:
+        log.warning("resuming with changed settings: %s", ", ".join(changed))
+    if state.get("world_size", 1) != trainer.world:
+        log.warning("resuming on %d processes, saved on %d", trainer.world, state["world_size"])
+    trainer.policy.load_trainable_state_dict(torch.load(path / "policy.pt", map_location="cpu"))
+    trainer.optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location=trainer.device)
+    )
+    trainer.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+    trainer.kl_ctl.load_state_dict(state["kl_controller"])
+    trainer.moments.load_state_dict(state["score_moments"])
+    trainer.stream.load_state_dict(state["data"])
+    trainer.step = int(state["step"])
+    rng_file = path / f"rng_state_{trainer.rank}.pt"
+    if not rng_file.is_file():
+        rng_file = path / "rng_state_0.pt"
+    load_rng_state(torch.load(rng_file, weights_only=False))
+    log.info("resumed from %s at step %d", path, trainer.step)
+    return True
