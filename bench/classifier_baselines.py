@@ -189,7 +189,7 @@ def main() -> int:
     }
     unit = prepare_embeddings(embed(texts), "l2")
     folds = {
-        "shifted": S.group_folds([T.task_family(t) for t in texts], 5),
+        "shifted": S.group_folds([S.task_family(t) for t in texts], 5),
         "cluster": S.group_folds([str(c) for c in kmeans(unit, 12)], 5),
         "input": np.array([1 if split_query(t)[1] else 0 for t in texts]),
         "random": S.random_folds(y, 5, 0),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from r3_service.classifier.head import (
     prepare_embeddings,
     sigmoid,
 )
-from r3_service.classifier.splits import group_folds, random_folds
+from r3_service.classifier.splits import group_folds, random_folds, task_family
 
 logger = logging.getLogger(__name__)
 
@@ -113,23 +112,6 @@ def augment(texts: Sequence[str], copies: int, seed: int = 0) -> tuple[list[str]
                 out.append(variant)
                 source.append(i)
     return out, source
-
-
-# -- splits ----------------------------------------------------------------------------------
-
-_SKIP = re.compile(
-    r"^(?:please|kindly|now|hey|hi|can|could|would|you|i|need|want|to|help|me|given)$"
-)
-
-
-def task_family(text: str) -> str:
-    """The leading task word of a query (its verb, or its question word), lower-cased."""
-    instruction, _ = split_query(text)
-    words = re.findall(r"[a-z]+", instruction.lower())
-    for word in words[:4]:
-        if not _SKIP.match(word):
-            return word
-    return words[0] if words else ""
 
 
 # -- fitting ---------------------------------------------------------------------------------

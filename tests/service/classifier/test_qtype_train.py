@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from r3_service.classifier.calibration import fit_temperature
-from r3_service.classifier.splits import group_folds, load_rows, random_folds
+from r3_service.classifier.splits import group_folds, load_rows, random_folds, task_family
 from r3_service.classifier.train import (
     TrainConfig,
     augment,
     fit_logistic,
-    task_family,
     train_head,
 )
 
