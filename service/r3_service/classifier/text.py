@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # The input and response markers are searched from their "#"s; the whitespace before them
 # goes with ``rstrip`` (a leading ``\s*`` searched at every place of a long run of
@@ -129,15 +129,24 @@ def augment_text(text: str, rng: random.Random) -> str:
     return out
 
 
-def augment(texts: Sequence[str], copies: int, seed: int = 0) -> tuple[list[str], list[int]]:
-    """``copies`` rewrites of each text: the rewrites and the index of their source."""
+def augment(
+    texts: Sequence[str],
+    copies: int,
+    seed: int = 0,
+    *,
+    rewrite: Callable[[str, random.Random], str] = augment_text,
+    same: Callable[[str], str] = plain_prompt,
+) -> tuple[list[str], list[int]]:
+    """``copies`` rewrites of each text (``rewrite``: the fine-tuned classifier's by default):
+    the rewrites and the index of their source. Empty rewrites and those equal to
+    ``same(text)`` are dropped."""
     rng = random.Random(seed)
     out: list[str] = []
     source: list[int] = []
     for _ in range(copies):
         for i, text in enumerate(texts):
-            variant = augment_text(text, rng)
-            if variant.strip() and variant != plain_prompt(text):
+            variant = rewrite(text, rng)
+            if variant.strip() and variant != same(text):
                 out.append(variant)
                 source.append(i)
     return out, source

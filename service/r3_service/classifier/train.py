@@ -31,6 +31,7 @@ from r3_service.classifier.head import (
     sigmoid,
 )
 from r3_service.classifier.splits import group_folds, random_folds, task_family
+from r3_service.classifier.text import augment as text_augment
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ def _lcfirst(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
 
 
-def augment_text(text: str, rng: random.Random) -> str:
-    """A label-preserving variant of ``text``: another input-block format and/or chat phrasing."""
+def v1_rewrite(text: str, rng: random.Random) -> str:
+    """The v1 head's label-preserving variant of ``text``: another input-block format
+    and/or chat phrasing."""
     instruction, given = split_query(text)
     if rng.random() < 0.5 and not instruction.rstrip().endswith("?"):
         prefix = rng.choice(_CHAT_PREFIXES)
@@ -101,17 +103,9 @@ def augment_text(text: str, rng: random.Random) -> str:
 
 
 def augment(texts: Sequence[str], copies: int, seed: int = 0) -> tuple[list[str], list[int]]:
-    """``copies`` variants of each text; returns the variants and the index of their source."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    source: list[int] = []
-    for _ in range(copies):
-        for i, text in enumerate(texts):
-            variant = augment_text(text, rng)
-            if variant.strip() and variant != text:
-                out.append(variant)
-                source.append(i)
-    return out, source
+    """The v1 head's augmentation: ``text.augment`` with ``v1_rewrite``, dropping variants
+    equal to the text itself (its published figures were measured so)."""
+    return text_augment(texts, copies, seed, rewrite=v1_rewrite, same=str)
 
 
 # -- fitting ---------------------------------------------------------------------------------
