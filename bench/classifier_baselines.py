@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-import r3_service.classifier.splits as S
-import r3_service.classifier.train as T
+import r3_service.classifier_training.splits as S
+import r3_service.classifier_training.train as T
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import prepare_embeddings
 from r3_service.data import ALPACAFARM_QTYPE

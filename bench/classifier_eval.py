@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier import calibration as C
 from r3_service.classifier.adapter import load_adapter, save_adapter
 from r3_service.classifier.build import build_classifier, shipped_adapter_path
 from r3_service.classifier.head import sigmoid
 from r3_service.classifier.runtime import DEFAULT_BAND, EnsembleEncoder, read_config
+from r3_service.classifier_training import calibration as C
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ import numpy as np
 from r3_service.classifier.adapter import load_adapter, save_adapter
 from r3_service.classifier.build import build_classifier, shipped_adapter_path
 from r3_service.classifier.runtime import EnsembleEncoder, read_config
-from r3_service.classifier.splits import load_rows
+from r3_service.classifier_training.splits import load_rows
 from r3_service.data import ALPACAFARM_QTYPE
 
 ROOT = Path(__file__).resolve().parents[1]

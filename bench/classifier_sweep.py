@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from classifier_baselines import STRESS  # noqa: E402
 
-import r3_service.classifier.finetune as F  # noqa: E402
-from r3_service.classifier import calibration as C  # noqa: E402
+import r3_service.classifier_training.finetune as F  # noqa: E402
 from r3_service.classifier.adapter import save_adapter  # noqa: E402
-from r3_service.classifier.splits import group_folds, load_rows, task_family  # noqa: E402
+from r3_service.classifier_training import calibration as C  # noqa: E402
+from r3_service.classifier_training.splits import group_folds, load_rows, task_family  # noqa: E402
 from r3_service.data import ALPACAFARM_QTYPE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

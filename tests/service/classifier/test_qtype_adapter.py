@@ -73,9 +73,9 @@ def test_trained_lora_merged_and_exported_gives_the_torch_logits(
     from qtype_rows import toy_rows
     from transformers import AutoModel
 
-    from r3_service.classifier import finetune as F
     from r3_service.classifier.build import build_classifier
     from r3_service.classifier.runtime import EnsembleEncoder, read_config
+    from r3_service.classifier_training import finetune as F
 
     rows = toy_rows(48, seed=0)
     texts = [r["input"] for r in rows]

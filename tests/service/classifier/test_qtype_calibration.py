@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from r3_service.classifier import calibration as C
+from r3_service.classifier_training import calibration as C
 
 
 def test_ece_by_hand() -> None:

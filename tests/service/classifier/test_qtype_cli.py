@@ -10,8 +10,8 @@ import httpx
 import pytest
 from qtype_rows import toy_rows
 
-from r3_service.classifier.cli import main
 from r3_service.classifier.runtime import CLASSIFIER_DIR, read_config
+from r3_service.classifier_training.cli import main
 
 pytestmark = pytest.mark.slow
 

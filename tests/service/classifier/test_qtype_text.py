@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from r3_service.classifier.text import augment, augment_text, head_tail, plain_prompt, split_alpaca
+from r3_service.classifier.text import head_tail, plain_prompt, split_alpaca
+from r3_service.classifier_training.augment import augment, augment_text
 
 ALPACA = (
     "Below is an instruction that describes a task. Write a response.\n\n"

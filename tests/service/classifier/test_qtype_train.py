@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from r3_service.classifier.calibration import fit_temperature
-from r3_service.classifier.splits import group_folds, load_rows, random_folds, task_family
-from r3_service.classifier.train import (
+from r3_service.classifier_training.calibration import fit_temperature
+from r3_service.classifier_training.splits import group_folds, load_rows, random_folds, task_family
+from r3_service.classifier_training.train import (
     TrainConfig,
     augment,
     fit_logistic,

@@ -1,7 +1,7 @@
 """Train the logistic query-type head on an encoder's embeddings (numpy only).
 
 ``r3-train-classifier --head`` uses it; the shipped classifier is a fine-tuned
-encoder instead (:mod:`r3_service.classifier.finetune`).
+encoder instead (:mod:`r3_service.classifier_training.finetune`).
 
 The head is an L2-regularised logistic regression on the standardised query
 embedding plus the text features of :mod:`r3_service.classifier.features`, fitted
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.calibration import fit_temperature
 from r3_service.classifier.features import FEATURE_NAMES, split_query, text_features
 from r3_service.classifier.head import (
     LABELS,
@@ -30,8 +29,9 @@ from r3_service.classifier.head import (
     prepare_embeddings,
     sigmoid,
 )
-from r3_service.classifier.splits import group_folds, random_folds, task_family
-from r3_service.classifier.text import augment as text_augment
+from r3_service.classifier_training.augment import augment as text_augment
+from r3_service.classifier_training.calibration import fit_temperature
+from r3_service.classifier_training.splits import group_folds, random_folds, task_family
 
 logger = logging.getLogger(__name__)
 

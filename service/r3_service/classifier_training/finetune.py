@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier.text import augment_text, head_tail, plain_prompt
+from r3_service.classifier.text import head_tail, plain_prompt
+from r3_service.classifier_training.augment import augment_text
 
 logger = logging.getLogger(__name__)
 

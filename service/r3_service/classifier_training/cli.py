@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from r3_service.classifier import calibration as C
 from r3_service.classifier.head import sigmoid
 from r3_service.classifier.runtime import CLASSIFIER_DIR, DEFAULT_BAND
-from r3_service.classifier.splits import group_folds, load_rows, task_family
+from r3_service.classifier_training import calibration as C
+from r3_service.classifier_training.splits import group_folds, load_rows, task_family
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def validate(
     texts: list[str], y: np.ndarray, base: Path, config: Any, members: int
 ) -> tuple[dict[str, Any], float]:
     """Train on 4/5 of the task families, score the rest: (figures, temperature)."""
-    from r3_service.classifier import finetune as F
+    from r3_service.classifier_training import finetune as F
 
     folds = group_folds([task_family(t) for t in texts], 5)
     if len(np.unique(folds)) < 2 or len(np.unique(y[folds != 0])) < 2:
@@ -58,10 +58,10 @@ def validate(
 
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, train the members on all rows, build the classifier folder."""
-    from r3_service.classifier import finetune as F
     from r3_service.classifier.adapter import save_adapter
     from r3_service.classifier.build import build_classifier
-    from r3_service.classifier.splits import file_sha256
+    from r3_service.classifier_training import finetune as F
+    from r3_service.classifier_training.splits import file_sha256
 
     texts, y = load_rows(args.data)
     if len(np.unique(y)) < 2:
@@ -98,8 +98,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
 def train_head_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The numpy head on the served encoder's embeddings, written as MODEL/qtype_head.json."""
     from r3_service.classifier.head import HEAD_FILE
-    from r3_service.classifier.splits import file_sha256
-    from r3_service.classifier.train import TrainConfig, train_head
+    from r3_service.classifier_training.splits import file_sha256
+    from r3_service.classifier_training.train import TrainConfig, train_head
     from r3_service.encoder import load_encoder
 
     encoder = load_encoder(args.model)
