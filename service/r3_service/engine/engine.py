@@ -9,6 +9,7 @@ the event loop, in chunks, so that small requests' chunks slot in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -236,29 +237,41 @@ class EmbeddingEngine:
             rows_of.setdefault(text, []).append(row)
             cache_of[text] = cache_of.get(text, False) or flag
         waiting: dict[str, Work] = {}
-        owned: Job | None = None
         try:
             fresh = self._lookup(rows_of, cache_of, out, waiting, deadline)
-            if fresh:
-                if reservation is None or not reservation.reserved:
-                    reservation = owned = self.reserve(fresh, deadline)
-                await self._enqueue(fresh, cache_of, waiting, deadline, reservation)
-            if waiting:
-                await self._collect(waiting, rows_of, out, deadline)
-        except BaseException as exc:
+            owned: Job | None = None
+            if fresh and (reservation is None or not reservation.reserved):
+                reservation = owned = self.reserve(fresh, deadline)
+            with self.admitted(owned, deadline):
+                if fresh:
+                    await self._enqueue(fresh, cache_of, waiting, deadline, reservation)
+                if waiting:
+                    await self._collect(waiting, rows_of, out, deadline)
+        except BaseException:
             self._release(waiting)
-            if owned is not None and isinstance(exc, RequestTimeoutError):
-                self.ended(owned, deadline, late=True)
             raise
-        finally:
-            if owned is not None:
-                self.batcher.cancel(owned)
-        if owned is not None:
-            self.ended(owned, deadline, late=False)
         if timing is not None:
             for work in waiting.values():
                 timing.add(work)
         return out
+
+    @contextlib.contextmanager
+    def admitted(self, place: Job | None, deadline: float) -> Iterator[None]:
+        """Around the work of a request admitted with ``place`` (None: nothing to do): when
+        it ends, count it (late on a timeout), tell admission how long it took (``ended``)
+        and give the place up."""
+        if place is None:
+            yield
+            return
+        try:
+            yield
+        except RequestTimeoutError:
+            self.ended(place, deadline, late=True)
+            raise
+        else:
+            self.ended(place, deadline, late=False)
+        finally:
+            self.batcher.cancel(place)
 
     def ended(self, place: Job, deadline: float, late: bool) -> None:
         """The request admitted with ``place`` ended, answered or ``late`` (a timeout): count

@@ -22,7 +22,6 @@ from r3_service.encoder.base import relevance
 from r3_service.encoder.profile import EncoderProfile
 from r3_service.engine.batching import Batcher
 from r3_service.engine.engine import INLINE_CHARS, EmbeddingEngine, Timing
-from r3_service.engine.errors import RequestTimeoutError
 from r3_service.engine.scheduler import Job
 from r3_service.reward.formula import (
     Branch,
@@ -239,31 +238,19 @@ class RewardScorer:
         options = options or RewardOptions()
         engine = self.engine
         deadline = engine.deadline()
-        classify = self.classifier is not None and options.branching
+        classifier = self.classifier if options.branching else None  # no branching: no types
         extra = 0.0
-        if classify and self.classifier is not None:
+        if classifier is not None:
             untyped = list({i.query for i in items if i.qtype is None})
-            extra = self.classifier.cost(untyped, engine.chars_per_token)
+            extra = classifier.cost(untyped, engine.chars_per_token)
         place = engine.reserve(texts_of(items, options), deadline, extra)
-        try:
+        with engine.admitted(place, deadline):
             plan = None
-            if classify and self.classifier is not None:
-                plan = await plan_qtypes(self.classifier, engine, items, options)
+            if classifier is not None:
+                plan = await plan_qtypes(classifier, engine, items, options)
                 items = plan.items
             result = await self._score_typed(items, options, stop_strings, deadline, place)
-            if plan is not None:
-                result = fold(result, plan)
-        except RequestTimeoutError:
-            if place is not None:
-                engine.ended(place, deadline, late=True)
-            raise
-        else:
-            if place is not None:
-                engine.ended(place, deadline, late=False)
-            return result
-        finally:
-            if place is not None:
-                engine.batcher.cancel(place)
+            return fold(result, plan) if plan is not None else result
 
     async def _score_typed(
         self,
