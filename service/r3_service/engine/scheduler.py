@@ -80,15 +80,18 @@ SMALL_BATCH_SHARE = 0.25
 #: Weight of a batch in the drain rate relative to the next one.
 RATE_DECAY = 0.9
 #: Admission learns from its own errors: for the last ``CALIBRATION_WINDOW`` admitted
-#: requests of one batch or less (and, apart, of larger ones) it keeps the ratio of the time
-#: they took to the time it had estimated, and multiplies its estimates by a high quantile of
-#: those ratios once ``CALIBRATION_MIN`` are in (within ``CALIBRATION_BOUNDS``). What the
-#: model of the worker does not see (mixed batches, the event loop, tokenising, a slower
-#: machine) then shows up in the estimates. bench/bench_overload.py --case small-first on
-#: 2 quiet cores: without it, 15% of admitted requests ended in 504 at 2x.
+#: requests of each size class it keeps the ratio of the time they took to the time its model
+#: of the worker had estimated (before any correction), and multiplies its estimates by a
+#: high quantile of those ratios once ``CALIBRATION_MIN`` are in (within
+#: ``CALIBRATION_BOUNDS``). What the model does not see (mixed batches, the event loop,
+#: tokenising, a slower machine) then shows up in the estimates. bench/bench_overload.py
+#: --case small-first on 2 quiet cores: without it, 15% of admitted requests ended in 504 at
+#: 2x. Per class, because errors differ by class: 1-item requests run early in short
+#: batches, 8-item ones wait behind them, and with both in one window (ten 1-item requests
+#: to two 8-item ones) the high quantile was the 8-item requests' median.
 CALIBRATION_WINDOW = 64
 CALIBRATION_MIN = 8
-CALIBRATION_QUANTILE = 0.9
+CALIBRATION_QUANTILE = 0.98
 CALIBRATION_BOUNDS = (0.5, 4.0)
 #: Full batches whose rates admission looks at, and the quantile it takes (slow side).
 RATE_WINDOW = 64
@@ -111,8 +114,10 @@ class Job:
     #: A placeholder for a request admitted on an estimate, whose texts are not queued yet
     #: (they are being typed by the classifier or tokenised): later admissions count it.
     reserved: bool = False
-    #: Seconds from admission to its end, as estimated when it was admitted (0: none).
+    #: Seconds from admission to its end, as the model of the worker estimated when it was
+    #: admitted, before ``correction`` (0: none), and the size class it was estimated in.
     estimate: float = 0.0
+    estimate_class: int = 0
 
 
 @dataclass(eq=False)
@@ -263,22 +268,19 @@ class Scheduler:
         self._stream_first: float | None = None
         #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
         self._earliest = math.inf
-        #: actual / estimated time of recently finished admitted jobs: of one batch or less
-        #: (``False``) and larger (``True``).
-        self._ratios: dict[bool, deque[float]] = {
-            False: deque(maxlen=CALIBRATION_WINDOW),
-            True: deque(maxlen=CALIBRATION_WINDOW),
-        }
+        #: actual / estimated (uncorrected) time of recently finished admitted jobs, by the
+        #: size class they were estimated in.
+        self._ratios = [deque[float](maxlen=CALIBRATION_WINDOW) for _ in range(LARGE + 1)]
 
     @property
     def jobs(self) -> tuple[Job, ...]:
         """Jobs queued or reserved, in the order they are kept (shortest remaining first)."""
         return tuple(self._jobs)
 
-    def calibration_count(self, large: bool = False) -> int:
-        """How many finished jobs of one batch or less (``large``: larger) admission's
-        ``correction`` currently learns from."""
-        return len(self._ratios[large])
+    def calibration_count(self, cost: float) -> int:
+        """How many finished jobs of the size class of ``cost`` admission's ``correction``
+        currently learns from."""
+        return len(self._ratios[self.size_class(cost)])
 
     @property
     def pending(self) -> list[Work]:
@@ -328,7 +330,28 @@ class Scheduler:
         can be (what a 413 is decided on); ``reserved``: the job was admitted on its
         estimate already (``reserve``), only its size and the queue's are checked;
         ``lead_s``: seconds of work (tokenising) before its texts can be queued at all.
-        Returns the seconds it is estimated to take (0 when nothing is measured yet)."""
+        Returns the seconds it is estimated to take, ``correction`` included (0 when nothing
+        is measured yet)."""
+        seconds, correction = self._admit(
+            count, cost, deadline, timeout, now, busy_s, estimate, reserved, lead_s, least_cost
+        )
+        return correction * seconds
+
+    def _admit(
+        self,
+        count: int,
+        cost: float,
+        deadline: float,
+        timeout: float,
+        now: float,
+        busy_s: float,
+        estimate: bool,
+        reserved: bool,
+        lead_s: float,
+        least_cost: float | None,
+    ) -> tuple[float, float]:
+        """``admit_cost``'s checks; returns the model's estimate of the seconds the job takes
+        (before correction) and the correction."""
         sure = cost if least_cost is None else min(cost, least_cost)
         self._check_size(count, sure, timeout, lead_s, estimate)
         if self.in_flight + count > self.max_queue_texts:
@@ -339,22 +362,23 @@ class Scheduler:
                 retry_after=self.rate.seconds_for_texts(excess),
             )
         if reserved or not self.rate.known:
-            return 0.0
+            return 0.0, 1.0
         correction = self.correction(cost)
         if not self._jobs and busy_s <= 0:
             # idle: always try (what can never fit is 413)
-            return correction * (lead_s + self.finish_in(cost, 0.0, now, 0.0))
+            return lead_s + self.finish_in(cost, 0.0, now, 0.0), correction
         ahead, behind = self._place(cost, now)
-        finish = correction * (lead_s + self.finish_in(cost, ahead, now, busy_s))
-        self._check_own_deadline(cost, finish, deadline - now)
+        finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
+        self._check_own_deadline(cost, correction * finish, deadline - now)
         if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
-        return finish
+        return finish, correction
 
     def correction(self, cost: float) -> float:
         """What admission multiplies its estimate for a job of ``cost`` by: a high quantile
-        of actual / estimated time of recent admitted jobs of its kind (1 until enough)."""
-        ratios = self._ratios[cost > self.max_batch_tokens]
+        of actual / estimated time of recent admitted jobs of its size class (1 until
+        enough)."""
+        ratios = self._ratios[self.size_class(cost)]
         if len(ratios) < CALIBRATION_MIN:
             return 1.0
         high = sorted(ratios)[int(CALIBRATION_QUANTILE * (len(ratios) - 1))]
@@ -362,11 +386,10 @@ class Scheduler:
 
     def finished(self, job: Job, now: float) -> None:
         """An admitted job ended at ``now`` (answered, or past its deadline): learn how far
-        off its estimate was."""
+        off the model's estimate was. The ratio is to the estimate before correction: to the
+        corrected one, a steady error k made the correction settle at sqrt(k) (c = k / c)."""
         if job.estimate > 0:
-            self._ratios[job.cost > self.max_batch_tokens].append(
-                (now - job.admitted) / job.estimate
-            )
+            self._ratios[job.estimate_class].append((now - job.admitted) / job.estimate)
 
     def _place(self, cost: float, now: float) -> tuple[float, list[Job]]:
         """Where a new job of ``cost`` would go in the serving order (``_serving_order``): the
@@ -412,19 +435,12 @@ class Scheduler:
         (classifying its queries, tokenising) is never spent on a request refused later,
         and requests admitted meanwhile see the work it will bring.
         """
-        estimate = self.admit_cost(
-            count,
-            cost,
-            deadline,
-            timeout,
-            now,
-            busy_s,
-            estimate=True,
-            lead_s=lead_s,
-            least_cost=least_cost,
+        seconds, _ = self._admit(
+            count, cost, deadline, timeout, now, busy_s, True, False, lead_s, least_cost
         )
         job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
-        job.estimate = estimate
+        job.estimate = seconds
+        job.estimate_class = self.size_class(cost)
         job.remaining = job.cost = cost
         self._seq += 1
         job.seq = self._seq

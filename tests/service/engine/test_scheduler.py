@@ -539,15 +539,39 @@ def test_admission_learns_from_admitted_requests_that_took_longer_than_estimated
         scheduler.cancel(job)
         scheduler.finished(job, now=job.admitted + 2 * job.estimate)
     assert scheduler.correction(106.0) == pytest.approx(2.0)
-    assert scheduler.correction(5000.0) == 1.0  # large requests are learned apart
+    assert scheduler.correction(5000.0) == 1.0  # other size classes are learned apart
+    assert scheduler.correction(600.0) == 1.0
     with pytest.raises(DeadlineUnreachableError):
         scheduler.admit(probe, deadline=1.0, timeout=1.0, now=0.0, busy_s=0.3)
+    # the corrected estimate is twice the model's; the ratio is taken to the model's
+    assert scheduler.admit_cost(2, 106.0, 50.0, 50.0, 10.0, 0.3) == pytest.approx(2 * 0.662)
     for _ in range(CALIBRATION_WINDOW):
         job = scheduler.reserve(2, 106.0, deadline=50.0, timeout=50.0, now=10.0, busy_s=0.3)
+        assert job.estimate == pytest.approx(0.662)
         scheduler.cancel(job)
         scheduler.finished(job, now=job.admitted + 0.9 * job.estimate)
     assert scheduler.correction(106.0) == pytest.approx(0.9)
     scheduler.admit(probe, deadline=1.0, timeout=1.0, now=0.0, busy_s=0.3)
+
+
+def test_a_steady_error_is_corrected_in_full_and_each_size_class_apart(loop) -> None:  # type: ignore[no-untyped-def]
+    """Requests that always take 3 times the model's estimate: the correction settles at 3
+    (measured against the corrected estimate it settled at sqrt(3), so that they took 1.7
+    times what admission planned). 1-item requests that finish early, ten for every 8-item
+    one, do not water the 8-item requests' correction down."""
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    for k in range(4 * CALIBRATION_WINDOW):
+        eight = scheduler.reserve(16, 800.0, deadline=1e6, timeout=1e6, now=k, busy_s=0.0)
+        scheduler.cancel(eight)
+        scheduler.finished(eight, now=eight.admitted + 3.0 * eight.estimate)
+        for _ in range(10):
+            one = scheduler.reserve(2, 106.0, deadline=1e6, timeout=1e6, now=k, busy_s=0.0)
+            scheduler.cancel(one)
+            scheduler.finished(one, now=one.admitted + 0.5 * one.estimate)
+    assert scheduler.correction(800.0) == pytest.approx(3.0)
+    assert scheduler.correction(106.0) == pytest.approx(0.5)
+    assert scheduler.calibration_count(800.0) == CALIBRATION_WINDOW
 
 
 def test_the_correction_stays_within_its_bounds(loop) -> None:  # type: ignore[no-untyped-def]
@@ -559,4 +583,4 @@ def test_the_correction_stays_within_its_bounds(loop) -> None:  # type: ignore[n
     assert scheduler.correction(106.0) == CALIBRATION_BOUNDS[1]
     unmeasured = Job(deadline=1.0)  # admitted before any rate was known: nothing to learn
     scheduler.finished(unmeasured, now=5.0)
-    assert scheduler.calibration_count() == CALIBRATION_MIN
+    assert scheduler.calibration_count(106.0) == CALIBRATION_MIN
