@@ -26,6 +26,8 @@
 #   ORT_GPU_SPEC              pip spec of the GPU runtime with its CUDA/cuDNN wheels. The
 #                             default (latest) needs CUDA 13 (NVIDIA driver >= 580); on a CUDA 12
 #                             driver use "onnxruntime-gpu[cuda,cudnn]==1.26.0".
+#   OPENVINO=0|1              1: the runtime image can also serve with R3_BACKEND=openvino
+#                             (CPU, fp32 or bf16; the `openvino` extra, about 180 MB installed).
 #   TORCH_VERSION             torch of the trainer and of an EXTRA_MODEL export (default 2.13.0).
 #   TORCH_INDEX_URL           where the export stage gets torch for an EXTRA_MODEL (default: the
 #                             CPU wheel index); empty = pip's default index.
@@ -116,6 +118,7 @@ FROM models-${MODEL_SOURCE} AS models
 FROM base AS runtime-venv
 ARG ORT=gpu
 ARG ORT_GPU_SPEC="onnxruntime-gpu[cuda,cudnn]"
+ARG OPENVINO=0
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
@@ -137,11 +140,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
       cpu) extra_spec="" ;; \
       *) echo "ORT must be gpu or cpu, not '${ORT}'" >&2; exit 1 ;; \
     esac \
-    && python /usr/local/lib/r3/runtime_requirements.py pyproject.toml "${ORT}" "${extra_spec}" \
+    && case "${OPENVINO}" in \
+      1) extras="${ORT},openvino" ;; \
+      0) extras="${ORT}" ;; \
+      *) echo "OPENVINO must be 0 or 1, not '${OPENVINO}'" >&2; exit 1 ;; \
+    esac \
+    && python /usr/local/lib/r3/runtime_requirements.py pyproject.toml "${extras}" "${extra_spec}" \
         > /tmp/requirements.txt \
     && pip install --find-links /wheels --requirement /tmp/requirements.txt \
     && pip install --no-deps . \
     && python -c "import onnxruntime as o, r3_service; print(o.__version__, o.get_available_providers())" \
+    && if [ "${OPENVINO}" = 1 ]; then python -c "import openvino as ov; print(ov.get_version(), ov.Core().available_devices)"; fi \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the runtime" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------

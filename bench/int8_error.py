@@ -1,13 +1,16 @@
-"""Reward error of an int8 export against fp32, on the benchmark items, over HTTP.
+"""Reward error of an int8 export (or of another backend's precision) against fp32, over HTTP.
 
 Exports the embedded default encoder twice (fp32 and int8, torch-free), serves each with
-``r3-serve`` and scores the same items: the AlpacaFarm prompts that ship with the package,
-each item scored twice, once with an answer from another prompt (a poor response) and once
-with its own dataset answer. Items are scored with their given qtype and again with
-``qtype: null`` (the classifier decides). Prints max and mean |reward(int8) - reward(fp32)|,
-the same for relevance, and how often the two classifiers disagree.
+``r3-serve`` and scores the same items (``--variant openvino-bf16`` or ``openvino-fp32``:
+the fp32 export served by ONNX Runtime and by OpenVINO at that precision instead): the
+AlpacaFarm prompts that ship with the package, each item scored twice, once with an answer
+from another prompt (a poor response) and once with its own dataset answer. Items are scored
+with their given qtype and again with ``qtype: null`` (the classifier decides). Prints max,
+mean and p99 of |reward(variant) - reward(fp32)|, the same for relevance, and how often the
+two classifiers disagree.
 
     python bench/int8_error.py [--items 384] [--offset 0]
+        [--variant int8|openvino-fp32|openvino-bf16]
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from _server import start_server
 
 from r3_service.data import ALPACAFARM_QTYPE
 from r3_service.models import export_default
+
+#: What is compared with the fp32 export on ONNX Runtime: (export dtype, server environment).
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "int8": ("int8", {}),
+    "openvino-fp32": ("fp32", {"R3_BACKEND": "openvino"}),
+    "openvino-bf16": ("fp32", {"R3_BACKEND": "openvino", "R3_INFERENCE_PRECISION": "bf16"}),
+}
 
 
 def bench_items(n: int, offset: int) -> list[dict[str, Any]]:
@@ -75,32 +85,34 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=384, help="prompts (each scored twice)")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--port", type=int, default=8761)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="int8")
     args = parser.parse_args()
     items = bench_items(args.items, args.offset)
     results: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     with tempfile.TemporaryDirectory(prefix="r3-int8-") as tmp:
-        for dtype in ("fp32", "int8"):
+        for run, (dtype, env) in (("fp32", ("fp32", {})), ("variant", VARIANTS[args.variant])):
             folder = Path(tmp) / dtype
-            export_default(folder, dtype=dtype)
-            proc = start_server(args.port, folder, timeout=120)
+            if not folder.exists():
+                export_default(folder, dtype=dtype)
+            proc = start_server(args.port, folder, env=env, timeout=120)
             try:
                 url = f"http://127.0.0.1:{args.port}"
-                results[dtype] = {
+                results[run] = {
                     "typed": score(url, items, typed=True),
                     "untyped": score(url, items, typed=False),
                 }
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
-    report: dict[str, Any] = {"items": len(items)}
+    report: dict[str, Any] = {"items": len(items), "variant": args.variant}
     for mode in ("typed", "untyped"):
-        fp32, int8 = results["fp32"][mode], results["int8"][mode]
+        fp32, int8 = results["fp32"][mode], results["variant"][mode]
         for key in ("reward", "relevance"):
             diff = np.abs(fp32[key] - int8[key])
             report[f"{mode}_{key}_abs_diff"] = {
-                "max": round(float(diff.max()), 4),
-                "mean": round(float(diff.mean()), 4),
-                "p99": round(float(np.quantile(diff, 0.99)), 4),
+                "max": float(f"{float(diff.max()):.3g}"),
+                "mean": float(f"{float(diff.mean()):.3g}"),
+                "p99": float(f"{float(np.quantile(diff, 0.99)):.3g}"),
             }
         report[f"{mode}_qtype_disagreements"] = int((fp32["qtype"] != int8["qtype"]).sum())
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from r3_service.config import Settings
     from r3_service.encoder.profile import EncoderProfile
 
 
@@ -24,6 +25,16 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", help="address to bind (R3_HOST)")
     parser.add_argument("--port", type=int, help="port to bind (R3_PORT)")
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], help="(R3_PROVIDER)")
+    parser.add_argument(
+        "--backend", choices=["onnxruntime", "openvino"], help="inference engine (R3_BACKEND)"
+    )
+    parser.add_argument(
+        "--precision",
+        dest="inference_precision",
+        choices=["fp32", "bf16"],
+        help="fp32 (default) keeps rewards exact; bf16 needs --backend openvino and a CPU with "
+        "bf16 units (R3_INFERENCE_PRECISION)",
+    )
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in vars(args).items() if v is not None}
@@ -31,11 +42,55 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    check_backend(settings)
     # Fail fast on a bad folder, and export the default before the port opens.
     settings = settings.model_copy(
         update={"model": resolve_model_dir(settings.model, settings.cache_dir)}
     )
     serve(settings)  # uvicorn with connection limits and timeouts (server.py)
+
+
+#: Measured in issue 26 (OpenVINO 2026.4, Intel Xeon with AMX, 2 cores, all-MiniLM-L6-v2).
+#: ``python bench/int8_error.py --variant openvino-bf16`` measures rewards on such a CPU.
+BF16_MEASURED = (
+    "|relevance(bf16) - relevance(fp32)| max 0.0051, mean 0.0008, p99 0.0032 on 800 "
+    "AlpacaFarm pairs (OpenVINO 2026.4, Intel Xeon with AMX)"
+)
+BF16_WARNING = "bf16 changes rewards slightly (%s); fp32, the default, keeps them exact"
+
+
+def check_backend(settings: Settings) -> None:
+    """Before the port opens: the backend is installed and runs the asked precision on this
+    CPU (raises SystemExit with the reason); bf16 is logged as a change of rewards."""
+    log = logging.getLogger("r3-serve")
+    chosen = {
+        (settings.backend, settings.inference_precision),
+        (
+            settings.classifier_backend or settings.backend,
+            settings.classifier_precision or settings.inference_precision,
+        ),
+    }
+    for backend, precision in sorted(chosen):
+        if backend != "openvino":
+            continue
+        try:
+            import openvino
+        except ImportError:
+            raise SystemExit(
+                "R3_BACKEND=openvino needs the openvino package: pip install 'r3-reward[openvino]'"
+            ) from None
+        from r3_service.encoder.openvino import (
+            PrecisionUnsupportedError,
+            check_precision,
+            cpu_capabilities,
+        )
+
+        try:
+            check_precision(precision, cpu_capabilities(openvino.Core()))
+        except PrecisionUnsupportedError as exc:
+            raise SystemExit(str(exc)) from None
+        if precision == "bf16":
+            log.warning(BF16_WARNING, BF16_MEASURED)
 
 
 #: Measured by ``python bench/int8_error.py`` (768 AlpacaFarm items, all-MiniLM-L6-v2).

@@ -30,9 +30,7 @@ def load_default_encoder(settings: Settings) -> Encoder:
     from r3_service.encoder import load_encoder
 
     folder = resolve_model_dir(settings.model, settings.cache_dir)
-    return load_encoder(
-        folder, provider=settings.provider, intra_op_threads=settings.intra_op_threads
-    )
+    return load_encoder(folder, **settings.encoder_options())
 
 
 def _refusal(exc: Exception) -> RuntimeError:
@@ -71,8 +69,7 @@ def load_query_classifier(
             require_classifier(folder, settings.classifier),
             encoder,
             request_timeout_s=settings.request_timeout_s,
-            provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
+            **settings.encoder_options(classifier=True),
         )
     except Exception as exc:
         if not settings.allow_no_classifier:

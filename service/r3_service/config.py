@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from r3_service.engine.config import (
@@ -52,7 +52,25 @@ class Settings(BaseSettings):
         "present.",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime CPU threads; 0 = the CPUs this process may use."
+        default=0, ge=0, description="CPU threads of inference; 0 = the CPUs this process may use."
+    )
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        default="onnxruntime",
+        description="Inference engine: onnxruntime (CPU or CUDA, see R3_PROVIDER) or openvino "
+        "(CPU only; the `openvino` extra). Both read the same exported model.onnx.",
+    )
+    inference_precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="fp32 keeps rewards exact; bf16 (R3_BACKEND=openvino, CPUs with bf16 "
+        "units only: refused at start elsewhere) is faster and changes rewards slightly.",
+    )
+    classifier_backend: Literal["onnxruntime", "openvino"] | None = Field(
+        default=None,
+        description="Inference engine of the query-type classifier; unset: R3_BACKEND.",
+    )
+    classifier_precision: Literal["fp32", "bf16"] | None = Field(
+        default=None,
+        description="Precision of the query-type classifier; unset: R3_INFERENCE_PRECISION.",
     )
     max_batch_tokens: int | None = Field(
         default=None,
@@ -156,6 +174,38 @@ class Settings(BaseSettings):
         description="Start even when no query-type classifier loads; untyped items are then "
         "scored as OPENENDED. Off: the service refuses to start without one.",
     )
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> Settings:
+        for backend, precision, names in (
+            (self.backend, self.inference_precision, "R3_BACKEND, R3_INFERENCE_PRECISION"),
+            (
+                self.classifier_backend or self.backend,
+                self.classifier_precision or self.inference_precision,
+                "R3_CLASSIFIER_BACKEND, R3_CLASSIFIER_PRECISION",
+            ),
+        ):
+            if backend == "onnxruntime" and precision != "fp32":
+                raise ValueError(f"{names}: {precision} needs the openvino backend")
+            if backend == "openvino" and self.provider == "cuda":
+                raise ValueError(
+                    f"{names}: openvino runs on the CPU; R3_PROVIDER=cuda needs onnxruntime"
+                )
+        return self
+
+    def encoder_options(self, classifier: bool = False) -> dict[str, Any]:
+        """What ``load_encoder`` takes from these settings (``classifier``: for the
+        query-type classifier's own encoders)."""
+        backend, precision = self.backend, self.inference_precision
+        if classifier:
+            backend = self.classifier_backend or backend
+            precision = self.classifier_precision or precision
+        return {
+            "backend": backend,
+            "precision": precision,
+            "provider": self.provider,
+            "intra_op_threads": self.intra_op_threads,
+        }
 
     def batch_limits(self, device: str) -> tuple[int, int]:
         """(max_batch_tokens, max_batch_size), filling unset ones with the device's defaults."""

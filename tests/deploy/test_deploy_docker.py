@@ -154,7 +154,12 @@ def test_runtime_has_no_torch_and_the_right_onnxruntime(dockerfile_stages: list[
     assert _args(venv).get("ORT") == "gpu", "onnxruntime-gpu by default"
     assert "onnxruntime-gpu" in _args(venv).get("ORT_GPU_SPEC", "")
     runs = _runs(venv)
-    assert re.search(r'runtime_requirements\.py pyproject\.toml "\$\{ORT\}"', runs)
+    assert re.search(r'runtime_requirements\.py pyproject\.toml "\$\{extras\}"', runs)
+    # OPENVINO=1 adds the openvino extra (and checks it imports); 0, the default, does not
+    assert _args(venv).get("OPENVINO") == "0"
+    assert re.search(r'1\)\s*extras="\$\{ORT\},openvino"', runs)
+    assert re.search(r'0\)\s*extras="\$\{ORT\}"', runs)
+    assert "import openvino" in runs
     assert re.search(r'gpu\)\s*extra_spec="\$\{ORT_GPU_SPEC\}"', runs)
     assert "pip install --no-deps ." in runs, "the project itself without its dependencies"
     for stage in (venv, runtime):
@@ -299,6 +304,10 @@ def test_runtime_requirements(ort: str, capsys: pytest.CaptureFixture[str]) -> N
         assert extra in lines
     # The export extra would bring torch: the script refuses it.
     assert script.main([str(ROOT / "pyproject.toml"), "export"]) == 1
+    # OPENVINO=1: the openvino extra on top, still no torch
+    assert script.main([str(ROOT / "pyproject.toml"), f"{ort},openvino", extra]) == 0
+    with_ov = {script.requirement_name(line) for line in capsys.readouterr().out.splitlines()}
+    assert with_ov == names | {"openvino"}
 
 
 def test_runtime_contract(

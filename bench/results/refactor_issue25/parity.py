@@ -47,7 +47,7 @@ try:
     stop = scorer.stop
 except ImportError:
     # The code before the split (cb01d27), which this checkout no longer has.
-    from r3_service.engine import RewardEngine, RewardItem  # type: ignore[attr-defined,no-redef]
+    from r3_service.engine import RewardEngine, RewardItem  # type: ignore[attr-defined,no-redef,unused-ignore]
 
     eng = RewardEngine(enc, classifier=clf)
     clf.start()

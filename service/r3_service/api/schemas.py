@@ -170,6 +170,11 @@ class InfoResponse(BaseModel):
     model: str
     version: str
     device: str
+    backend: str = Field(description="Inference engine of the reward encoder (R3_BACKEND).")
+    precision: str = Field(
+        description="Precision it runs at: the export's dtype on onnxruntime, "
+        "R3_INFERENCE_PRECISION on openvino."
+    )
     profile: ProfileInfo
     limits: LimitsInfo
     classifier: dict[str, object] | None = None

@@ -115,13 +115,13 @@ class QueryClassifier(abc.ABC):
 class EnsembleEncoder(Encoder):
     """Fine-tuned ONNX members -> mean logit of OPENENDED, as a 1-d "embedding"."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], **ort_options: Any) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], **options: Any) -> None:
         from tokenizers import Tokenizer
 
-        from r3_service.encoder.ort import OrtEncoder
+        from r3_service.encoder import load_encoder
 
         self.folder = folder
-        self.members = [OrtEncoder(folder / m, **ort_options) for m in config["members"]]
+        self.members = [load_encoder(folder / m, **options) for m in config["members"]]
         self.heads = [
             (np.asarray(h["weight"], dtype=np.float32), float(h["bias"])) for h in config["heads"]
         ]
@@ -129,7 +129,9 @@ class EnsembleEncoder(Encoder):
             raise ValueError(f"{folder}: {len(self.members)} members, {len(self.heads)} heads")
         first = self.members[0]
         self.max_length = int(config["max_length"])
-        self.tokenizer = Tokenizer.from_file(str(first.folder / first.profile.tokenizer_file))
+        self.tokenizer = Tokenizer.from_file(
+            str(folder / config["members"][0] / first.profile.tokenizer_file)
+        )
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.profile = EncoderProfile(
@@ -138,6 +140,8 @@ class EnsembleEncoder(Encoder):
             pad_token_id=first.profile.pad_token_id,
         )
         self.device = getattr(first, "device", "cpu")
+        self.backend = str(getattr(first, "backend", "onnxruntime"))
+        self.precision = str(getattr(first, "precision", first.profile.dtype))
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch([plain_prompt(t) for t in texts])
@@ -161,7 +165,7 @@ class FineTunedClassifier(QueryClassifier):
         *,
         cache_bytes: int = 16 << 20,
         request_timeout_s: float | None = None,
-        **ort: Any,
+        **options: Any,
     ) -> None:
         from r3_service.engine import EmbeddingEngine, EngineConfig
 
@@ -174,7 +178,7 @@ class FineTunedClassifier(QueryClassifier):
         self.band = (float(config["abstain_band"][0]), float(config["abstain_band"][1]))
         self.metrics = dict(config.get("metrics", {}))
         self.members = len(config["members"])
-        self.encoder = EnsembleEncoder(folder, config, **ort)
+        self.encoder = EnsembleEncoder(folder, config, **options)
         self.engine = EmbeddingEngine(
             self.encoder,
             # The reward's batch limits (a small request waits for one short batch) and
@@ -220,6 +224,8 @@ class FineTunedClassifier(QueryClassifier):
             "members": self.members,
             "temperature": round(self.temperature, 4),
             "adapter_sha256": self.adapter_sha256,
+            "backend": self.encoder.backend,
+            "precision": self.encoder.precision,
         }
 
 
@@ -303,14 +309,14 @@ def load_classifier(
     path: Path,
     reward_encoder: Encoder,
     request_timeout_s: float | None = None,
-    **ort: Any,
+    **options: Any,
 ) -> QueryClassifier:
     """Open the classifier at ``path`` (a fine-tuned folder or a head file); raises if unusable."""
     from r3_service.classifier.head import HEAD_FILE, load_head
 
     path = Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
-        return FineTunedClassifier(path, request_timeout_s=request_timeout_s, **ort)
+        return FineTunedClassifier(path, request_timeout_s=request_timeout_s, **options)
     if path.is_dir() and (path / HEAD_FILE).is_file():
         path = path / HEAD_FILE
     if path.is_file():

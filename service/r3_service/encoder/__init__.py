@@ -1,4 +1,4 @@
-"""Sentence encoders: profiles, ONNX export, ONNX Runtime inference."""
+"""Sentence encoders: profiles, ONNX export, inference (ONNX Runtime or OpenVINO)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,45 @@ from r3_service.encoder.base import Encoder, mean_pool, pad_batch, relevance
 from r3_service.encoder.profile import PROFILE_FILE, EncoderProfile
 
 
-def load_encoder(folder: Path | str, **kwargs: object) -> Encoder:
-    """Load an exported model folder with ONNX Runtime (see ``OrtEncoder`` for options)."""
-    from r3_service.encoder.ort import OrtEncoder
+def load_encoder(
+    folder: Path | str,
+    *,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    provider: str = "auto",
+    intra_op_threads: int = 0,
+    **kwargs: object,
+) -> Encoder:
+    """Open an exported model folder with ``backend``: ``onnxruntime`` (``OrtEncoder``: CPU
+    or CUDA, by ``provider``; fp32 only) or ``openvino`` (``OpenVinoEncoder``: CPU, fp32 or
+    bf16)."""
+    if backend == "onnxruntime":
+        if precision != "fp32":
+            raise ValueError(
+                f"precision {precision} needs the openvino backend (R3_BACKEND=openvino); "
+                "ONNX Runtime runs the export's own dtype"
+            )
+        from r3_service.encoder.ort import OrtEncoder
 
-    return OrtEncoder(folder, **kwargs)  # type: ignore[arg-type]
+        return OrtEncoder(
+            folder,
+            provider=provider,  # type: ignore[arg-type]
+            intra_op_threads=intra_op_threads,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    if backend == "openvino":
+        if provider == "cuda":
+            raise ValueError(
+                "the openvino backend runs on the CPU; R3_PROVIDER=cuda needs onnxruntime"
+            )
+        from r3_service.encoder.openvino import OpenVinoEncoder
+
+        return OpenVinoEncoder(
+            folder,
+            precision=precision,  # type: ignore[arg-type]
+            intra_op_threads=intra_op_threads,
+        )
+    raise ValueError(f"unknown backend {backend!r}: onnxruntime or openvino")
 
 
 __all__ = [

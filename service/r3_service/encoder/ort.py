@@ -60,6 +60,13 @@ def _session(ort: Any, path: Path, use_cuda: bool, intra_op_threads: int, device
 class OrtEncoder(Encoder):
     """Mean-pooled sentence embeddings from an exported ONNX folder."""
 
+    backend = "onnxruntime"
+
+    @property
+    def precision(self) -> str:
+        """ONNX Runtime runs the export's own dtype."""
+        return self.profile.dtype
+
     def __init__(
         self,
         folder: Path | str,

@@ -21,6 +21,8 @@ async def info(scorer: ScorerDep, state: StateDep) -> InfoResponse:
         model=state.model_name,
         version=__version__,
         device=getattr(engine.encoder, "device", "cpu"),
+        backend=getattr(engine.encoder, "backend", "onnxruntime"),
+        precision=getattr(engine.encoder, "precision", profile.dtype),
         profile=ProfileInfo(
             similarity=profile.similarity,
             relevance_range=profile.relevance_range,
