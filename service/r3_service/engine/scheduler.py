@@ -330,28 +330,8 @@ class Scheduler:
         can be (what a 413 is decided on); ``reserved``: the job was admitted on its
         estimate already (``reserve``), only its size and the queue's are checked;
         ``lead_s``: seconds of work (tokenising) before its texts can be queued at all.
-        Returns the seconds it is estimated to take, ``correction`` included (0 when nothing
-        is measured yet)."""
-        seconds, correction = self._admit(
-            count, cost, deadline, timeout, now, busy_s, estimate, reserved, lead_s, least_cost
-        )
-        return correction * seconds
-
-    def _admit(
-        self,
-        count: int,
-        cost: float,
-        deadline: float,
-        timeout: float,
-        now: float,
-        busy_s: float,
-        estimate: bool,
-        reserved: bool,
-        lead_s: float,
-        least_cost: float | None,
-    ) -> tuple[float, float]:
-        """``admit_cost``'s checks; returns the model's estimate of the seconds the job takes
-        (before correction) and the correction."""
+        Returns the model's estimate of the seconds it takes, before ``correction`` (0 when
+        nothing is measured yet); the deadline was checked against the corrected one."""
         sure = cost if least_cost is None else min(cost, least_cost)
         self._check_size(count, sure, timeout, lead_s, estimate)
         if self.in_flight + count > self.max_queue_texts:
@@ -362,17 +342,16 @@ class Scheduler:
                 retry_after=self.rate.seconds_for_texts(excess),
             )
         if reserved or not self.rate.known:
-            return 0.0, 1.0
-        correction = self.correction(cost)
+            return 0.0
         if not self._jobs and busy_s <= 0:
             # idle: always try (what can never fit is 413)
-            return lead_s + self.finish_in(cost, 0.0, now, 0.0), correction
+            return lead_s + self.finish_in(cost, 0.0, now, 0.0)
         ahead, behind = self._place(cost, now)
         finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
-        self._check_own_deadline(cost, correction * finish, deadline - now)
+        self._check_own_deadline(cost, self.correction(cost) * finish, deadline - now)
         if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
-        return finish, correction
+        return finish
 
     def correction(self, cost: float) -> float:
         """What admission multiplies its estimate for a job of ``cost`` by: a high quantile
@@ -435,8 +414,16 @@ class Scheduler:
         (classifying its queries, tokenising) is never spent on a request refused later,
         and requests admitted meanwhile see the work it will bring.
         """
-        seconds, _ = self._admit(
-            count, cost, deadline, timeout, now, busy_s, True, False, lead_s, least_cost
+        seconds = self.admit_cost(
+            count,
+            cost,
+            deadline,
+            timeout,
+            now,
+            busy_s,
+            estimate=True,
+            lead_s=lead_s,
+            least_cost=least_cost,
         )
         job = Job(deadline=deadline, margin=PROTECT_SHARE * (deadline - now), reserved=True)
         job.estimate = seconds
