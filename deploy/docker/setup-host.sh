@@ -17,9 +17,10 @@
 #    inside a build works behind a TLS-intercepting proxy as it does outside.
 # 4. A base image: pulled when a registry answers; otherwise made from Debian packages
 #    (deploy/docker/debian-base.sh, with debootstrap), and the no-registry override is used.
-# 5. torch for the CPU trainer: a CPU wheel from this host's pip index is put in
-#    deploy/docker/wheels/ when there is one; else PyTorch's CPU index is used if it answers;
-#    else the script stops and says what to provide (the CUDA build from PyPI is gigabytes).
+# 5. torch for the CPU trainer (deploy/docker/cpu-torch.sh): a CPU wheel from this host's pip
+#    index is put in deploy/docker/wheels/ when there is one; else PyTorch's CPU index is used if
+#    it answers; else the script stops and says what to provide (the CUDA build from PyPI is
+#    gigabytes).
 # 6. Everything chosen is written to .env (COMPOSE_FILE, BASE_IMAGE, BUILD_CA_BUNDLE,
 #    TRAINER_TORCH_INDEX_URL), which compose reads for every command: `docker compose ps`,
 #    `logs` and `down` work with no variables set.
@@ -137,40 +138,15 @@ if [[ -n "$base" ]]; then
 fi
 set_env COMPOSE_FILE "$files"
 
-# -- 5. torch for the CPU trainer --------------------------------------------------------------
+# -- 5. torch for the CPU trainer (deploy/docker/cpu-torch.sh) ---------------------------------
 if [[ "$gpu" == 0 ]]; then
-  if ls deploy/docker/wheels/torch-"${torch_version}"*.whl >/dev/null 2>&1; then
-    say "a torch ${torch_version} wheel is in deploy/docker/wheels already"
-    set_env TRAINER_TORCH_INDEX_URL ""
-  else
-    tmp="$(mktemp -d)"
-    if tools_pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" \
-          "torch==${torch_version}" >&2 \
-        && "$tools/bin/python" - "$tmp" <<'PY'
-import pathlib, sys, zipfile
-# A CPU build: its metadata asks for no nvidia-* (CUDA) packages.
-wheel = next(pathlib.Path(sys.argv[1]).glob("torch-*.whl"))
-with zipfile.ZipFile(wheel) as z:
-    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-    lines = z.read(meta).decode().splitlines()
-sys.exit(any(x.startswith("Requires-Dist: nvidia-") for x in lines))
-PY
-    then
-      mv "$tmp"/torch-*.whl deploy/docker/wheels/
-      say "CPU torch from this host's pip index: $(ls deploy/docker/wheels/torch-*.whl)"
-      set_env TRAINER_TORCH_INDEX_URL ""
-    elif "$tools/bin/python" -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/torch/', timeout=15)" 2>/dev/null; then
-      say "CPU torch from PyTorch's CPU index (download.pytorch.org)"
-      sed -i '/^#\? *TRAINER_TORCH_INDEX_URL=/d' .env
-    else
-      rm -rf "$tmp"
-      die "no CPU build of torch ${torch_version}: this host's pip index has only the CUDA build \
-and download.pytorch.org does not answer. Put a CPU wheel (torch-${torch_version}+cpu-*.whl) \
-in deploy/docker/wheels/, or set TRAINER_TORCH_INDEX_URL in .env to a mirror of PyTorch's CPU \
-index, and run this again"
-    fi
-    rm -rf "$tmp"
-  fi
+  tools_pip --version >/dev/null  # the tools venv, with this host's pip configuration
+  found="$(PIP="$tools/bin/pip --disable-pip-version-check" PYTHON="$tools/bin/python" \
+    TORCH_VERSION="$torch_version" bash deploy/docker/cpu-torch.sh)" || die "see above"
+  case "$found" in
+    wheel\ *) set_env TRAINER_TORCH_INDEX_URL "" ;;  # the build takes it from the wheelhouse
+    index\ *) set_env TRAINER_TORCH_INDEX_URL "${found#index }" ;;
+  esac
 fi
 
 say "ready. Next: docker compose up -d --build   (then: docker compose ps, docker compose logs -f trainer, docker compose down)"
