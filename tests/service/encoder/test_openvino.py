@@ -193,3 +193,28 @@ def test_r3_serve_refuses_bf16_before_the_port_opens_on_a_cpu_without_it(
     assert server.proc.wait(timeout=120) != 0
     log = server.log_path.read_text()
     assert "bf16 units" in log and "Use fp32" in log, log
+
+
+def test_r3_serve_warns_that_bf16_changes_rewards_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up check with the probe faked to report bf16 units: no refusal, and the
+    warning names the measured error; with the real probe on a CPU without them: refused."""
+    import openvino as ov
+
+    import r3_service.encoder.openvino as backend
+    from r3_service.cli import BF16_MEASURED, check_backend
+    from r3_service.config import Settings
+
+    settings = Settings(backend="openvino", inference_precision="bf16")
+    if "BF16" not in cpu_capabilities(ov.Core()):
+        with pytest.raises(SystemExit, match="bf16 units"):
+            check_backend(settings)
+    monkeypatch.setattr(backend, "cpu_capabilities", lambda core: ["FP32", "BF16", "INT8"])
+    with caplog.at_level("WARNING", logger="r3-serve"):
+        check_backend(settings)
+    assert any(BF16_MEASURED in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="r3-serve"):
+        check_backend(Settings(backend="openvino"))  # fp32: nothing to warn about
+    assert not caplog.records
