@@ -444,6 +444,43 @@ def phase_http(check: Check) -> None:
         check.run("http", name, partial(_http_run, check, name, args))
 
 
+def _cpu_bf16(folder: Path | None, n: int) -> Any:
+    """OpenVINO on this machine's CPU (issue 26), where the CPU has bf16 units: the scorer's
+    items/s at OpenVINO fp32 and bf16 beside ONNX Runtime fp32, and their reward differences
+    to ONNX Runtime fp32 on the same items."""
+    if folder is None:
+        return f"{NOT_RUN}: model missing"
+    try:
+        import openvino as ov
+    except ImportError:
+        return f"{NOT_RUN}: openvino not installed (the openvino extra, or its wheel)"
+    from r3_service.encoder.openvino import OpenVinoEncoder, cpu_capabilities
+
+    capabilities = cpu_capabilities(ov.Core())
+    if "BF16" not in capabilities:
+        return f"{NOT_RUN}: this CPU has no bf16 units ({', '.join(capabilities)})"
+    tokens, size = CPU_BUDGET
+    items = make_items(n, "bf16 error")
+    reference = rewards(load(folder, "cpu"), items)
+    out: dict[str, Any] = {
+        "onnxruntime fp32": engine_throughput(load(folder, "cpu"), tokens, size, n, "ort fp32")
+    }
+    for precision in ("fp32", "bf16"):
+        encoder = OpenVinoEncoder(folder, precision=precision)
+        tolerance = 0.05 if precision == "bf16" else 1e-4
+        out[f"openvino {precision}"] = {
+            **engine_throughput(encoder, tokens, size, n, f"openvino {precision}"),
+            **compare(reference, rewards(encoder, items), tolerance),
+        }
+    return out
+
+
+def phase_cpu_bf16(check: Check) -> None:
+    name = check.models()[0]
+    run = partial(_cpu_bf16, check.folder(name, "fp32"), 32 if check.quick else 256)
+    check.run("cpu_bf16", f"{name}-fp32", run)
+
+
 def _free_port() -> int:
     import socket
 
@@ -461,6 +498,13 @@ def summary(results: dict[str, Any]) -> str:
     for section in ("models", "parity", "throughput"):
         lines.append(f"[{section}]")
         for key, value in results.get(section, {}).items():
+            lines.append(f"  {key}: {_short(value)}")
+    lines.append("[cpu_bf16] (OpenVINO on this CPU, issue 26)")
+    for key, value in results.get("cpu_bf16", {}).items():
+        if isinstance(value, dict) and "error" not in value:
+            for engine, figures in value.items():
+                lines.append(f"  {key} {engine}: {_short(figures)}")
+        else:
             lines.append(f"  {key}: {_short(value)}")
     lines.append("[http]")
     for name, _, _ in HTTP_RUNS:
@@ -510,7 +554,7 @@ def main() -> None:
     )
     budget = Budget(args.budget_s or (150.0 if args.quick else 450.0))
     check = Check(args.out, args.quick, budget)
-    for phase in (phase_models, phase_parity, phase_throughput, phase_http):
+    for phase in (phase_models, phase_parity, phase_throughput, phase_http, phase_cpu_bf16):
         phase(check)
     check.results["finished"] = time.strftime("%FT%T")
     check.save()

@@ -2,7 +2,9 @@
 # One-shot check of the GPU path (CUDA provider, fp16, io-binding, the scheduler): CUDA vs CPU
 # reward parity and items/s + p99 at several token budgets, then the HTTP service when its
 # stack is installed: goodput under overload, and admission by place in the scheduling order
-# (1-item probes beside open-loop 8-item requests, bench_overload.py --case small-first). Writes OUT/gpu_check.json and OUT/gpu_check.txt. Without a GPU the CPU
+# (1-item probes beside open-loop 8-item requests, bench_overload.py --case small-first); last,
+# where openvino is installed and the host CPU has bf16 units, OpenVINO fp32 and bf16 beside
+# ONNX Runtime (issue 26). Writes OUT/gpu_check.json and OUT/gpu_check.txt. Without a GPU the CPU
 # parts run and the GPU parts are marked "not run". Needs no network.
 #
 #   bash bench/gpu_check.sh OUT [--quick] [--budget-s SECONDS]

@@ -48,3 +48,11 @@ def test_gpu_check_runs_without_a_gpu_and_marks_the_gpu_parts(tmp_path: Path) ->
     assert probes["factor"] == 2 and sum(probes["small"].values()) > 0
     assert probes["admitted_requests"] > 0 and probes["admitted_late_requests"] >= 0
     assert "bench_overload_small_first" in summary and "1-item time" in summary
+    # Issue 26: OpenVINO bf16 on the host CPU, run where it has bf16 units, else said why not.
+    bf16 = results["cpu_bf16"]["bert-tiny-random-fp32"]
+    if isinstance(bf16, str):
+        why = ("not run: this CPU has no bf16 units", "not run: time budget")
+        assert bf16.startswith(why), bf16
+    else:
+        assert bf16["openvino fp32"]["pass"] and bf16["openvino bf16"]["items_per_s"] > 0
+    assert "[cpu_bf16]" in summary
