@@ -23,18 +23,12 @@ import numpy as np
 
 from r3_service.classifier.text import head_tail, plain_prompt
 from r3_service.classifier_training.augment import augment_text
+from r3_service.encoder.bert_onnx import BERT_LAYER_LINEARS
 
 logger = logging.getLogger(__name__)
 
-#: Linear layers of a BERT block that get LoRA adapters.
-LORA_TARGETS = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
+#: Linear layers of a BERT block that get LoRA adapters: all of them.
+LORA_TARGETS = BERT_LAYER_LINEARS
 
 
 @dataclass(frozen=True)

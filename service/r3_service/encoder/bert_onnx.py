@@ -121,17 +121,17 @@ _EMBEDDING_TENSORS = (
     "LayerNorm.weight",
     "LayerNorm.bias",
 )
+#: The linear layers of a BERT block (what LoRA adapts, and what an adapter is merged into).
+BERT_LAYER_LINEARS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
 _LAYER_TENSORS = tuple(
-    f"{module}.{kind}"
-    for module in (
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    )
-    for kind in ("weight", "bias")
+    f"{module}.{kind}" for module in BERT_LAYER_LINEARS for kind in ("weight", "bias")
 ) + tuple(
     f"{ln}.{kind}"
     for ln in ("attention.output.LayerNorm", "output.LayerNorm")
