@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +45,43 @@ class Encoder(abc.ABC):
             chunk = order[start : start + batch_size]
             out[chunk] = self.embed_tokens([ids[i] for i in chunk])
         return out
+
+
+class ExportedEncoder(Encoder):
+    """An exported model folder (``r3-export``): its profile, its tokenizer, and the inputs
+    and pooling of its ``model.onnx``, whichever backend runs it."""
+
+    def __init__(self, folder: Path | str) -> None:
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.profile = EncoderProfile.load(self.folder)
+        self.tokenizer = Tokenizer.from_file(str(self.folder / self.profile.tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(
+            max_length=self.profile.max_length, direction=self.profile.truncation
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def inputs(
+        self, batch: Sequence[np.ndarray], names: Collection[str]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The model's inputs for ``batch`` (``names``: those the graph has), and the mask."""
+        input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        return feeds, mask
+
+    @staticmethod
+    def pooled(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Exports end with the pooled ``sentence_embedding``; older ones give hidden states."""
+        if output.ndim == 2:
+            return np.asarray(output, dtype=np.float32)
+        return mean_pool(output, mask)
 
 
 def pad_batch(batch: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from r3_service.encoder.base import Encoder, mean_pool, pad_batch
+from r3_service.encoder.base import ExportedEncoder
 from r3_service.encoder.ort import available_cpus
-from r3_service.encoder.profile import EncoderProfile
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def check_precision(precision: str, capabilities: Sequence[str]) -> None:
         )
 
 
-class OpenVinoEncoder(Encoder):
+class OpenVinoEncoder(ExportedEncoder):
     """Mean-pooled sentence embeddings from an exported ONNX folder, run by OpenVINO."""
 
     backend = "openvino"
@@ -62,20 +61,13 @@ class OpenVinoEncoder(Encoder):
         core: Any = None,
     ) -> None:
         import openvino as ov
-        from tokenizers import Tokenizer
 
-        self.folder = Path(folder)
-        self.profile = EncoderProfile.load(self.folder)
+        super().__init__(folder)
         if self.profile.dtype != "fp32":
             raise ValueError(
                 f"{self.folder} is a {self.profile.dtype} export; the OpenVINO backend reads "
                 "fp32 exports (its precision is R3_INFERENCE_PRECISION)"
             )
-        self.tokenizer = Tokenizer.from_file(str(self.folder / self.profile.tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(
-            max_length=self.profile.max_length, direction=self.profile.truncation
-        )
         self.core = core if core is not None else ov.Core()
         check_precision(precision, cpu_capabilities(self.core))
         self.precision = precision
@@ -93,7 +85,6 @@ class OpenVinoEncoder(Encoder):
         self.compile_seconds = time.perf_counter() - started
         self._input_names = {p.get_any_name() for p in self.compiled.inputs}
         self._output = self.compiled.output(0)
-        self._pooled_in_graph = self._output.get_partial_shape().rank.get_length() == 2
         # One infer request per calling thread: the engine's worker and a classifier's each
         # run their own, so requests never share one.
         self._local = threading.local()
@@ -105,10 +96,6 @@ class OpenVinoEncoder(Encoder):
             self.compile_seconds,
         )
 
-    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-
     def _request(self) -> Any:
         request = getattr(self._local, "request", None)
         if request is None:
@@ -116,14 +103,10 @@ class OpenVinoEncoder(Encoder):
         return request
 
     def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        feeds, mask = self.inputs(batch, self._input_names)
+        # a copy: the request reuses its output buffer on the next call
         output = np.array(self._request().infer(feeds)[self._output], dtype=np.float32)
-        if self._pooled_in_graph:
-            return output
-        return mean_pool(output, mask)
+        return self.pooled(output, mask)
 
     def warmup(self) -> None:
         """Run batches of a few shapes, so that the first requests do not pay for what

@@ -10,8 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from r3_service.encoder.base import Encoder, mean_pool, pad_batch
-from r3_service.encoder.profile import EncoderProfile
+from r3_service.encoder.base import ExportedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def _session(ort: Any, path: Path, use_cuda: bool, intra_op_threads: int, device
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-class OrtEncoder(Encoder):
+class OrtEncoder(ExportedEncoder):
     """Mean-pooled sentence embeddings from an exported ONNX folder."""
 
     backend = "onnxruntime"
@@ -77,16 +76,8 @@ class OrtEncoder(Encoder):
         io_binding: bool = True,
     ) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        self.folder = Path(folder)
-        self.profile = EncoderProfile.load(self.folder)
-        self.tokenizer = Tokenizer.from_file(str(self.folder / self.profile.tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(
-            max_length=self.profile.max_length, direction=self.profile.truncation
-        )
-
+        super().__init__(folder)
         use_cuda = _wants_cuda(ort, provider)
         self.session = _session(
             ort, self.folder / self.profile.onnx_file, use_cuda, intra_op_threads, device_id
@@ -105,8 +96,6 @@ class OrtEncoder(Encoder):
         self.io_binding = io_binding
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
-        # Exports end with the pooled "sentence_embedding"; older ones give hidden states.
-        self._pooled_in_graph = len(self.session.get_outputs()[0].shape) == 2
         logger.info(
             "loaded %s (%s, %s) on %s",
             self.profile.name,
@@ -115,26 +104,13 @@ class OrtEncoder(Encoder):
             self.session.get_providers()[0],
         )
 
-    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-
-    def _feeds(self, input_ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return feeds
-
     def embed_tokens(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        input_ids, mask = pad_batch(batch, self.profile.pad_token_id)
-        feeds = self._feeds(input_ids, mask)
+        feeds, mask = self.inputs(batch, self._input_names)
         if self.device == "cuda" and self.io_binding:
             output = self._run_cuda(feeds)
         else:
             output = self.session.run([self._output_name], feeds)[0]
-        if self._pooled_in_graph:
-            return np.asarray(output, dtype=np.float32)
-        return mean_pool(output, mask)
+        return self.pooled(np.asarray(output), mask)
 
     def _run_cuda(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run with io-binding: inputs copied once to the GPU, the output allocated there.
