@@ -64,11 +64,8 @@ def check_backend(settings: Settings) -> None:
     CPU (raises SystemExit with the reason); bf16 is logged as a change of rewards."""
     log = logging.getLogger("r3-serve")
     chosen = {
-        (settings.backend, settings.inference_precision),
-        (
-            settings.classifier_backend or settings.backend,
-            settings.classifier_precision or settings.inference_precision,
-        ),
+        (options["backend"], options["precision"])
+        for options in (settings.encoder_options(), settings.encoder_options(classifier=True))
     }
     for backend, precision in sorted(chosen):
         if backend != "openvino":

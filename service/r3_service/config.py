@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from r3_service.encoder import check_backend_choice
 from r3_service.engine.config import (
     CPU_BATCH_SIZE,
     CPU_BATCH_TOKENS,
@@ -177,20 +178,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _backend_fits(self) -> Settings:
-        for backend, precision, names in (
-            (self.backend, self.inference_precision, "R3_BACKEND, R3_INFERENCE_PRECISION"),
-            (
-                self.classifier_backend or self.backend,
-                self.classifier_precision or self.inference_precision,
-                "R3_CLASSIFIER_BACKEND, R3_CLASSIFIER_PRECISION",
-            ),
+        for classifier, names in (
+            (False, "R3_BACKEND, R3_INFERENCE_PRECISION"),
+            (True, "R3_CLASSIFIER_BACKEND, R3_CLASSIFIER_PRECISION"),
         ):
-            if backend == "onnxruntime" and precision != "fp32":
-                raise ValueError(f"{names}: {precision} needs the openvino backend")
-            if backend == "openvino" and self.provider == "cuda":
-                raise ValueError(
-                    f"{names}: openvino runs on the CPU; R3_PROVIDER=cuda needs onnxruntime"
-                )
+            options = self.encoder_options(classifier)
+            try:
+                check_backend_choice(options["backend"], options["precision"], self.provider)
+            except ValueError as exc:
+                raise ValueError(f"{names}: {exc}") from None
         return self
 
     def encoder_options(self, classifier: bool = False) -> dict[str, Any]:
