@@ -28,20 +28,24 @@ if [[ -n "$found" ]]; then
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-if "${pip[@]}" download --quiet --no-deps --only-binary=:all: --dest "$tmp" \
-      "torch==${version}" >&2 \
-    && "$python" - "$tmp" <<'PY'
-import pathlib, sys, zipfile
+# Which build this host's pip index would give, from its metadata alone: a dry run reads the
+# index's metadata file (PEP 658, as PyPI serves it) or a local wheel's, so the CUDA build
+# (hundreds of MB) is never downloaded only to be turned down.
+build="$("${pip[@]}" install --dry-run --quiet --no-deps --ignore-installed \
+            --only-binary=:all: --report "$tmp/report.json" "torch==${version}" >&2 \
+          && "$python" - "$tmp/report.json" <<'PY'
+import json, sys
 # A CPU build: its metadata asks for no nvidia-* (CUDA) packages.
-wheel = next(pathlib.Path(sys.argv[1]).glob("torch-*.whl"))
-with zipfile.ZipFile(wheel) as z:
-    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-    lines = z.read(meta).decode().splitlines()
-sys.exit(any(x.startswith("Requires-Dist: nvidia-") for x in lines))
+meta = json.load(open(sys.argv[1]))["install"][0]["metadata"]
+cuda = any(r.startswith("nvidia-") for r in meta.get("requires_dist", []))
+print("cuda" if cuda else "cpu")
 PY
-then
+)" || build=none
+if [[ "$build" == cpu ]] \
+    && "${pip[@]}" download --quiet --no-deps --only-binary=:all: --dest "$tmp/wheel" \
+         "torch==${version}" >&2; then
   mkdir -p "$wheels"
-  mv "$tmp"/torch-*.whl "$wheels"/
+  mv "$tmp"/wheel/torch-*.whl "$wheels"/
   found="$(ls "$wheels"/torch-"${version}"*.whl | head -n1)"
   say "CPU torch from this host's pip index: ${found}"
   echo "wheel $found"
