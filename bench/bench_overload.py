@@ -232,6 +232,7 @@ def metric(url: str, name: str) -> float:
 BATCH_SERIES = (
     "r3_batch_tokens_count",
     "r3_batch_tokens_sum",
+    "r3_batch_text_tokens_total",
     "r3_batch_size_sum",
     "r3_inference_duration_seconds_sum",
 )
@@ -244,12 +245,16 @@ def batch_counters(url: str) -> dict[str, float]:
 def batch_figures(
     before: dict[str, float], after: dict[str, float], seconds: float
 ) -> dict[str, float]:
-    """What the worker did during a level: batches per second, mean tokens and texts per
-    batch, the share of the wall time it spent in batches, and tokens per batch second."""
+    """What the worker did over ``seconds``: batches per second, mean tokens (padded) and
+    texts per batch, the share of the wall time it spent in batches, padded tokens per
+    batch second, the share of them that was padding, and text tokens per second."""
     d = {k: after[k] - before[k] for k in BATCH_SERIES}
     batches = d["r3_batch_tokens_count"]
     busy = d["r3_inference_duration_seconds_sum"]
+    padded = d["r3_batch_tokens_sum"]
     return {
+        "padding_share": 1 - d["r3_batch_text_tokens_total"] / padded if padded else float("nan"),
+        "text_tokens_per_s": d["r3_batch_text_tokens_total"] / seconds,
         "batches_per_s": batches / seconds,
         "batch_tokens_mean": d["r3_batch_tokens_sum"] / batches if batches else float("nan"),
         "batch_texts_mean": d["r3_batch_size_sum"] / batches if batches else float("nan"),
@@ -329,7 +334,9 @@ def run_level(
 ) -> dict[str, Any]:
     """Capacity measured just before, then ``factor`` times it offered open loop."""
     large, clients = args.large_items, args.capacity_clients
+    counters, started = batch_counters(url), time.monotonic()
     cap = asyncio.run(capacity(url, items, large, args.capacity_seconds, clients))
+    worker_at_capacity = batch_figures(counters, batch_counters(url), time.monotonic() - started)
     level = Level(factor, factor * cap)
     admitted, late = admission(url)
     counters = batch_counters(url)
@@ -338,6 +345,7 @@ def run_level(
     row = summarise(level, args.seconds, args.deadline, cap)
     row.update(batch_figures(counters, batch_counters(url), time.monotonic() - started))
     row["capacity_items_per_s"] = cap
+    row["capacity_worker"] = worker_at_capacity
     row["server_cpu_cores"] = (cpu_seconds(pid) - used) / (time.monotonic() - started)
     row["server_drain_rate"] = drain_rate(url)
     now_admitted, now_late = admission(url)
@@ -399,6 +407,18 @@ def main() -> None:
     report(rows, args)
 
 
+def worker_line(worker: dict[str, float], items_per_s: float) -> str:
+    """What the worker did (``batch_figures``), and its text tokens per item answered in time."""
+    per_item = worker["text_tokens_per_s"] / items_per_s if items_per_s else float("nan")
+    return (
+        f"{worker['batches_per_s']:.1f} batches/s of {worker['batch_texts_mean']:.1f} texts, "
+        f"{worker['batch_tokens_mean']:.0f} tokens ({worker['padding_share']:.0%} padding); "
+        f"busy {worker['worker_busy_share']:.0%} of the time at "
+        f"{worker['tokens_per_batch_second']:.0f} tokens per batch second; "
+        f"{per_item:.0f} text tokens per item answered in time"
+    )
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     small = (
         f"a 1-item request every {args.probe_every:g} s"
@@ -438,11 +458,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
         for why, count in sorted(row["not_200"].items()):
             lines.append(f"      {count:4d} x {why}")
-        lines.append(
-            f"      worker: {row['batches_per_s']:.1f} batches/s of {row['batch_texts_mean']:.1f} "
-            f"texts, {row['batch_tokens_mean']:.0f} tokens; busy {row['worker_busy_share']:.0%} "
-            f"of the time at {row['tokens_per_batch_second']:.0f} tokens per batch second"
-        )
+        for name, worker, items_per_s in (
+            ("capacity", row["capacity_worker"], row["capacity_items_per_s"]),
+            ("worker", row, row["goodput_items_per_s"]),
+        ):
+            lines.append(f"      {name}: {worker_line(worker, items_per_s)}")
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"levels": rows}, indent=2) + "\n")

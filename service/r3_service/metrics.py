@@ -64,6 +64,12 @@ class Metrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
+        self.batch_text_tokens = Counter(
+            "r3_batch_text_tokens",
+            "Tokens of the texts run in inference batches, padding left out (the padding is "
+            "r3_batch_tokens_sum less this).",
+            registry=r,
+        )
         self.inference_duration = Histogram(
             "r3_inference_duration_seconds",
             "Model time per batch.",
@@ -165,6 +171,7 @@ class Metrics:
         """Called from the worker thread after each batch."""
         self.batch_size.observe(stats.size)
         self.batch_tokens.observe(stats.padded_tokens)
+        self.batch_text_tokens.inc(stats.tokens)
         self.inference_duration.observe(stats.seconds)
         self.queue_duration.observe(stats.queue_seconds)
 

@@ -254,6 +254,7 @@ def test_metrics_exposes_service_metrics(live_server: str) -> None:
         "r3_request_duration_seconds_bucket",
         "r3_batch_size_bucket",
         "r3_batch_tokens_bucket",
+        "r3_batch_text_tokens_total",
         "r3_inference_duration_seconds_bucket",
         "r3_queue_size",
         "r3_cache_hits_total",

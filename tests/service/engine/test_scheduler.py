@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ from r3_service.engine.scheduler import (
     Job,
     Scheduler,
     Work,
+    batch_with,
     cut_batches,
 )
 
@@ -84,7 +86,49 @@ def test_batches_respect_the_budget_and_cover_every_text(
 
 
 def test_cut_batches_hand_example() -> None:
-    assert cut_batches([5, 1, 3, 100], 10, 8) == [[1, 2], [0], [3]]
+    # sorted 1, 3, 6 | 100 (over the budget: alone). All three: 3 x 6 = 18 > 12. Cuts, with
+    # 4 a batch: {1, 3} {6}: 6 + 6 + 8 = 20; {1} {3, 6}: 1 + 12 + 8 = 21; each alone: 22.
+    assert cut_batches([6, 1, 3, 100], 12, 8, 4.0) == [[1, 2], [0], [3]]
+
+
+def test_cut_batches_puts_short_queries_and_long_responses_apart_when_padding_costs_more() -> None:
+    lengths = [20] * 8 + [60] * 8  # an 8-item request: queries and responses
+    # together: 16 x 60 = 960 padded tokens; apart: 8 x 20 + 8 x 60 = 640, plus one batch
+    assert cut_batches(lengths, 1024, 32, 32.0) == [list(range(8)), list(range(8, 16))]
+    assert cut_batches(lengths, 1024, 32, 400.0) == [list(range(16))]  # 1360 < 1440
+
+
+def test_a_request_s_short_queries_and_long_responses_run_in_batches_apart(loop) -> None:  # type: ignore[no-untyped-def]
+    """An 8-item request (8 queries of 20 tokens, 8 responses of 60) on the CPU budget:
+    before, one batch of 16 rows padded to 60 tokens (960 tokens, a third of them padding)."""
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    request = works(loop, [20, 60] * 8)
+    queue(scheduler, request)
+    first, second = scheduler.take(now=0.0).batch, scheduler.take(now=0.0).batch
+    assert sorted(w.tokens for w in first) == [20] * 8
+    assert sorted(w.tokens for w in second) == [60] * 8
+    assert not scheduler.pending
+
+
+def test_cut_batches_respects_the_budget_and_size_and_keeps_every_text() -> None:
+    rng = random.Random(3)
+    for budget, size in ((512, 16), (16384, 128)):  # a CPU's and a GPU's (cut every 4th)
+        for _ in range(50):
+            lengths = [rng.randint(1, 600) for _ in range(rng.randint(1, 300))]
+            batches = cut_batches(lengths, budget, size, budget / 32)
+            assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+            for b in batches:
+                widest = max(lengths[i] for i in b)
+                assert len(b) == 1 or (len(b) <= size and len(b) * widest <= budget)
+
+
+def test_batch_with_is_the_full_cut_s_batch_when_the_texts_are_within_its_reach() -> None:
+    rng = random.Random(4)
+    for _ in range(50):
+        lengths = [rng.randint(1, 200) for _ in range(rng.randint(1, 17))]  # reach: 16 a side
+        index = rng.randrange(len(lengths))
+        full = next(b for b in cut_batches(lengths, 512, 16, 16.0) if index in b)
+        assert batch_with(lengths, index, 512, 16, 16.0) == full
 
 
 def test_small_request_behind_a_large_one_runs_in_the_next_batch(loop) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,25 @@
+"""r3_service.metrics: what a batch adds to the series."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from r3_service.engine.batching import BatchStats
+from r3_service.metrics import Metrics
+
+
+def value(metrics: Metrics, name: str) -> float:
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_a_batch_counts_its_padded_tokens_and_its_text_tokens_apart() -> None:
+    metrics = Metrics()
+    # texts of 3, 5 and 9 tokens: padded to 3 x 9 = 27; 17 tokens of text
+    metrics.observe_batch(BatchStats(3, 17, 27, 0.05, 0.01))
+    metrics.observe_batch(BatchStats(1, 4, 4, 0.01, 0.0))
+    assert value(metrics, "r3_batch_tokens_sum") == 31
+    assert value(metrics, "r3_batch_text_tokens_total") == 21
+    assert value(metrics, "r3_batch_size_sum") == 4
