@@ -93,7 +93,7 @@ class Outcome:
     #: The server's X-R3-Queue-Time-Ms and X-R3-Inference-Time-Ms of a 200 (ms).
     queue_ms: float = float("nan")
     inference_ms: float = float("nan")
-    #: Why it was not answered 200: the start of the error message.
+    #: Why it was not answered 200: the error message.
     why: str = ""
 
 
@@ -114,7 +114,7 @@ async def post(client: httpx.AsyncClient, body: dict[str, Any], kind: str) -> Ou
         queue_ms = float(answer.headers.get("x-r3-queue-time-ms", "nan"))
         inference_ms = float(answer.headers.get("x-r3-inference-time-ms", "nan"))
         if status != 200:
-            why = str(answer.json().get("error", {}).get("message", ""))[:40]
+            why = str(answer.json().get("error", {}).get("message", ""))
     except (httpx.HTTPError, ValueError) as exc:
         status, why = 0, type(exc).__name__
     seconds = time.perf_counter() - started
@@ -297,7 +297,7 @@ def summarise(level: Level, seconds: float, deadline: float, cap: float) -> dict
     why: dict[str, int] = {}
     for o in level.outcomes:
         if o.status != 200:
-            key = f"{o.kind} {o.status} {o.why}"
+            key = f"{o.kind} {o.status} {o.why[:40]}"
             why[key] = why.get(key, 0) + 1
     return {
         "factor": level.factor,
@@ -309,6 +309,8 @@ def summarise(level: Level, seconds: float, deadline: float, cap: float) -> dict
         "large": codes("large"),
         "small": codes("small"),
         "not_200": why,
+        # Every 1-item request not answered 200, in full (there should be none).
+        "small_not_200": [f"{o.status} {o.why}" for o in small if o.status != 200],
         "small_p50_s": q[49],
         "small_p99_s": q[98],
         # What a 1-item request's time is made of: p50 and p99 of each part (ms).
@@ -458,6 +460,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
         for why, count in sorted(row["not_200"].items()):
             lines.append(f"      {count:4d} x {why}")
+        for message in row["small_not_200"]:
+            lines.append(f"      1-item: {message}")
         for name, worker, items_per_s in (
             ("capacity", row["capacity_worker"], row["capacity_items_per_s"]),
             ("worker", row, row["goodput_items_per_s"]),

@@ -619,6 +619,31 @@ def test_a_steady_error_is_corrected_in_full_and_each_size_class_apart(loop) -> 
     assert scheduler.calibration_count(800.0) == CALIBRATION_WINDOW
 
 
+def test_the_smallest_class_is_planned_with_its_excess_in_seconds_not_a_ratio(loop) -> None:  # type: ignore[no-untyped-def]
+    """1-item requests that always take 0.3 s more than estimated (latency that does not
+    grow with the estimate). Their estimate is 0.362 s (a short batch of granularity, their
+    own 106 tokens at 1,000 a second), so the ratio is 1.83: a 1-item request behind a
+    batch with 1.2 s left (1.562 s estimated) would be planned at 2.86 s and refused with
+    2.5 s to go; with the excess, at 1.862 s, it is admitted. One behind 2.2 s is not."""
+    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
+    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
+    for k in range(CALIBRATION_WINDOW):
+        one = scheduler.reserve(2, 106.0, deadline=1e6, timeout=1e6, now=k, busy_s=0.0)
+        scheduler.cancel(one)
+        scheduler.finished(one, now=one.admitted + one.estimate + 0.3)
+    assert one.estimate == pytest.approx(0.362)
+    assert scheduler.correction(106.0) == pytest.approx(0.662 / 0.362)  # kept, not used
+    assert scheduler.planned(106.0, 1.562) == pytest.approx(1.862)
+    now = 1000.0
+    taken = scheduler.reserve(2, 106.0, deadline=now + 2.5, timeout=5.0, now=now, busy_s=1.2)
+    assert taken.estimate == pytest.approx(1.562)
+    scheduler.cancel(taken)
+    with pytest.raises(DeadlineUnreachableError):
+        scheduler.reserve(2, 106.0, deadline=now + 2.5, timeout=5.0, now=now, busy_s=2.2)
+    # the other classes scale by their own ratio (none of theirs measured yet: 1)
+    assert scheduler.planned(800.0, 2.0) == pytest.approx(2.0)
+
+
 def test_the_correction_stays_within_its_bounds(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
