@@ -403,7 +403,16 @@ class Scheduler:
             return lead_s + self.finish_in(cost, 0.0, now, 0.0)
         ahead, behind = self._place(cost, now)
         finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
-        self._check_own_deadline(cost, self.planned(cost, finish), deadline - now)
+        planned = self.planned(cost, finish)
+        if planned > self._allowed(cost, deadline - now):
+            ahead_s = self._seconds(cost, ahead, now)
+            raise DeadlineUnreachableError(
+                f"overloaded: the queued work ahead means this request would take about "
+                f"{planned:.1f} s, past its deadline in {deadline - now:.1f} s ({ahead_s:.1f} s "
+                f"of queued work runs before it, {busy_s:.1f} s is left of the batch in flight, "
+                f"{planned - finish:+.1f} s is the recent error for requests of its size)",
+                retry_after=planned - self._allowed(cost, deadline - now),
+            )
         if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
         return finish
@@ -594,18 +603,12 @@ class Scheduler:
         smaller = self.stream_cost_per_s(now, self.size_class(cost))
         return amount / max(rate - smaller, MIN_LARGE_SHARE * rate)
 
-    def _check_own_deadline(self, cost: float, finish: float, time_left: float) -> None:
-        """A job of the smallest class may use all its time (no later job runs before it);
-        the others ``ADMIT_SHARE`` of it, the rest being slack for what their estimate
-        cannot see (more small jobs than planned, a slower machine)."""
-        share = 1.0 if self.size_class(cost) == 0 else ADMIT_SHARE
-        allowed = share * time_left
-        if finish > allowed:
-            raise DeadlineUnreachableError(
-                f"overloaded: the queued work ahead means this request would take about "
-                f"{finish:.1f} s, past its deadline in {time_left:.1f} s",
-                retry_after=finish - allowed,
-            )
+    def _allowed(self, cost: float, time_left: float) -> float:
+        """The seconds a job of ``cost`` may be planned at: a job of the smallest class all
+        its time (no later job runs before it); the others ``ADMIT_SHARE`` of it, the rest
+        being slack for what their estimate cannot see (more small jobs than planned, a
+        slower machine)."""
+        return (1.0 if self.size_class(cost) == 0 else ADMIT_SHARE) * time_left
 
     def _check_queued_deadlines(
         self, cost: float, behind: Sequence[Job], ahead: float, now: float, busy_s: float

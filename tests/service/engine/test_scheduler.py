@@ -638,8 +638,12 @@ def test_the_smallest_class_is_planned_with_its_excess_in_seconds_not_a_ratio(lo
     taken = scheduler.reserve(2, 106.0, deadline=now + 2.5, timeout=5.0, now=now, busy_s=1.2)
     assert taken.estimate == pytest.approx(1.562)
     scheduler.cancel(taken)
-    with pytest.raises(DeadlineUnreachableError):
+    with pytest.raises(DeadlineUnreachableError) as refused:
         scheduler.reserve(2, 106.0, deadline=now + 2.5, timeout=5.0, now=now, busy_s=2.2)
+    message = str(refused.value)  # what the estimate is made of, for the operator
+    assert "about 2.9 s, past its deadline in 2.5 s" in message
+    assert "2.2 s is left of the batch in flight" in message
+    assert "+0.3 s is the recent error for requests of its size" in message
     # the other classes scale by their own ratio (none of theirs measured yet: 1)
     assert scheduler.planned(800.0, 2.0) == pytest.approx(2.0)
 
