@@ -169,7 +169,8 @@ async def drive(
                 i = queue.get_nowait()
                 sent = time.perf_counter()
                 answer = await client.post("/reward", json=body(chunks[i]))
-                answer.raise_for_status()
+                if answer.status_code != 200:  # every request must be answered: say why not
+                    raise RuntimeError(f"/reward answered {answer.status_code}: {answer.text}")
                 latencies.append(time.perf_counter() - sent)
                 rewards[i] = answer.json()["rewards"]
 
