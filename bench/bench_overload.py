@@ -256,10 +256,10 @@ def batch_figures(
         "padding_share": 1 - d["r3_batch_text_tokens_total"] / padded if padded else float("nan"),
         "text_tokens_per_s": d["r3_batch_text_tokens_total"] / seconds,
         "batches_per_s": batches / seconds,
-        "batch_tokens_mean": d["r3_batch_tokens_sum"] / batches if batches else float("nan"),
+        "batch_tokens_mean": padded / batches if batches else float("nan"),
         "batch_texts_mean": d["r3_batch_size_sum"] / batches if batches else float("nan"),
         "worker_busy_share": busy / seconds,
-        "tokens_per_batch_second": d["r3_batch_tokens_sum"] / busy if busy else float("nan"),
+        "tokens_per_batch_second": padded / busy if busy else float("nan"),
     }
 
 

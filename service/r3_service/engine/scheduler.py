@@ -323,9 +323,8 @@ class Scheduler:
         #: actual / estimated (uncorrected) time of recently finished admitted jobs, by the
         #: size class they were estimated in.
         self._ratios = [deque[float](maxlen=CALIBRATION_WINDOW) for _ in range(LARGE + 1)]
-        #: the same jobs' actual less estimated time (seconds); admission uses the smallest
-        #: class's (``planned``).
-        self._excess = [deque[float](maxlen=CALIBRATION_WINDOW) for _ in range(LARGE + 1)]
+        #: actual less estimated time (seconds) of those of the smallest class (``planned``).
+        self._excess = deque[float](maxlen=CALIBRATION_WINDOW)
 
     @property
     def jobs(self) -> tuple[Job, ...]:
@@ -403,15 +402,15 @@ class Scheduler:
             return lead_s + self.finish_in(cost, 0.0, now, 0.0)
         ahead, behind = self._place(cost, now)
         finish = lead_s + self.finish_in(cost, ahead, now, busy_s)
-        planned = self.planned(cost, finish)
-        if planned > self._allowed(cost, deadline - now):
+        planned, allowed = self.planned(cost, finish), self._allowed(cost, deadline - now)
+        if planned > allowed:
             ahead_s = self._seconds(cost, ahead, now)
             raise DeadlineUnreachableError(
                 f"overloaded: the queued work ahead means this request would take about "
                 f"{planned:.1f} s, past its deadline in {deadline - now:.1f} s ({ahead_s:.1f} s "
                 f"of queued work runs before it, {busy_s:.1f} s is left of the batch in flight, "
                 f"{planned - finish:+.1f} s is the recent error for requests of its size)",
-                retry_after=planned - self._allowed(cost, deadline - now),
+                retry_after=planned - allowed,
             )
         if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
@@ -421,10 +420,9 @@ class Scheduler:
         """What admission multiplies its estimate for a job of ``cost`` by: a high quantile
         of actual / estimated time of recent admitted jobs of its size class (1 until
         enough)."""
-        ratios = self._ratios[self.size_class(cost)]
-        if len(ratios) < CALIBRATION_MIN:
+        high = _calibration_quantile(self._ratios[self.size_class(cost)])
+        if high is None:
             return 1.0
-        high = sorted(ratios)[int(CALIBRATION_QUANTILE * (len(ratios) - 1))]
         return min(max(high, CALIBRATION_BOUNDS[0]), CALIBRATION_BOUNDS[1])
 
     def planned(self, cost: float, seconds: float) -> float:
@@ -439,10 +437,9 @@ class Scheduler:
         at most 0.7 s. The other classes multiply by ``correction``."""
         if self.size_class(cost) > 0:
             return self.correction(cost) * seconds
-        excess = self._excess[0]
-        if len(excess) < CALIBRATION_MIN:
+        high = _calibration_quantile(self._excess)
+        if high is None:
             return seconds
-        high = sorted(excess)[int(CALIBRATION_QUANTILE * (len(excess) - 1))]
         return max(CALIBRATION_BOUNDS[0] * seconds, seconds + high)
 
     def finished(self, job: Job, now: float) -> None:
@@ -453,7 +450,8 @@ class Scheduler:
         if job.estimate > 0:
             took = now - job.admitted
             self._ratios[job.estimate_class].append(took / job.estimate)
-            self._excess[job.estimate_class].append(took - job.estimate)
+            if job.estimate_class == 0:
+                self._excess.append(took - job.estimate)
 
     def _place(self, cost: float, now: float) -> tuple[float, list[Job]]:
         """Where a new job of ``cost`` would go in the serving order (``_serving_order``): the
@@ -808,6 +806,13 @@ class Scheduler:
             if job.remaining > self.max_batch_tokens:
                 return window
         return window
+
+
+def _calibration_quantile(window: Sequence[float]) -> float | None:
+    """``CALIBRATION_QUANTILE`` of ``window``; None until it holds ``CALIBRATION_MIN``."""
+    if len(window) < CALIBRATION_MIN:
+        return None
+    return sorted(window)[int(CALIBRATION_QUANTILE * (len(window) - 1))]
 
 
 def _members(batch: list[Work]) -> Callable[[Work], bool]:
