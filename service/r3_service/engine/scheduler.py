@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import math
 import time
 from collections import deque
@@ -49,6 +50,8 @@ from r3_service.engine.errors import (
     QueueFullError,
     RequestTooLargeError,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Fixed cost of one text beyond its tokens (padding, per-row work), in tokens.
 TEXT_OVERHEAD = 8
@@ -91,19 +94,20 @@ CUT_CHOICES = 32
 #: Weight of a batch in the drain rate relative to the next one.
 RATE_DECAY = 0.9
 #: Admission learns from its own errors: for the last ``CALIBRATION_WINDOW`` admitted
-#: requests of each size class it keeps the ratio of the time they took to the time its model
-#: of the worker had estimated (before any correction), and multiplies its estimates by a
-#: high quantile of those ratios once ``CALIBRATION_MIN`` are in (within
-#: ``CALIBRATION_BOUNDS``). What the model does not see (mixed batches, the event loop,
-#: tokenising, a slower machine) then shows up in the estimates. bench/bench_overload.py
+#: requests of each size class it keeps how many seconds longer they took than its model of
+#: the worker had estimated (before any correction), and adds a high quantile of that excess
+#: to its estimates once ``CALIBRATION_MIN`` are in (planning at least ``CALIBRATION_FLOOR``
+#: of the model's estimate). What the model does not see (mixed batches, the event loop,
+#: tokenising, the classifier) then shows up in the estimates. bench/bench_overload.py
 #: --case small-first on 2 quiet cores: without it, 15% of admitted requests ended in 504 at
 #: 2x. Per class, because errors differ by class: 1-item requests run early in short
 #: batches, 8-item ones wait behind them, and with both in one window (ten 1-item requests
-#: to two 8-item ones) the high quantile was the 8-item requests' median.
+#: to two 8-item ones) the high quantile was the 8-item requests' median. In seconds, not as
+#: a ratio: the error does not grow with the estimate (see ``Scheduler.planned``).
 CALIBRATION_WINDOW = 64
 CALIBRATION_MIN = 8
 CALIBRATION_QUANTILE = 0.98
-CALIBRATION_BOUNDS = (0.5, 4.0)
+CALIBRATION_FLOOR = 0.5
 #: Full batches whose rates admission looks at, and the quantile it takes (slow side).
 RATE_WINDOW = 64
 CAUTIOUS_QUANTILE = 0.2
@@ -126,7 +130,7 @@ class Job:
     #: (they are being typed by the classifier or tokenised): later admissions count it.
     reserved: bool = False
     #: Seconds from admission to its end, as the model of the worker estimated when it was
-    #: admitted, before ``correction`` (0: none), and the size class it was estimated in.
+    #: admitted, before ``planned`` (0: none), and the size class it was estimated in.
     estimate: float = 0.0
     estimate_class: int = 0
 
@@ -320,11 +324,9 @@ class Scheduler:
         self._stream_first: float | None = None
         #: No pending text's deadline is earlier (a lower bound: deadlines only grow).
         self._earliest = math.inf
-        #: actual / estimated (uncorrected) time of recently finished admitted jobs, by the
-        #: size class they were estimated in.
-        self._ratios = [deque[float](maxlen=CALIBRATION_WINDOW) for _ in range(LARGE + 1)]
-        #: actual less estimated time (seconds) of those of the smallest class (``planned``).
-        self._excess = deque[float](maxlen=CALIBRATION_WINDOW)
+        #: Seconds by which recently finished admitted jobs took longer than the model's
+        #: estimate (before ``planned``), by the size class they were estimated in.
+        self._excess = [deque[float](maxlen=CALIBRATION_WINDOW) for _ in range(LARGE + 1)]
 
     @property
     def jobs(self) -> tuple[Job, ...]:
@@ -332,9 +334,9 @@ class Scheduler:
         return tuple(self._jobs)
 
     def calibration_count(self, cost: float) -> int:
-        """How many finished jobs of the size class of ``cost`` admission's ``correction``
+        """How many finished jobs of the size class of ``cost`` admission's ``planned``
         currently learns from."""
-        return len(self._ratios[self.size_class(cost)])
+        return len(self._excess[self.size_class(cost)])
 
     @property
     def pending(self) -> list[Work]:
@@ -384,7 +386,7 @@ class Scheduler:
         can be (what a 413 is decided on); ``reserved``: the job was admitted on its
         estimate already (``reserve``), only its size and the queue's are checked;
         ``lead_s``: seconds of work (tokenising) before its texts can be queued at all.
-        Returns the model's estimate of the seconds it takes, before ``correction`` (0 when
+        Returns the model's estimate of the seconds it takes, before ``planned`` (0 when
         nothing is measured yet); the deadline was checked against the corrected one."""
         sure = cost if least_cost is None else min(cost, least_cost)
         self._check_size(count, sure, timeout, lead_s, estimate)
@@ -416,42 +418,40 @@ class Scheduler:
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
         return finish
 
-    def correction(self, cost: float) -> float:
-        """What admission multiplies its estimate for a job of ``cost`` by: a high quantile
-        of actual / estimated time of recent admitted jobs of its size class (1 until
-        enough)."""
-        high = _calibration_quantile(self._ratios[self.size_class(cost)])
-        if high is None:
-            return 1.0
-        return min(max(high, CALIBRATION_BOUNDS[0]), CALIBRATION_BOUNDS[1])
-
     def planned(self, cost: float, seconds: float) -> float:
-        """The seconds admission plans a job of ``cost`` at, from the model's ``seconds``.
+        """The seconds admission plans a job of ``cost`` at, from the model's ``seconds``: plus
+        a high quantile of its size class's recent excess over their estimates (at least
+        ``CALIBRATION_FLOOR`` of ``seconds``).
 
-        The smallest class adds a high quantile of its recent jobs' excess over their
-        estimates (at least ``CALIBRATION_BOUNDS[0]`` of ``seconds``): a 1-item request's
-        error is latency (the event loop, the batch in flight) that does not grow with its
-        estimate, and the ratio, learnt on estimates of about 0.15 s, sat at its bound of 4,
-        so a 1-item request behind 1.1 s of work was planned at 4.4 s and refused with a 5 s
-        deadline (bench/bench_overload.py --case small-first at 4x), when such requests took
-        at most 0.7 s. The other classes multiply by ``correction``."""
-        if self.size_class(cost) > 0:
-            return self.correction(cost) * seconds
-        high = _calibration_quantile(self._excess)
+        An excess in seconds, not a ratio: the error is latency (the event loop, the batch
+        in flight, the classifier, tokenising) that does not grow with the estimate, while
+        the model already counts the queue at a cautious rate. A ratio learnt on short
+        estimates and applied to a long one refused what would have made it: the smallest
+        class's ratio, learnt on 0.15 s estimates, sat at its bound of 4, so a 1-item request
+        behind 1.1 s of work was planned at 4.4 s and refused with a 5 s deadline when such
+        requests took at most 0.7 s (bench/bench_overload.py --case small-first at 4x); and
+        with 16 closed-loop clients sending untyped 8-item requests (bench/bench_reward.py),
+        estimates of 0.5 to 1.8 s took up to 4 times as long (correlation 0.1 between the
+        two), and a 12.3 s estimate was planned at 49.2 s and refused with 60 s to go."""
+        high = _calibration_quantile(self._excess[self.size_class(cost)])
         if high is None:
             return seconds
-        return max(CALIBRATION_BOUNDS[0] * seconds, seconds + high)
+        return max(CALIBRATION_FLOOR * seconds, seconds + high)
 
     def finished(self, job: Job, now: float) -> None:
         """An admitted job ended at ``now`` (answered, or past its deadline): learn how far
-        off the model's estimate was, as a ratio and as an excess in seconds. Both are to the
-        estimate before correction: to the corrected one, a steady error k made the
-        correction settle at sqrt(k) (c = k / c)."""
+        off the model's estimate was, to the estimate before ``planned`` (to the planned one,
+        a steady error would be learnt only in part)."""
         if job.estimate > 0:
             took = now - job.admitted
-            self._ratios[job.estimate_class].append(took / job.estimate)
-            if job.estimate_class == 0:
-                self._excess.append(took - job.estimate)
+            logger.debug(
+                "admitted job of class %d (cost %.0f) took %.3f s, estimated %.3f s",
+                job.estimate_class,
+                job.cost,
+                took,
+                job.estimate,
+            )
+            self._excess[job.estimate_class].append(took - job.estimate)
 
     def _place(self, cost: float, now: float) -> tuple[float, list[Job]]:
         """Where a new job of ``cost`` would go in the serving order (``_serving_order``): the
