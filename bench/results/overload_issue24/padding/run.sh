@@ -5,10 +5,10 @@
 #   bash run.sh base_2=f0b08ff dp10_2=d8b2c6d base_3=f0b08ff dp10_3=d8b2c6d
 #   bash run.sh s50_1=d8b2c6d:0.5 dp10_4=d8b2c6d s50_2=d8b2c6d:0.5
 # base = greedy cuts (f0b08ff); dp10 = least-cost cuts, overhead 1/10 of the budget (d8b2c6d).
-# The working tree's scheduler is put back at the end.
+# The working tree's scheduler is put back at the end. OUT=DIR writes the outputs to DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
-D=bench/results/overload_issue24/padding
+D=${OUT:-bench/results/overload_issue24/padding}  # where the outputs go
 F=service/r3_service/engine/scheduler.py
 cp "$F" "$D/.scheduler.keep"
 trap 'mv "$D/.scheduler.keep" "$F"' EXIT
