@@ -21,12 +21,12 @@ scheduler runs before it: the batch in flight, one batch of granularity, the que
 of smaller classes and the older ones of its own class (for a large job, the large jobs
 whose turn comes first), at what the recent stream of smaller classes' jobs (which will
 overtake it) leaves of the rate. A job of the smallest class may use all its time; the
-others ``ADMIT_SHARE`` of it (slack for estimate errors), and must not push a queued
-larger one that would make its deadline past it (only the smallest class's stream is
-planned for). A refusal says, in ``retry_after``, the seconds until the job would fit. On
-an idle engine every job that can finish alone is tried; one that cannot even alone is
-too large (413). Estimates add how far recent ones of the same size class ran over
-(``planned``): admission learns from its own errors.
+others ``ADMIT_SHARE`` of it (slack for estimate errors); a large job must also not push
+a queued larger one that would make its deadline past it. A refusal says, in
+``retry_after``, the seconds until the job would fit. On an idle engine every job that can
+finish alone is tried; one that cannot even alone is too large (413). Estimates are
+corrected by how far off recent ones of the same size class were (``planned``): admission
+learns from its own errors.
 
 **Expiry.** Texts whose deadline has passed, or would pass before their batch ends, are
 never run; texts nobody waits for any more are dropped.
@@ -414,7 +414,7 @@ class Scheduler:
                 f"{planned - finish:+.1f} s is the recent error for requests of its size)",
                 retry_after=planned - allowed,
             )
-        if self.size_class(cost) > 0:  # the smallest jobs were planned for (their stream)
+        if cost > self.max_batch_tokens:  # small jobs were planned for (small_cost_per_s)
             self._check_queued_deadlines(cost, behind, ahead, now, busy_s)
         return finish
 
@@ -611,12 +611,8 @@ class Scheduler:
     def _check_queued_deadlines(
         self, cost: float, behind: Sequence[Job], ahead: float, now: float, busy_s: float
     ) -> None:
-        """Refuse a job that would push a queued one it overtakes, which would finish before
-        its deadline, past that deadline less its margin. Every class but the smallest:
-        8-item requests of short texts (the second class) came at 4x overload faster than the
-        worker ran them, and the third class's admitted requests, overtaken by each, waited
-        until their deadline: 25 to 30 of about 420 per run ended in 504
-        (bench/bench_overload.py --case small-first, with the excess in ``planned``)."""
+        """Refuse a large job that would push a queued one it overtakes, which would finish
+        before its deadline, past that deadline less its margin."""
         delay = self.rate.cautious_seconds(cost)
         done = ahead
         for job in behind:

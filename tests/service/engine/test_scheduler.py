@@ -251,24 +251,6 @@ def test_request_that_would_push_queued_work_past_its_deadline_is_refused(loop) 
     scheduler.admit(small, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
 
 
-def test_a_short_8_item_request_may_not_push_a_queued_larger_one_past_its_deadline(loop) -> None:  # type: ignore[no-untyped-def]
-    """Every size class but the smallest is checked against the queued jobs it overtakes:
-    at 4x overload, 8-item requests of short texts (the second class) overtook the third
-    class's admitted requests until these expired. The smallest class (1-item requests)
-    was planned for by its stream, and is let through."""
-    scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
-    scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
-    queued = Job(deadline=2.5, margin=0.3)  # a batch of granularity + 1 s: done at 2.024 s
-    scheduler.add(works(loop, [92] * 10), queued, now=0.0)  # cost 1,000: the third class
-    shorter = works(loop, [92] * 4)  # cost 400, the second class: 0.4 s before it
-    with pytest.raises(DeadlineUnreachableError, match="push queued"):
-        scheduler.admit(shorter, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
-    smallest = works(loop, [92] * 2)  # cost 200, the smallest class: 0.2 s before it
-    scheduler.admit(smallest, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
-    queued.deadline = 3.0  # with 0.4 s to spare, the second-class request fits
-    scheduler.admit(shorter, deadline=100.0, timeout=100.0, now=0.0, busy_s=0.0)
-
-
 def test_discard_unwanted_frees_the_queue(loop) -> None:  # type: ignore[no-untyped-def]
     scheduler = Scheduler(max_batch_tokens=100, max_batch_size=32, max_queue_texts=4096)
     batch = works(loop, [10] * 5)
