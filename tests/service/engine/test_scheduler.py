@@ -19,6 +19,7 @@ from r3_service.engine.errors import (
 )
 from r3_service.engine.scheduler import (
     ADMIT_SHARE,
+    CALIBRATION_CEILING,
     CALIBRATION_FLOOR,
     CALIBRATION_MIN,
     CALIBRATION_WINDOW,
@@ -674,7 +675,10 @@ def test_the_smallest_class_is_planned_with_its_excess_in_seconds_not_a_ratio(lo
     assert scheduler.planned(800.0, 2.0) == pytest.approx(2.0)
 
 
-def test_requests_that_finish_early_lower_the_plan_at_most_to_its_floor(loop) -> None:  # type: ignore[no-untyped-def]
+def test_the_plan_stays_between_its_floor_and_its_ceiling(loop) -> None:  # type: ignore[no-untyped-def]
+    """Requests that finished early lower the plan at most to its floor; requests that ran
+    into their deadline (an excess as long as the deadline) raise a short estimate at most
+    to its ceiling, so that one slow spell under overload does not refuse the whole class."""
     scheduler = Scheduler(max_batch_tokens=1024, max_batch_size=32, max_queue_texts=4096)
     scheduler.rate.observe(cost=1000.0, texts=10, seconds=1.0)
     for _ in range(CALIBRATION_MIN):
@@ -684,6 +688,12 @@ def test_requests_that_finish_early_lower_the_plan_at_most_to_its_floor(loop) ->
         scheduler.finished(job, now=0.01)
     assert scheduler.planned(106.0, 5.362) == pytest.approx(CALIBRATION_FLOOR * 5.362)
     assert scheduler.planned(106.0, 20.0) == pytest.approx(20.0 + 0.01 - 5.362)
+    for _ in range(CALIBRATION_WINDOW):  # estimated 0.362 s, ended at a 5 s deadline
+        job = scheduler.reserve(2, 106.0, deadline=5.0, timeout=5.0, now=0.0, busy_s=0.0)
+        scheduler.cancel(job)
+        scheduler.finished(job, now=5.0)
+    assert scheduler.planned(106.0, 0.362) == pytest.approx(CALIBRATION_CEILING * 0.362)
+    assert scheduler.planned(106.0, 2.0) == pytest.approx(2.0 + 5.0 - 0.362)
     unmeasured = Job(deadline=1.0)  # admitted before any rate was known: nothing to learn
     scheduler.finished(unmeasured, now=5.0)
-    assert scheduler.calibration_count(106.0) == CALIBRATION_MIN
+    assert scheduler.calibration_count(106.0) == CALIBRATION_WINDOW
