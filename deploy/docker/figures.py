@@ -26,16 +26,25 @@ def _mb(value: float) -> str:
     return f"{value / 1000:.2f} GB" if value >= 1000 else f"{value:.0f} MB"
 
 
+def _trainer_torch(f: dict[str, Any]) -> str:
+    if "trainer_torch" in f:
+        base = f.get("trainer_base_image", "a Debian 13 base")
+        size = f", {_mb(f['trainer_base_image_mb'])}" if "trainer_base_image_mb" in f else ""
+        return f"Debian's python3-torch {f['trainer_torch']} (apt), on {base}{size}"
+    if "torch_wheel" in f:
+        return f"`{f['torch_wheel']}`"
+    return "PyTorch's CPU index"
+
+
 def table(f: dict[str, Any]) -> str:
     """The Markdown of the figures ``f`` (the JSON the end-to-end test writes)."""
     v = f["versions"]
     rows = [
-        ("`setup-host.sh` on the host (Docker, Compose v2, CA bundle, base image, torch wheel; "
+        ("`setup-host.sh` on the host (Docker, Compose v2, CA bundle, base image, trainer's torch; "
          "what was already there is skipped)", f"{f['setup_host_s']:.0f} s"),
         ("base image", f["base_image"]
          + (f", {_mb(f['base_image_mb'])}" if "base_image_mb" in f else "")),
-        ("torch wheel of the CPU trainer", f"`{f['torch_wheel']}`" if "torch_wheel" in f else
-         "PyTorch's CPU index"),
+        ("torch of the CPU trainer", _trainer_torch(f)),
         ("reward image, CPU (`runtime`: ONNX Runtime, the service, the exported MiniLM and the "
          "query-type classifier; no torch)", _mb(f["reward_image_mb"])),
         ("trainer image, CPU torch", _mb(f["trainer_image_mb"])),
@@ -66,6 +75,9 @@ def table(f: dict[str, Any]) -> str:
         ("CPU stack until the trainer exits: load, baseline evaluation, the `train.cpu.yaml` "
          "steps, final evaluation, checkpoint", f"{f['stack_train_s']:.0f} s"),
     ]  # fmt: skip
+    if "trainer_s_per_step" in f:
+        rows.append(("trainer, one PPO step of `train.cpu.yaml` (the trainer's own log)",
+                     f"{f['trainer_s_per_step']:.1f} s"))  # fmt: skip
     lines = [
         f"Docker Engine {v['server']}, CLI {v['client']}, Compose {v['compose']}; "
         f"{f.get('machine', 'the CI machine')}.",

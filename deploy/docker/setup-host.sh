@@ -19,14 +19,16 @@
 #    (deploy/docker/debian-base.sh, with debootstrap), and the no-registry override is used.
 # 5. torch for the CPU trainer (deploy/docker/cpu-torch.sh): a CPU wheel from this host's pip
 #    index is put in deploy/docker/wheels/ when there is one; else PyTorch's CPU index is used if
-#    it answers; else the script stops and says what to provide (the CUDA build from PyPI is
-#    gigabytes).
+#    it answers; else (a host that reaches only PyPI, whose torch is the CUDA build: gigabytes)
+#    the trainer takes Debian's own CPU build, python3-torch, on a Debian 13 base image made
+#    like the one of step 4 (docker-compose.debian-torch.yml).
 # 6. Everything chosen is written to .env (COMPOSE_FILE, BASE_IMAGE, BUILD_CA_BUNDLE,
-#    TRAINER_TORCH_INDEX_URL), which compose reads for every command: `docker compose ps`,
-#    `logs` and `down` work with no variables set.
+#    TRAINER_TORCH_INDEX_URL, TRAINER_BASE_IMAGE), which compose reads for every command:
+#    `docker compose ps`, `logs` and `down` work with no variables set.
 #
 # Environment: R3_SETUP_GPU=0|1 (skip GPU detection), R3_SETUP_BASE_IMAGE (a base image to use
 # as is), R3_SETUP_COMPOSE_PLUGIN_DIR (default /usr/local/lib/docker/cli-plugins),
+# R3_SETUP_TRAINER_TORCH=auto|debian (debian: Debian's torch even where a wheel could be had),
 # TORCH_VERSION (default 2.13.0), DOCKER (the docker CLI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -140,12 +142,25 @@ set_env COMPOSE_FILE "$files"
 
 # -- 5. torch for the CPU trainer (deploy/docker/cpu-torch.sh) ---------------------------------
 if [[ "$gpu" == 0 ]]; then
-  tools_pip --version >/dev/null  # the tools venv, with this host's pip configuration
-  found="$(PIP="$tools/bin/pip --disable-pip-version-check" PYTHON="$tools/bin/python" \
-    TORCH_VERSION="$torch_version" bash deploy/docker/cpu-torch.sh)" || die "see above"
+  found=""
+  if [[ "${R3_SETUP_TRAINER_TORCH:-auto}" != debian ]]; then
+    tools_pip --version >/dev/null  # the tools venv, with this host's pip configuration
+    found="$(PIP="$tools/bin/pip --disable-pip-version-check" PYTHON="$tools/bin/python" \
+      TORCH_VERSION="$torch_version" bash deploy/docker/cpu-torch.sh)" || found=""
+  fi
   case "$found" in
     wheel\ *) set_env TRAINER_TORCH_INDEX_URL "" ;;  # the build takes it from the wheelhouse
     index\ *) set_env TRAINER_TORCH_INDEX_URL "${found#index }" ;;
+    *)
+      trainer_base="r3-base:trixie"
+      say "the trainer takes Debian's CPU build of torch (python3-torch) on ${trainer_base}"
+      if ! "$docker" image inspect "$trainer_base" >/dev/null 2>&1; then
+        command -v debootstrap >/dev/null || apt_install debootstrap
+        DOCKER="$docker" bash deploy/docker/debian-base.sh "$trainer_base" trixie
+      fi
+      set_env TRAINER_BASE_IMAGE "$trainer_base"
+      set_env COMPOSE_FILE "${files}:docker-compose.debian-torch.yml"
+      ;;
   esac
 fi
 

@@ -24,6 +24,12 @@ from deploy_support import (
 pytest.importorskip("yaml", reason="pyyaml parses the deployment files (pip install pyyaml)")
 
 REQUIRED_SERVICES = {"reward", "trainer", "prometheus", "grafana"}
+COMPOSE_FILES = [
+    "docker-compose.yml",
+    "docker-compose.cpu.yml",
+    "docker-compose.no-registry.yml",
+    "docker-compose.debian-torch.yml",
+]
 
 
 def _seconds(duration: str) -> float:
@@ -386,13 +392,10 @@ def test_env_example_values_are_valid(
 
 
 def test_env_example_documents_every_compose_variable(env_example: dict[str, str]) -> None:
-    text = "".join(
-        (ROOT / f).read_text(encoding="utf-8")
-        for f in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml")
-    )
+    text = "".join((ROOT / f).read_text(encoding="utf-8") for f in COMPOSE_FILES)
     used = compose_variables(text)
     # A key without a value (build arg or environment) is read from .env / the shell too.
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"):
+    for name in COMPOSE_FILES:
         for service in load_yaml(ROOT / name)["services"].values():
             build = service.get("build") or {}
             passed = {**(build.get("args") or {}), **environment(service)}
@@ -403,9 +406,7 @@ def test_env_example_documents_every_compose_variable(env_example: dict[str, str
     assert not stale, f".env.example documents variables compose does not use: {sorted(stale)}"
 
 
-@pytest.mark.parametrize(
-    "name", ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"]
-)
+@pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_compose_files_parse_and_merge(name: str) -> None:
     data = load_yaml(ROOT / name)
     assert isinstance(data.get("services"), dict)
@@ -418,6 +419,15 @@ COMPOSE_SETS = {
     "no-registry": (
         ["docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.no-registry.yml"],
         {"BASE_IMAGE": "local-base:1"},
+    ),
+    "debian-torch": (
+        [
+            "docker-compose.yml",
+            "docker-compose.cpu.yml",
+            "docker-compose.no-registry.yml",
+            "docker-compose.debian-torch.yml",
+        ],
+        {"BASE_IMAGE": "local-base:1", "TRAINER_BASE_IMAGE": "local-trixie:1"},
     ),
 }
 
@@ -453,7 +463,8 @@ def test_compose_itself_accepts_and_resolves_the_files(name: str, tmp_path: Path
     config = _compose_config(tmp_path, files, env)
     services = config["services"]
     expected = {"reward", "trainer", "trainer-metrics", "prometheus"}
-    assert set(services) == expected | ({"grafana"} if name != "no-registry" else set())
+    registry = name not in ("no-registry", "debian-torch")
+    assert set(services) == expected | ({"grafana"} if registry else set())
     reward = services["reward"]
     assert reward["environment"]["R3_MODEL"] == "/models/default"
     assert reward["environment"]["R3_CACHE_DIR"] == "/var/cache/r3"
@@ -471,3 +482,10 @@ def test_compose_itself_accepts_and_resolves_the_files(name: str, tmp_path: Path
     gpu_reserved = "devices" in str(reward.get("deploy", {}).get("resources", {}))
     assert gpu_reserved == (name == "gpu")
     assert Path(config["secrets"]["ca_bundle"]["file"]) == ROOT / "deploy/docker/no-extra-ca.pem"
+    trainer_args = services["trainer"]["build"].get("args", {})
+    if name == "debian-torch":  # Debian's torch, on a Debian 13 base of its own
+        assert trainer_args["TRAINER_TORCH"] == "debian"
+        assert trainer_args["BASE_IMAGE"] == "local-trixie:1"
+    else:
+        assert "TRAINER_TORCH" not in trainer_args  # the Dockerfile's default: pip
+        assert trainer_args.get("BASE_IMAGE") == env.get("BASE_IMAGE")

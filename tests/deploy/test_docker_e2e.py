@@ -106,6 +106,10 @@ def docker(
     """The engine, after the documented host set-up ran in the clean copy."""
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
+    # The path of a host that reaches only PyPI, whose torch is the CUDA build: Debian's own
+    # CPU torch for the trainer. This host's pip index has a CPU wheel, which setup-host.sh
+    # would take (cpu-torch.sh's branches: tests/deploy/test_cpu_torch.py).
+    env["R3_SETUP_TRAINER_TORCH"] = "debian"
     run(["bash", "-c", _as_typed(fresh_host[0])], env=env, cwd=checkout, timeout=3600)
     figures["setup_host_s"] = round(time.monotonic() - started, 1)
     engine = Docker(tmp_path_factory.mktemp("docker"), cwd=checkout)
@@ -124,8 +128,11 @@ def compose_env(docker: Docker, checkout: Path, figures: dict[str, Any]) -> dict
     dotenv = read_env(checkout / ".env")
     files = dotenv["COMPOSE_FILE"].split(":")
     assert files[:2] == ["docker-compose.yml", "docker-compose.cpu.yml"], files
+    assert files[-1] == "docker-compose.debian-torch.yml", files
+    figures["trainer_base_image"] = "debootstrap trixie (deploy/docker/debian-base.sh)"
+    figures["trainer_base_image_mb"] = round(docker.image_size_mb(dotenv["TRAINER_BASE_IMAGE"]))
     if "BASE_IMAGE" in dotenv:
-        assert files[2:] == ["docker-compose.no-registry.yml"], files
+        assert files[2:-1] == ["docker-compose.no-registry.yml"], files
         figures["base_image"] = "debootstrap bookworm (deploy/docker/debian-base.sh)"
         figures["base_image_mb"] = round(docker.image_size_mb(dotenv["BASE_IMAGE"]))
     else:
@@ -156,6 +163,18 @@ def images(docker: Docker, compose_env: dict[str, str], figures: dict[str, Any])
     }
     for service, image in built.items():
         figures[f"{service}_image_mb"] = round(docker.image_size_mb(image))
+    # Debian's CPU build of torch, and no CUDA or nvidia-* package in the image.
+    probe = (
+        "import torch, importlib.metadata as m; "
+        "print(torch.__version__, torch.version.cuda, "
+        "sorted(d.metadata['Name'] for d in m.distributions() "
+        "if d.metadata['Name'].startswith('nvidia')))"
+    )
+    torch = docker(
+        ["run", "--rm", "--entrypoint", "python", built["trainer"], "-c", probe]
+    ).stdout.strip()
+    assert torch.endswith("+debian None []"), torch
+    figures["trainer_torch"] = torch.split()[0]
     return built
 
 
@@ -440,7 +459,7 @@ def stack(
 
 
 def test_documented_commands_show_the_stack_and_the_trainer_steps(
-    stack: dict[str, Any],
+    stack: dict[str, Any], figures: dict[str, Any]
 ) -> None:
     """`docker compose ps` lists the stack; `logs trainer` has one line per PPO step."""
     steps = int(load_yaml(ROOT / "deploy" / "trainer" / "train.cpu.yaml")["steps"])
@@ -450,6 +469,9 @@ def test_documented_commands_show_the_stack_and_the_trainer_steps(
     for step in range(1, steps + 1):
         line = rf"step {step}: reward [-0-9.]+, kl [-0-9.]+, length"
         assert re.search(line, stack["trainer_logs"]), stack["trainer_logs"][-3000:]
+    pace = re.search(r"steps in this run: ([0-9.]+) s/step", stack["trainer_logs"])
+    assert pace, stack["trainer_logs"][-3000:]
+    figures["trainer_s_per_step"] = float(pace.group(1))
 
 
 def test_compose_cpu_stack_trains_and_prometheus_scrapes(
