@@ -82,9 +82,9 @@ TOO_LARGE_TIMEOUTS = 2.0
 #: 1.3 s at 0.25, 1.6 to 1.9 s at 0.5, at the same goodput.
 SMALL_BATCH_SHARE = 0.25
 #: What a batch costs beyond its padded tokens, as a share of the token budget, where
-#: ``cut_batches`` weighs padding against more batches. The model alone costs about 5 ms
-#: (29 tokens) a batch on 2 CPU cores (MiniLM: 52.6 ms for 256 padded tokens, 194.4 ms for
-#: 1,024), but in the server under load more: at 1/32, bench/bench_overload.py --case
+#: ``cut_batches`` weighs padding against more batches. The model alone costs about 5 ms a
+#: batch on 2 CPU cores, 1/18 to 1/32 of the budget (python bench/bench_cut.py), but in the
+#: server under load more: at 1/32, bench/bench_overload.py --case
 #: small-first ran batches of about 200 tokens at 3,100 to 3,200 tokens per batch second; at
 #: 1/10, about 300 tokens at 3,500 to 4,200, and 23% more capacity than greedy cuts.
 BATCH_OVERHEAD_SHARE = 1 / 10
