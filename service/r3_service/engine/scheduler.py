@@ -95,7 +95,7 @@ CUT_CHOICES = 32
 RATE_DECAY = 0.9
 #: Admission learns from its own errors: for the last ``CALIBRATION_WINDOW`` admitted
 #: requests of each size class it keeps how many seconds longer they took than its model of
-#: the worker had estimated (before any correction), and adds a high quantile of that excess
+#: the worker had estimated (before ``planned``), and adds a high quantile of that excess
 #: to its estimates once ``CALIBRATION_MIN`` are in (planning between ``CALIBRATION_FLOOR``
 #: and ``CALIBRATION_CEILING`` times the model's estimate). What the model does not see
 #: (mixed batches, the event loop, tokenising, the classifier) then shows up in the
